@@ -1,0 +1,350 @@
+"""Read a run store lazily: ``open_run(RUN_DIR)`` loads run.h5; epochs are read one at a time.
+
+Torch-free (the head is a numpy callable; ``Head.to_torch()`` builds a module on request).
+Every error names the file and the key. Unreadable epoch files are skipped with a warning and
+listed in ``Run.bad_epochs``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from timevis_callback import schema
+from timevis_callback.errors import StoreError, StoreVersionError
+from timevis_callback.head import Head, parse_head_spec
+from timevis_callback.writer import Boundary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The tracked samples, in the row order of every epoch's arrays."""
+
+    id: np.ndarray  # int64 (n,): index in the source dataset
+    split: np.ndarray  # uint8 (n,): schema.SPLIT_TRAIN or SPLIT_TEST
+    label: np.ndarray  # int64 (n,)
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def mask(self, split: str | None) -> np.ndarray:
+        """Boolean row mask of a split ("train", "test") or of all rows (None)."""
+        if split is None:
+            return np.ones(len(self.id), dtype=bool)
+        if split not in schema.SPLIT_CODES:
+            raise ValueError(f"split={split!r} must be one of {sorted(schema.SPLIT_CODES)} or None")
+        return self.split == schema.SPLIT_CODES[split]
+
+
+@dataclass(frozen=True)
+class EpochContents:
+    """What one epoch file holds, read from metadata only (no arrays loaded)."""
+
+    feature_dtype: str
+    n_boundary: int
+    has_weights: bool
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    """The attributes of one epoch file."""
+
+    epoch: int
+    global_step: int
+    wall_time: float
+    metrics: dict[str, float]
+
+
+def _check_run_attrs(path: Path, attrs: h5py.AttributeManager) -> None:
+    fmt = attrs.get(schema.ATTR_FORMAT)
+    if fmt != schema.FORMAT_NAME:
+        raise StoreError(
+            f"{path}: attribute {schema.ATTR_FORMAT!r} is {fmt!r}, not {schema.FORMAT_NAME!r}; "
+            "this file was not written by timevis"
+        )
+    version = int(attrs.get(schema.ATTR_SCHEMA_VERSION, -1))
+    if version > schema.SCHEMA_VERSION:
+        raise StoreVersionError(
+            f"{path}: schema_version {version} is newer than this timevis reads "
+            f"({schema.SCHEMA_VERSION}); upgrade with: pip install -U timevis"
+        )
+    missing = [key for key in schema.RUN_REQUIRED_ATTRS if key not in attrs]
+    if missing:
+        raise StoreError(f"{path}: missing attributes {missing}; the file is incomplete")
+
+
+def probe_epoch_file(path: Path) -> str | None:
+    """None when the epoch file opens and has every required key, else the reason it does not."""
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in schema.EPOCH_REQUIRED_KEYS if k not in f]
+            missing += [a for a in schema.EPOCH_REQUIRED_ATTRS if a not in f.attrs]
+            if missing:
+                return f"missing {missing}"
+            version = int(f.attrs[schema.ATTR_SCHEMA_VERSION])
+            if version > schema.SCHEMA_VERSION:
+                return f"schema_version {version} is newer than {schema.SCHEMA_VERSION}"
+            f[schema.FEATURES].shape  # noqa: B018 - touching the header detects truncation early
+    except OSError as exc:
+        return f"cannot be read ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+    return None
+
+
+class Run:
+    """A run store on disk. Cheap to open: only run.h5's header and sample arrays are loaded."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir)
+        if not self.path.exists():
+            raise StoreError(f"run directory {self.path} does not exist")
+        if not self.path.is_dir():
+            raise StoreError(f"{self.path} is a file; pass the run directory that holds run.h5")
+        self.run_file = self.path / schema.RUN_FILE
+        if not self.run_file.exists():
+            raise StoreError(
+                f"{self.path} is not a timevis run store: {schema.RUN_FILE} is missing "
+                "(TimeVisCallback writes it when training starts)"
+            )
+        try:
+            with h5py.File(self.run_file, "r") as f:
+                _check_run_attrs(self.run_file, f.attrs)
+                self.attrs: dict[str, Any] = {k: _plain(v) for k, v in f.attrs.items()}
+                self.samples = Samples(
+                    id=self._read(f, schema.SAMPLES_ID, np.int64),
+                    split=self._read(f, schema.SAMPLES_SPLIT, np.uint8),
+                    label=self._read(f, schema.SAMPLES_LABEL, np.int64),
+                )
+                self.has_thumbnails = schema.SAMPLES_THUMBNAIL in f
+        except OSError as exc:
+            raise StoreError(f"{self.run_file} cannot be read: {exc}") from exc
+        self.head_spec = parse_head_spec(self.attrs[schema.ATTR_HEAD_SPEC])
+        self._scan()
+
+    def _read(self, f: h5py.File, key: str, dtype: Any) -> np.ndarray:
+        if key not in f:
+            raise StoreError(f"{self.run_file}: dataset {key!r} is missing")
+        return np.asarray(f[key][...], dtype=dtype)
+
+    def _scan(self) -> None:
+        """Find epoch files; skip (with a warning) the ones that cannot be read."""
+        self.bad_epochs: dict[int, str] = {}
+        good = []
+        folder = self.path / schema.EPOCHS_DIR
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            epoch = schema.parse_epoch_filename(path.name)
+            if epoch is None:
+                continue
+            reason = probe_epoch_file(path)
+            if reason is None:
+                good.append(epoch)
+            else:
+                self.bad_epochs[epoch] = reason
+                log.warning("skipping %s: %s", path, reason)
+        self.epochs: list[int] = good
+
+    def refresh(self) -> list[int]:
+        """Re-scan epochs/ (training may still be writing); returns the readable epochs."""
+        self._scan()
+        return self.epochs
+
+    # --- run-level attributes -------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        return str(self.attrs[schema.ATTR_RUN_ID])
+
+    @property
+    def feature_layer(self) -> str:
+        return str(self.attrs[schema.ATTR_FEATURE_LAYER])
+
+    @property
+    def feature_io(self) -> str:
+        """Whether the features are the "input" or the "output" of ``feature_layer``."""
+        return str(self.attrs[schema.ATTR_FEATURE_IO])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.attrs[schema.ATTR_FEATURE_DIM])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.attrs[schema.ATTR_NUM_CLASSES])
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        return list(json.loads(self.attrs[schema.ATTR_CLASS_NAMES]))
+
+    @cached_property
+    def callback_config(self) -> dict[str, Any]:
+        return dict(json.loads(self.attrs.get(schema.ATTR_CALLBACK_CONFIG, "{}")))
+
+    def thumbnails(self) -> np.ndarray | None:
+        """uint8 (n, h, w[, c]) thumbnails in sample order, or None when none were recorded."""
+        if not self.has_thumbnails:
+            return None
+        with h5py.File(self.run_file, "r") as f:
+            return np.asarray(f[schema.SAMPLES_THUMBNAIL][...])
+
+    # --- per-epoch access -----------------------------------------------------------------
+    def epoch_path(self, epoch: int) -> Path:
+        return self.path / schema.EPOCHS_DIR / schema.epoch_filename(epoch)
+
+    @contextmanager
+    def _open_epoch(self, epoch: int) -> Iterator[h5py.File]:
+        if epoch not in self.epochs:
+            extra = f"; epoch {epoch} is unreadable: {self.bad_epochs[epoch]}" if (
+                epoch in self.bad_epochs
+            ) else ""
+            raise StoreError(
+                f"{self.path}: epoch {epoch} is not recorded; present: {format_epochs(self.epochs)}"
+                + extra
+            )
+        path = self.epoch_path(epoch)
+        try:
+            with h5py.File(path, "r") as f:
+                yield f
+        except OSError as exc:
+            raise StoreError(f"{path} cannot be read: {exc}") from exc
+
+    def _dataset(self, f: h5py.File, key: str, rows: np.ndarray | None) -> np.ndarray:
+        if key not in f:
+            raise StoreError(f"{f.filename}: dataset {key!r} is missing")
+        try:
+            data = f[key][...]
+        except OSError as exc:
+            raise StoreError(f"{f.filename}: dataset {key!r} cannot be read: {exc}") from exc
+        return data if rows is None else data[rows]
+
+    def features(self, epoch: int, split: str | None = None, dtype: Any = np.float32) -> np.ndarray:
+        """Features (n, feature_dim) of one epoch, rows in sample order (of ``split`` if given)."""
+        rows = None if split is None else self.samples.mask(split)
+        with self._open_epoch(epoch) as f:
+            return np.asarray(self._dataset(f, schema.FEATURES, rows), dtype=dtype)
+
+    def logits(self, epoch: int, split: str | None = None) -> np.ndarray:
+        """Logits float32 (n, num_classes) of one epoch."""
+        rows = None if split is None else self.samples.mask(split)
+        with self._open_epoch(epoch) as f:
+            return np.asarray(self._dataset(f, schema.LOGITS, rows), dtype=np.float32)
+
+    def head(self, epoch: int) -> Head:
+        """The classifier head of one epoch: ``head(features) -> logits`` (numpy)."""
+        with self._open_epoch(epoch) as f:
+            group = f[schema.HEAD_GROUP]
+            state = {name: np.asarray(group[name][...]) for name in group}
+        return Head(self.head_spec, state)
+
+    def boundary(self, epoch: int, dtype: Any = np.float32) -> Boundary | None:
+        """The epoch's input-space boundary points, or None when none were recorded."""
+        with self._open_epoch(epoch) as f:
+            if schema.BOUNDARY_FEATURES not in f:
+                return None
+            return Boundary(
+                features=np.asarray(self._dataset(f, schema.BOUNDARY_FEATURES, None), dtype=dtype),
+                pair=np.asarray(self._dataset(f, schema.BOUNDARY_PAIR, None), dtype=np.int64),
+            )
+
+    def weights(self, epoch: int) -> dict[str, np.ndarray] | None:
+        """The model's state_dict arrays of one epoch, or None when only the head was recorded."""
+        with self._open_epoch(epoch) as f:
+            if schema.WEIGHTS_GROUP not in f:
+                return None
+            group = f[schema.WEIGHTS_GROUP]
+            return {name: np.asarray(group[name][...]) for name in group}
+
+    def epoch_info(self, epoch: int) -> EpochInfo:
+        """Epoch number, global step, wall time and the trainer's logged metrics."""
+        with self._open_epoch(epoch) as f:
+            a = f.attrs
+            return EpochInfo(
+                epoch=int(a[schema.ATTR_EPOCH]),
+                global_step=int(a.get(schema.ATTR_GLOBAL_STEP, 0)),
+                wall_time=float(a.get(schema.ATTR_WALL_TIME, 0.0)),
+                metrics=dict(json.loads(a.get(schema.ATTR_METRICS, "{}"))),
+            )
+
+    def contents(self, epoch: int) -> EpochContents:
+        """Feature dtype, boundary point count and whether weights are present (no data read)."""
+        with self._open_epoch(epoch) as f:
+            return EpochContents(
+                feature_dtype=str(f[schema.FEATURES].dtype),
+                n_boundary=int(f[schema.BOUNDARY_FEATURES].shape[0])
+                if schema.BOUNDARY_FEATURES in f
+                else 0,
+                has_weights=schema.WEIGHTS_GROUP in f,
+            )
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk per part: samples, features, logits, head, boundary, weights, other."""
+        usage = dict.fromkeys(
+            ("samples", "features", "logits", "head", "boundary", "weights", "other"), 0
+        )
+        parts = {
+            schema.FEATURES: "features",
+            schema.LOGITS: "logits",
+            schema.HEAD_GROUP: "head",
+            schema.BOUNDARY_FEATURES.split("/")[0]: "boundary",
+            schema.WEIGHTS_GROUP: "weights",
+        }
+        usage["samples"] = self.run_file.stat().st_size
+        for epoch in self.epochs:
+            path = self.epoch_path(epoch)
+            counted = 0
+            with h5py.File(path, "r") as f:
+
+                def visit(name: str, obj: Any, _f: h5py.File = f) -> None:
+                    nonlocal counted
+                    if isinstance(obj, h5py.Dataset):
+                        size = obj.id.get_storage_size()
+                        usage[parts.get(name.split("/")[0], "other")] += size
+                        counted += size
+
+                f.visititems(visit)
+            usage["other"] += max(0, path.stat().st_size - counted)
+        return usage
+
+    def __repr__(self) -> str:
+        return (
+            f"Run({str(self.path)!r}, samples={len(self.samples)}, "
+            f"epochs={format_epochs(self.epochs)}, feature_dim={self.feature_dim})"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """h5py attribute values as plain Python values."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def format_epochs(epochs: list[int]) -> str:
+    """Compact text of sorted epoch numbers: ``0-3, 5, 7-9`` (``none`` when empty)."""
+    if not epochs:
+        return "none"
+    parts, start, prev = [], epochs[0], epochs[0]
+    for e in [*epochs[1:], None]:
+        if e is not None and e == prev + 1:
+            prev = e
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if e is not None:
+            start = prev = e
+    return ", ".join(parts)
+
+
+def open_run(run_dir: str | os.PathLike) -> Run:
+    """Open the run store in ``run_dir`` (raises StoreError naming what is wrong)."""
+    return Run(run_dir)
