@@ -148,12 +148,6 @@ def resolve_head(
             f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''}; TimeVisCallback "
             "needs logits of shape (batch, num_classes) from LightningModule.forward"
         )
-    if len(set(order)) != len(order):
-        repeated = sorted({n for n in order if order.count(n) > 1})
-        raise CallbackConfigError(
-            f"modules {repeated} run more than once per forward pass, so the head cannot be "
-            "rebuilt from modules; pass feature_layer= a module after them"
-        )
 
     if feature_layer == AUTO:
         linears = [n for n in order if isinstance(named[n], nn.Linear)]
@@ -179,6 +173,12 @@ def resolve_head(
         features = outputs[layer]
         from_input = False
 
+    repeated = sorted({n for n in (layer, *head_names) if order.count(n) > 1})
+    if repeated:
+        raise CallbackConfigError(
+            f"modules {repeated} run more than once per forward pass, so the head cannot be "
+            "rebuilt from modules; pass feature_layer= a module after them"
+        )
     features = features.reshape(features.shape[0], -1)
     modules = tuple((n, named[n]) for n in head_names)
     spec = [describe_layer(n, m) for n, m in modules]

@@ -59,8 +59,10 @@ def param_names(spec: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
-    """Elementwise erf (numpy has none): math.erf vectorised, exact to float64 rounding."""
-    return np.vectorize(math.erf, otypes=[np.float64])(x)
+    """Elementwise erf in float64 (numpy has none; torch, a base dependency, does)."""
+    import torch
+
+    return torch.erf(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).numpy()
 
 
 class Head:

@@ -129,7 +129,12 @@ class Run:
                 self.has_thumbnails = schema.SAMPLES_THUMBNAIL in f
         except OSError as exc:
             raise StoreError(f"{self.run_file} cannot be read: {exc}") from exc
-        self.head_spec = parse_head_spec(self.attrs[schema.ATTR_HEAD_SPEC])
+        try:
+            self.head_spec = parse_head_spec(self.attrs[schema.ATTR_HEAD_SPEC])
+        except (StoreError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+            raise StoreError(
+                f"{self.run_file}: attribute {schema.ATTR_HEAD_SPEC!r} is invalid: {exc}"
+            ) from exc
         self._scan()
 
     def _read(self, f: h5py.File, key: str, dtype: Any) -> np.ndarray:
@@ -243,7 +248,10 @@ class Run:
         with self._open_epoch(epoch) as f:
             group = f[schema.HEAD_GROUP]
             state = {name: np.asarray(group[name][...]) for name in group}
-        return Head(self.head_spec, state)
+        try:
+            return Head(self.head_spec, state)
+        except StoreError as exc:
+            raise StoreError(f"{self.epoch_path(epoch)}: group {schema.HEAD_GROUP!r}: {exc}") from exc
 
     def boundary(self, epoch: int, dtype: Any = np.float32) -> Boundary | None:
         """The epoch's input-space boundary points, or None when none were recorded."""

@@ -57,12 +57,18 @@ def unpack(dataset: Any, index: int, unpack_item: UnpackItem, role: str) -> tupl
 def dataset_labels(dataset: Any, unpack_item: UnpackItem, role: str) -> np.ndarray:
     """int64 labels of every item of ``dataset`` (from ``targets``/``labels`` when present)."""
     n = len(dataset)
-    if isinstance(dataset, torch.utils.data.Subset):
+    fast = unpack_item is default_unpack_item  # a custom unpack_item decides what a label is
+    if fast and isinstance(dataset, torch.utils.data.Subset):
         parent = dataset_labels(dataset.dataset, unpack_item, role)
         return parent[np.asarray(dataset.indices, dtype=np.int64)]
-    if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) >= 2:
-        return np.asarray(dataset.tensors[1].reshape(n, -1)[:, 0].cpu().numpy(), dtype=np.int64)
-    for attr in ("targets", "labels"):
+    if (
+        fast
+        and isinstance(dataset, torch.utils.data.TensorDataset)
+        and len(dataset.tensors) >= 2
+        and dataset.tensors[1].numel() == n  # (n,) or (n, 1); one-hot labels are read per item
+    ):
+        return np.asarray(dataset.tensors[1].reshape(n).cpu().numpy(), dtype=np.int64)
+    for attr in ("targets", "labels") if fast else ():
         values = getattr(dataset, attr, None)
         if values is not None and not callable(values):
             try:

@@ -1,0 +1,275 @@
+"""Tests of feature-layer resolution, head extraction and the feature hook (plain nn.Modules)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timevis_callback.capture import AUTO, capture_features, head_state, resolve_head
+from timevis_callback.errors import CallbackConfigError
+from timevis_callback.head import Head
+
+N, D_IN, HIDDEN, N_CLASSES = 16, 8, 12, 5
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+class MLP(nn.Module):
+    """body (Linear-ReLU-Linear-ReLU) -> fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(D_IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU()
+        )
+        self.fc = nn.Linear(HIDDEN, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x))
+
+
+class MLPHead(nn.Module):
+    """body -> classifier (Linear-ReLU-Linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D_IN, HIDDEN), nn.Tanh())
+        self.classifier = nn.Sequential(
+            nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, N_CLASSES)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(x))
+
+
+class SmallCNN(nn.Module):
+    """conv -> ReLU -> pool (N, C, 1, 1) -> Flatten -> fc."""
+
+    def __init__(self, channels: int = 6) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, channels, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(channels, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.act(self.conv(x)))))
+
+
+def inputs(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+
+
+def rebuilt_logits(model: nn.Module, info, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(logits of the model, logits of the rebuilt head on the captured features)."""
+    module = dict(model.named_modules())[info.feature_layer]
+    with torch.no_grad(), capture_features(module, info.from_input) as captured:
+        logits = model(x)
+    assert len(captured) == 1
+    features = captured[0].numpy()
+    assert features.shape == (len(x), info.feature_dim)
+    head = Head(info.spec, head_state(info.spec, info.head_modules))
+    return logits.numpy(), head(features)
+
+
+def assert_no_hooks(model: nn.Module) -> None:
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def resolve(model: nn.Module, feature_layer: str, x: torch.Tensor):
+    with torch.no_grad():
+        return resolve_head(model, feature_layer, lambda: model(x))
+
+
+def test_auto_finds_the_input_of_the_last_linear() -> None:
+    model = MLP().eval()
+    x = inputs(N, D_IN)
+    info = resolve(model, AUTO, x)
+    assert info.feature_layer == "fc" and info.from_input
+    assert info.feature_dim == HIDDEN and info.num_classes == N_CLASSES
+    assert [t["type"] for t in info.spec] == ["Linear"]
+    assert [name for name, _ in info.head_modules] == ["fc"]
+    assert info.head_modules[0][1] is model.fc
+    expected, got = rebuilt_logits(model, info, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert_no_hooks(model)
+
+
+def test_named_feature_layer_with_mlp_head() -> None:
+    model = MLPHead().eval()
+    x = inputs(N, D_IN)
+    info = resolve(model, "body", x)
+    assert info.feature_layer == "body" and not info.from_input
+    assert [t["type"] for t in info.spec] == ["Linear", "ReLU", "Linear"]
+    assert [name for name, _ in info.head_modules] == [
+        "classifier.0",
+        "classifier.1",
+        "classifier.2",
+    ]
+    assert info.feature_dim == HIDDEN
+    expected, got = rebuilt_logits(model, info, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # a leaf module as the feature layer works too
+    leaf = resolve(model, "body.1", x)
+    assert [t["type"] for t in leaf.spec] == ["Linear", "ReLU", "Linear"]
+    # under auto only the last Linear is the head
+    auto = resolve(model, AUTO, x)
+    assert auto.feature_layer == "classifier.2" and [t["type"] for t in auto.spec] == ["Linear"]
+    assert_no_hooks(model)
+
+
+def test_pooling_layer_as_feature_layer() -> None:
+    model = SmallCNN(channels=6).eval()
+    x = inputs(N, 1, 8, 8)
+    info = resolve(model, "pool", x)
+    assert not info.from_input
+    assert info.feature_dim == 6  # (N, 6, 1, 1) flattened
+    assert [t["type"] for t in info.spec] == ["Flatten", "Linear"]
+    expected, got = rebuilt_logits(model, info, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert_no_hooks(model)
+
+
+def test_unknown_name_suggests_close_names() -> None:
+    model = SmallCNN().eval()
+    with pytest.raises(CallbackConfigError, match="feature_layer='pol' is not a module") as info:
+        resolve(model, "pol", inputs(2, 1, 8, 8))
+    assert "did you mean" in str(info.value) and "pool" in str(info.value)
+    assert_no_hooks(model)
+
+
+def test_auto_without_linear_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(1, N_CLASSES, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with pytest.raises(CallbackConfigError, match="no nn.Linear") as info:
+        resolve(model, AUTO, inputs(2, 1, 8, 8))
+    assert "feature_layer=" in str(info.value)
+
+
+def test_head_with_softmax_is_refused() -> None:
+    model = nn.Sequential(nn.Linear(D_IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 3), nn.Softmax(1))
+    with pytest.raises(CallbackConfigError, match="Softmax") as info:
+        resolve(model.eval(), AUTO, inputs(4, D_IN))
+    assert "'3'" in str(info.value) and "feature_layer" in str(info.value)
+    assert_no_hooks(model)
+
+
+class FunctionalReLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(D_IN, HIDDEN)
+        self.fc = nn.Linear(HIDDEN, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.proj(x)))
+
+
+def test_work_outside_modules_is_refused() -> None:
+    model = FunctionalReLU().eval()
+    x = inputs(N, D_IN) * 3.0
+    with pytest.raises(CallbackConfigError, match="do not reproduce") as info:
+        resolve(model, "proj", x)
+    assert "feature_layer='proj'" in str(info.value) and "fc" in str(info.value)
+    # auto takes the input of fc, after F.relu, and works
+    info_auto = resolve(model, AUTO, x)
+    expected, got = rebuilt_logits(model, info_auto, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+class ReusedInHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(D_IN, HIDDEN)
+        self.act = nn.Tanh()
+        self.hidden = nn.Linear(HIDDEN, HIDDEN)
+        self.fc = nn.Linear(HIDDEN, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.hidden(self.act(self.proj(x)))))
+
+
+def test_module_called_twice_in_the_head_is_refused() -> None:
+    model = ReusedInHead().eval()
+    with pytest.raises(CallbackConfigError, match=r"modules \['act'\] run more than once"):
+        resolve(model, "proj", inputs(4, D_IN))
+    assert_no_hooks(model)
+
+
+class ReusedInBackbone(nn.Module):
+    """A backbone reusing one activation module (as torchvision's ResNet BasicBlock does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(D_IN, HIDDEN)
+        self.l2 = nn.Linear(HIDDEN, HIDDEN)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(HIDDEN, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.l2(self.relu(self.l1(x)))))
+
+
+def test_module_reused_before_the_feature_layer_is_accepted() -> None:
+    model = ReusedInBackbone().eval()
+    x = inputs(N, D_IN)
+    info = resolve(model, AUTO, x)
+    assert info.feature_layer == "fc"
+    expected, got = rebuilt_logits(model, info, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_feature_layer_that_does_not_run_is_refused() -> None:
+    model = MLP()
+    model.unused = nn.Linear(HIDDEN, HIDDEN)
+    with pytest.raises(CallbackConfigError, match="feature_layer='unused' did not run"):
+        resolve(model.eval(), "unused", inputs(4, D_IN))
+    assert_no_hooks(model)
+
+
+def test_forward_without_2d_logits_is_refused() -> None:
+    model = nn.Sequential(nn.Linear(D_IN, N_CLASSES), nn.Flatten(0)).eval()
+    with pytest.raises(CallbackConfigError, match="logits of shape"):
+        resolve(model, AUTO, inputs(4, D_IN))
+    assert_no_hooks(model)
+
+
+def test_resolve_head_removes_hooks_when_forward_raises() -> None:
+    model = MLP()
+
+    def failing_forward() -> torch.Tensor:
+        model(inputs(2, D_IN))
+        raise RuntimeError("data loading failed")
+
+    with pytest.raises(RuntimeError, match="data loading failed"):
+        resolve_head(model, AUTO, failing_forward)
+    assert_no_hooks(model)
+
+
+@pytest.mark.parametrize("from_input", [True, False])
+def test_capture_features_collects_and_flattens(from_input: bool) -> None:
+    model = SmallCNN(channels=4).eval()
+    module = model.pool if not from_input else model.fc
+    with torch.no_grad(), capture_features(module, from_input) as captured:
+        model(inputs(3, 1, 8, 8))
+        model(inputs(5, 1, 8, 8))
+        assert len(module._forward_hooks) == 1
+    assert [c.shape for c in captured] == [(3, 4), (5, 4)]
+    assert not module._forward_hooks
+
+
+def test_capture_features_removes_its_hook_when_the_block_raises() -> None:
+    model = SmallCNN().eval()
+    with pytest.raises(ValueError, match="inside"):
+        with capture_features(model.pool, from_input=False) as captured:
+            model(inputs(2, 1, 8, 8))
+            raise ValueError("inside")
+    assert len(captured) == 1
+    assert not model.pool._forward_hooks
+    model(inputs(2, 1, 8, 8))
+    assert len(captured) == 1  # nothing collected after the block
