@@ -1,0 +1,428 @@
+"""Fit ONE visualization model for all epochs of a run store (METHOD.md sections 2-5).
+
+Stages: reduce every epoch to a covering subset (last epoch first), build each epoch's spatial
+and boundary fuzzy graphs, link each sample's copies across epochs (temporal edges), mix the edge
+types, train the projector on the joined complex, and embed every sample of every epoch.
+Features are read one epoch at a time; what stays in memory is the reduced complex.
+
+    >>> from timevis_callback import open_run                        # doctest: +SKIP
+    >>> result = fit(open_run("runs/mnist/store"), load_config())     # doctest: +SKIP
+    >>> result.model.transform(features)   # [n, D] -> [n, 2]         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from timevis_callback.boundary import bisect, select_pairs
+from timevis_callback.head import Head
+from timevis_callback.reader import Run
+from timevis_cli.complex import (
+    EdgeKind,
+    EdgeSet,
+    EpochVertices,
+    boundary_edges,
+    mix_edges,
+    spatial_edges,
+    temporal_edges,
+)
+from timevis_cli.config import Config
+from timevis_cli.device import resolve_device
+from timevis_cli.errors import InputError
+from timevis_cli.losses import attention_weights, attention_weights_autograd
+from timevis_cli.neighbors import KNNBackend, resolve_backend
+from timevis_cli.projector import Projector
+from timevis_cli.ranges import parse_range
+from timevis_cli.reduction import select_epochs
+from timevis_cli.trainer import TrainParams, TrainReport, fit_projector
+
+log = logging.getLogger(__name__)
+
+FEATURE_BOUNDARY_FRACTION = 0.1  # feature-space boundary points per epoch, of the train samples
+_LINEAR_EQUIVALENT = {"Linear", "Flatten", "Identity", "Dropout"}
+_BATCH = 8192
+
+
+class Reporter:
+    """Progress of the fit's stages. The default logs; the CLI draws bars on a terminal."""
+
+    def start(self, stage: str, total: int) -> None:
+        log.info("%s (%d steps)", stage, total)
+
+    def advance(self, **info: Any) -> None:
+        if info:
+            log.debug("%s", ", ".join(f"{k} {v}" for k, v in info.items()))
+
+    def finish(self) -> None:
+        """The current stage is done."""
+
+
+@dataclass
+class FitModel:
+    """The fitted projector with the sklearn-style transforms of one run's feature space."""
+
+    projector: Projector
+    device: torch.device
+
+    @torch.no_grad()
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """2-D positions float32 [n, 2] of features [n, D]."""
+        return self._apply(self.projector.encode, features)
+
+    @torch.no_grad()
+    def inverse_transform(self, points: np.ndarray) -> np.ndarray:
+        """Features float32 [n, D] decoded from 2-D points [n, 2]."""
+        return self._apply(self.projector.decode, points)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> np.ndarray:
+        self.projector.eval()
+        x = np.asarray(x, dtype=np.float32)
+        out = [
+            fn(torch.from_numpy(x[i : i + _BATCH]).to(self.device)).cpu()
+            for i in range(0, len(x), _BATCH)
+        ]
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` computed: the model, every epoch's embedding, and how it got there."""
+
+    model: FitModel
+    config: Config
+    run_id: str
+    epochs: list[int]
+    train: np.ndarray  # float32 [E, n_train, 2]
+    test: np.ndarray  # float32 [E, n_test, 2]
+    boundary_points: list[np.ndarray]  # per epoch float32 [B_t, 2]
+    boundary_features: list[np.ndarray]  # per epoch float16 [B_t, D]
+    boundary_pairs: list[np.ndarray]  # per epoch int64 [B_t, 2]
+    boundary_source: list[str]  # per epoch: "store", "feature" or "none"
+    selected_ids: dict[int, np.ndarray]  # epoch -> train sample ids in the complex
+    report: TrainReport
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _peak_memory_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+@contextmanager
+def _timed(stats: dict[str, Any], stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    stats.setdefault("seconds", {})[stage] = round(time.perf_counter() - started, 3)
+
+
+def _check_finite(features: np.ndarray, epoch: int) -> None:
+    bad = int((~np.isfinite(features)).any(axis=1).sum())
+    if bad:
+        raise InputError(
+            f"epoch {epoch} has {bad} samples with NaN or inf features (training diverged?); "
+            f"fit only the epochs before it with --epochs"
+        )
+
+
+def select_fit_epochs(run: Run, text: str) -> list[int]:
+    """The recorded epochs named by ``text``; at least two (time travel needs two)."""
+    if not run.epochs:
+        raise InputError(f"{run.path} holds no readable epoch yet; train with TimeVisCallback first")
+    epochs = parse_range(text, run.epochs)
+    if len(epochs) < 2:
+        raise InputError(
+            f"epochs {text!r} select {len(epochs)} epoch ({epochs}); a time-travelling fit needs "
+            "at least two recorded epochs"
+        )
+    return epochs
+
+
+def _is_linear(head: Head) -> bool:
+    return {layer["type"] for layer in head.spec} <= _LINEAR_EQUIVALENT and sum(
+        layer["type"] == "Linear" for layer in head.spec
+    ) == 1
+
+
+def vertex_attention(
+    features: np.ndarray, head: Head, temperature: float, logits: np.ndarray | None = None
+) -> np.ndarray:
+    """Reconstruction attention a_v float32 [n, D] of features [n, D] under one epoch's head."""
+    x = torch.from_numpy(np.asarray(features, dtype=np.float32))
+    if _is_linear(head):
+        index = next(i for i, layer in enumerate(head.spec) if layer["type"] == "Linear")
+        weight = torch.from_numpy(head.state[f"{index}.weight"].astype(np.float32))
+        z = torch.from_numpy(head(features) if logits is None else logits)
+        return attention_weights(x, z, weight, temperature).numpy()
+    module = head.to_torch()
+    return attention_weights_autograd(x, module, temperature).numpy()
+
+
+def feature_boundary_points(
+    features: np.ndarray, logits: np.ndarray, head: Head, n_points: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature-space boundary points (METHOD.md §2 fallback): features [B, D], pairs [B, 2].
+
+    Interpolates between the representations of two samples predicted as different classes and
+    bisects to where the head hesitates between them. Off the representation manifold: used only
+    when the store has no input-space boundary points.
+    """
+    a, b, pairs = select_pairs(logits, math.ceil(n_points / 2), rng)
+    if len(a) == 0:
+        return np.zeros((0, features.shape[1]), np.float32), np.zeros((0, 2), np.int64)
+    module = head.to_torch()
+    x = torch.from_numpy(np.asarray(features, dtype=np.float32))
+    with torch.no_grad():
+        result = bisect(
+            lambda mix: (module(mix), mix),
+            torch.cat([x[a], x[b]]),
+            torch.cat([x[b], x[a]]),
+            np.concatenate([pairs[:, 0], pairs[:, 1]]),
+            np.concatenate([pairs[:, 1], pairs[:, 0]]),
+            l_bound=0.5,
+            batch_size=_BATCH,
+            max_steps=16,
+        )
+    return result.features.numpy()[:n_points], result.pair[:n_points]
+
+
+@dataclass
+class _EpochPart:
+    """One epoch's share of the complex while it is being built."""
+
+    epoch: int
+    offset: int
+    n_train: int
+    features: np.ndarray  # float32 [n_train + n_boundary, D]
+    attention: np.ndarray  # float32 [same, D]
+    boundary_pair: np.ndarray
+    boundary_source: str
+
+
+def _epoch_part(
+    run: Run,
+    epoch: int,
+    train_rows: np.ndarray,
+    offset: int,
+    config: Config,
+    backend: KNNBackend,
+    rng: np.random.Generator,
+) -> tuple[_EpochPart, EpochVertices, list[EdgeSet]]:
+    """Spatial and boundary edges of one epoch, its vertices' features and attention."""
+    all_train = run.features(epoch, split="train")
+    _check_finite(all_train, epoch)
+    train_logits = run.logits(epoch, split="train")
+    head = run.head(epoch)
+    feats = all_train[train_rows]
+    k = config.knn.n_neighbors
+    if k >= len(feats):
+        raise InputError(
+            f"knn.n_neighbors={k} needs more points than epoch {epoch} keeps ({len(feats)}); "
+            f"use --set knn.n_neighbors={max(2, len(feats) - 1)} or a smaller reduction.r0"
+        )
+    knn_idx, knn_dist = backend.query(feats, k=k, include_self=True)
+    spatial = spatial_edges(knn_idx, knn_dist, vertex_offset=offset)
+
+    source = config.complex.boundary_source
+    boundary, pair, used = None, np.zeros((0, 2), np.int64), "none"
+    stored = run.boundary(epoch) if source in ("auto", "store") else None
+    if stored is not None and len(stored.features):
+        _check_finite(stored.features, epoch)
+        boundary, pair, used = stored.features, stored.pair, "store"
+    elif source in ("auto", "feature"):
+        n_points = int(round(FEATURE_BOUNDARY_FRACTION * len(all_train)))
+        boundary, pair = feature_boundary_points(all_train, train_logits, head, n_points, rng)
+        used = "feature" if len(boundary) else "none"
+    edges = [spatial.edges]
+    vertices = feats
+    if boundary is not None and len(boundary) >= 2:
+        vertices = np.concatenate([feats, boundary.astype(np.float32)])
+        kb = min(config.knn.boundary_neighbors, len(boundary))
+        b_idx, b_dist = backend.query(boundary, vertices, k=kb)
+        edges.append(boundary_edges(b_idx, b_dist, n_train=len(feats), vertex_offset=offset).edges)
+    else:
+        used, pair = "none", np.zeros((0, 2), np.int64)
+    logits = np.concatenate([train_logits[train_rows], head(vertices[len(feats) :])])
+    attention = vertex_attention(vertices, head, config.training.attention_temperature, logits)
+    part = _EpochPart(epoch, offset, len(feats), vertices, attention, pair, used)
+    ids = run.samples.id[run.samples.mask("train")][train_rows]
+    epoch_vertices = EpochVertices(
+        sample_ids=ids,
+        vertex_ids=offset + np.arange(len(feats)),
+        features=feats,
+        sigma=spatial.sigma,
+        rho=spatial.rho,
+    )
+    return part, epoch_vertices, edges
+
+
+def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult:
+    """Fit the projector on the run's epochs (``config.fit.epochs``) and embed every epoch."""
+    reporter = reporter or Reporter()
+    stats: dict[str, Any] = {}
+    epochs = select_fit_epochs(run, config.fit.epochs)
+    device = resolve_device(config.fit.device)
+    backend = resolve_backend(config.knn.backend, str(device))
+    stats.update(device=str(device), knn_backend=type(backend).__name__, epochs=epochs)
+    train_mask = run.samples.mask("train")
+    train_ids = run.samples.id[train_mask]
+    if len(train_ids) < 3:
+        raise InputError(f"{run.path} tracks {len(train_ids)} training samples; fit needs at least 3")
+    if len(np.unique(run.samples.label[train_mask])) < 2:
+        log.warning("the run has one class only: the map is fitted, but without boundary points")
+    seed = config.fit.seed
+
+    with _timed(stats, "reduction"):
+        if config.reduction.enabled:
+            reporter.start("reduction", len(epochs))
+
+            def load(epoch: int) -> np.ndarray:
+                features = run.features(epoch, split="train")
+                _check_finite(features, epoch)
+                reporter.advance(epoch=epoch)
+                return features
+
+            r = config.reduction
+            selected = select_epochs(
+                load,
+                epochs,
+                train_ids,
+                r0=r.r0,
+                alpha=r.alpha,
+                beta=r.beta,
+                init_size=r.init_size,
+                coverage=r.coverage,
+                rng=np.random.default_rng(seed),
+                device=device,
+            )
+            reporter.finish()
+        else:
+            selected = {epoch: train_ids for epoch in epochs}
+    position = {int(sample): row for row, sample in enumerate(train_ids)}
+
+    parts: list[_EpochPart] = []
+    vertices: list[EpochVertices] = []
+    edge_sets: list[EdgeSet] = []
+    offset = 0
+    with _timed(stats, "complex"):
+        reporter.start("spatial and boundary edges", len(epochs))
+        for epoch in epochs:
+            rows = np.sort(np.array([position[int(s)] for s in selected[epoch]], dtype=np.int64))
+            part, epoch_vertices, edges = _epoch_part(
+                run, epoch, rows, offset, config, backend, np.random.default_rng([seed, epoch])
+            )
+            parts.append(part)
+            vertices.append(epoch_vertices)
+            edge_sets.extend(edges)
+            offset += len(part.features)
+            reporter.advance(epoch=epoch, vertices=len(part.features))
+        reporter.finish()
+    with _timed(stats, "temporal"):
+        window = config.complex.temporal_window or None
+        edge_sets.append(temporal_edges(vertices, config.complex.temporal_neighbors, window))
+    with _timed(stats, "mixing"):
+        joined = EdgeSet.concat(edge_sets)
+        rates = {
+            "spatial": config.complex.rate_spatial,
+            "boundary": config.complex.rate_boundary,
+            "temporal": config.complex.rate_temporal,
+        }
+        mixed = mix_edges(joined, rates=rates, prune_offset=config.complex.prune_offset)
+    stats["complex"] = {
+        "vertices": offset,
+        "selected_per_epoch": {str(p.epoch): p.n_train for p in parts},
+        "boundary_per_epoch": {str(p.epoch): len(p.features) - p.n_train for p in parts},
+        "boundary_source": {str(p.epoch): p.boundary_source for p in parts},
+        "edges_before_mixing": {k.name.lower(): int((joined.kind == k).sum()) for k in EdgeKind},
+        "edges": {k.name.lower(): int((mixed.kind == k).sum()) for k in EdgeKind},
+    }
+    log.info(
+        "complex: %d vertices over %d epochs, %d edges (%s)",
+        offset,
+        len(epochs),
+        len(mixed),
+        ", ".join(f"{k} {v}" for k, v in stats["complex"]["edges"].items()),
+    )
+    del vertices, edge_sets, joined
+
+    features = torch.from_numpy(np.concatenate([p.features for p in parts]))
+    attention = torch.from_numpy(np.concatenate([p.attention for p in parts]))
+    t = config.training
+    params = TrainParams(
+        hidden=config.projector.hidden,
+        depth=config.projector.depth,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        lr_step=t.lr_step,
+        lr_gamma=t.lr_gamma,
+        patience=t.patience,
+        min_improvement=t.min_improvement,
+        max_epochs=t.max_epochs,
+        edges_per_epoch_factor=t.edges_per_epoch_factor,
+        negative_rate=t.negative_rate,
+        recon_weight=t.recon_weight,
+        min_dist=t.min_dist,
+        spread=t.spread,
+    )
+    with _timed(stats, "training"):
+        reporter.start("training", t.max_epochs)
+        projector, report = fit_projector(
+            features,
+            attention,
+            mixed,
+            params,
+            device,
+            seed,
+            progress=lambda info: reporter.advance(**{k: _short(v) for k, v in info.items()}),
+        )
+        reporter.finish()
+    del features, attention
+    model = FitModel(projector, device)
+
+    with _timed(stats, "embedding"):
+        reporter.start("embedding", len(epochs))
+        test_mask = run.samples.mask("test")
+        train_pos = np.zeros((len(epochs), int(train_mask.sum()), 2), np.float32)
+        test_pos = np.zeros((len(epochs), int(test_mask.sum()), 2), np.float32)
+        boundary_points, boundary_features = [], []
+        for i, (epoch, part) in enumerate(zip(epochs, parts, strict=True)):
+            points = model.transform(run.features(epoch))
+            train_pos[i], test_pos[i] = points[train_mask], points[test_mask]
+            boundary = part.features[part.n_train :]
+            boundary_points.append(model.transform(boundary) if len(boundary) else np.zeros((0, 2), np.float32))
+            boundary_features.append(boundary.astype(np.float16))
+            reporter.advance(epoch=epoch)
+        reporter.finish()
+    stats["peak_memory_mb"] = round(_peak_memory_mb(), 1)
+    if device.type == "cuda":
+        stats["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return FitResult(
+        model=model,
+        config=config,
+        run_id=run.run_id,
+        epochs=epochs,
+        train=train_pos,
+        test=test_pos,
+        boundary_points=boundary_points,
+        boundary_features=boundary_features,
+        boundary_pairs=[p.boundary_pair for p in parts],
+        boundary_source=[p.boundary_source for p in parts],
+        selected_ids={epoch: np.sort(selected[epoch]) for epoch in epochs},
+        report=report,
+        stats=stats,
+    )
+
+
+def _short(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value

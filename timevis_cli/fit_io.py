@@ -1,0 +1,195 @@
+"""The fit outputs in ``RUN_DIR/fit/``: written into a temporary folder and renamed at the end.
+
+``projector.pt``: ``{"projector": Projector.checkpoint(), "config": resolved config dict,
+"run_id", "epochs"}``, loadable with ``torch.load(..., weights_only=True)``.
+``embedding.h5``: every epoch's 2-D positions (keys below). ``fit.json``: config, versions,
+device, kNN backend, complex sizes, seconds per stage, peak memory. ``config.toml``: the
+resolved configuration. Every key is defined here once; render and eval read through
+:func:`load_fit`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from timevis_callback.reader import Run
+from timevis_cli.config import Config
+from timevis_cli.errors import InputError, StoreError
+from timevis_cli.fit import FitModel, FitResult
+from timevis_cli.projector import Projector
+
+FIT_DIR = "fit"
+PROJECTOR_FILE = "projector.pt"
+EMBEDDING_FILE = "embedding.h5"
+REPORT_FILE = "fit.json"
+CONFIG_FILE = "config.toml"
+
+# embedding.h5
+ATTR_RUN_ID = "run_id"
+EPOCHS = "epochs"  # int64 [E]
+TRAIN = "train"  # float32 [E, n_train, 2]
+TEST = "test"  # float32 [E, n_test, 2]
+BOUNDARY_POINTS = "boundary/points"  # float32 [sum B, 2]
+BOUNDARY_FEATURES = "boundary/features"  # float16 [sum B, D]
+BOUNDARY_PAIR = "boundary/pair"  # int64 [sum B, 2]
+BOUNDARY_OFFSETS = "boundary/offsets"  # int64 [E + 1]: epoch i is rows offsets[i]:offsets[i+1]
+ATTR_BOUNDARY_SOURCE = "boundary_source"  # JSON list per epoch: "store" | "feature" | "none"
+SELECTED_IDS = "selected/ids"  # int64 [sum S]: train sample ids in the complex
+SELECTED_OFFSETS = "selected/offsets"  # int64 [E + 1]
+
+
+def _offsets(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for name in ("timevis", "faiss-cpu", "faiss-gpu", "h5py"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def save_fit(run_dir: Path, result: FitResult, overwrite: bool) -> Path:
+    """Write ``RUN_DIR/fit/`` atomically; an existing fit is kept unless ``overwrite``."""
+    run_dir = Path(run_dir)
+    final = run_dir / FIT_DIR
+    if final.exists() and not overwrite:
+        raise InputError(f"{final} already exists; pass --overwrite to replace it")
+    tmp = run_dir / f".{FIT_DIR}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        torch.save(
+            {
+                "projector": result.model.projector.checkpoint(),
+                "config": result.config.to_dict(),
+                "run_id": result.run_id,
+                "epochs": list(result.epochs),
+            },
+            tmp / PROJECTOR_FILE,
+        )
+        with h5py.File(tmp / EMBEDDING_FILE, "w") as f:
+            f.attrs[ATTR_RUN_ID] = result.run_id
+            f.create_dataset(EPOCHS, data=np.asarray(result.epochs, dtype=np.int64))
+            f.create_dataset(TRAIN, data=result.train)
+            f.create_dataset(TEST, data=result.test)
+            f.create_dataset(BOUNDARY_POINTS, data=_concat(result.boundary_points, (0, 2), np.float32))
+            dim = result.model.projector.input_dim
+            f.create_dataset(
+                BOUNDARY_FEATURES, data=_concat(result.boundary_features, (0, dim), np.float16)
+            )
+            f.create_dataset(BOUNDARY_PAIR, data=_concat(result.boundary_pairs, (0, 2), np.int64))
+            f.create_dataset(BOUNDARY_OFFSETS, data=_offsets(result.boundary_points))
+            f.attrs[ATTR_BOUNDARY_SOURCE] = json.dumps(result.boundary_source)
+            selected = [result.selected_ids[e] for e in result.epochs]
+            f.create_dataset(SELECTED_IDS, data=_concat(selected, (0,), np.int64))
+            f.create_dataset(SELECTED_OFFSETS, data=_offsets(selected))
+        report = {
+            "run_id": result.run_id,
+            "versions": _versions(),
+            **result.stats,
+            "training": result.report.as_dict(),
+            "config": result.config.to_dict(),
+        }
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=_json_default))
+        (tmp / CONFIG_FILE).write_text(result.config.to_toml())
+        old = None
+        if final.exists():
+            old = run_dir / f".{FIT_DIR}.old-{uuid.uuid4().hex[:8]}"
+            final.rename(old)
+        tmp.rename(final)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return final
+
+
+def _concat(parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    parts = [np.asarray(p, dtype=dtype) for p in parts if len(p)]
+    return np.concatenate(parts) if parts else np.zeros(empty_shape, dtype)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+@dataclass
+class LoadedFit:
+    """A fit read back from ``RUN_DIR/fit/``."""
+
+    model: FitModel
+    config: Config
+    run_id: str
+    epochs: list[int]
+    path: Path
+
+    def embedding(self, epoch: int) -> dict[str, np.ndarray]:
+        """2-D positions of one epoch: ``train`` [n_train, 2], ``test``, ``boundary`` [B, 2],
+        ``boundary_features`` [B, D], ``boundary_pair`` [B, 2]."""
+        if epoch not in self.epochs:
+            raise InputError(f"epoch {epoch} is not in the fit (fitted epochs: {self.epochs}); refit")
+        i = self.epochs.index(epoch)
+        with h5py.File(self.path / EMBEDDING_FILE, "r") as f:
+            lo, hi = f[BOUNDARY_OFFSETS][i : i + 2]
+            return {
+                "train": f[TRAIN][i],
+                "test": f[TEST][i],
+                "boundary": f[BOUNDARY_POINTS][lo:hi],
+                "boundary_features": f[BOUNDARY_FEATURES][lo:hi].astype(np.float32),
+                "boundary_pair": f[BOUNDARY_PAIR][lo:hi],
+            }
+
+
+def load_fit(run: Run, device: torch.device | None = None) -> LoadedFit:
+    """The fit of ``run``; errors say to run ``timevis fit`` when it is missing or stale."""
+    path = run.path / FIT_DIR
+    if not (path / PROJECTOR_FILE).exists() or not (path / EMBEDDING_FILE).exists():
+        raise InputError(f"{run.path} has no fit yet; run: timevis fit {run.path}")
+    try:
+        saved = torch.load(path / PROJECTOR_FILE, map_location="cpu", weights_only=True)
+        with h5py.File(path / EMBEDDING_FILE, "r") as f:
+            run_id = str(f.attrs[ATTR_RUN_ID])
+            epochs = [int(e) for e in f[EPOCHS][...]]
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise StoreError(f"{path} cannot be read ({exc}); refit with: timevis fit {run.path} --overwrite") from exc
+    if run_id != run.run_id:
+        raise InputError(
+            f"{path} was fitted on another run ({run_id[:12]}, this store is {run.run_id[:12]}); "
+            f"refit with: timevis fit {run.path} --overwrite"
+        )
+    missing = sorted(set(epochs) - set(run.epochs))
+    if missing:
+        raise InputError(
+            f"{path} covers epochs {missing} that the store no longer has; "
+            f"refit with: timevis fit {run.path} --overwrite"
+        )
+    device = device or torch.device("cpu")
+    projector = Projector.from_checkpoint(saved["projector"], map_location=device)
+    return LoadedFit(
+        model=FitModel(projector.eval(), device),
+        config=Config.from_dict(saved["config"], source=str(path / PROJECTOR_FILE)),
+        run_id=run_id,
+        epochs=epochs,
+        path=path,
+    )
