@@ -1,0 +1,165 @@
+"""``timevis fit`` end to end on synthetic stores, through the Python API and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from stores import drifting_clusters
+
+from timevis_callback import open_run
+from timevis_cli.cli import main
+from timevis_cli.config import load_config
+from timevis_cli.errors import ConfigError, InputError
+from timevis_cli.fit import fit
+from timevis_cli.fit_io import load_fit
+from timevis_cli.metrics import nnpv
+
+FAST = ["training.max_epochs=6", "reduction.init_size=100"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    store = drifting_clusters(tmp_path_factory.mktemp("fit") / "store")
+    result = invoke("fit", store, "--set", FAST[0], "--set", FAST[1])
+    assert result.exit_code == 0, result.output
+    return store
+
+
+def test_fit_writes_every_output(fitted):
+    fit_dir = fitted / "fit"
+    assert {p.name for p in fit_dir.iterdir()} == {
+        "projector.pt",
+        "embedding.h5",
+        "fit.json",
+        "config.toml",
+    }
+    saved = torch.load(fit_dir / "projector.pt", weights_only=True)
+    assert saved["projector"]["config"]["input_dim"] == 16
+    report = json.loads((fit_dir / "fit.json").read_text())
+    assert report["knn_backend"] in ("FaissCPU", "TorchExact")
+    assert report["epochs"] == [0, 1, 2, 3, 4]
+    assert set(report["seconds"]) >= {"reduction", "complex", "temporal", "training", "embedding"}
+    assert report["complex"]["edges"]["temporal"] > 0
+    assert report["complex"]["boundary_source"]["3"] == "feature"
+    assert report["peak_memory_mb"] > 0
+    assert load_config(fit_dir / "config.toml").training.max_epochs == 6
+
+
+def test_embedding_preserves_neighbours_and_keeps_still_samples_still(fitted):
+    run = open_run(fitted)
+    loaded = load_fit(run)
+    for epoch in loaded.epochs:
+        emb = loaded.embedding(epoch)
+        high = run.features(epoch, split="train")
+        assert emb["train"].shape == (300, 2) and emb["test"].shape == (60, 2)
+        score = nnpv(high, emb["train"], k=10)
+        assert score >= 0.25, f"epoch {epoch}: nnpv {score}"
+        np.testing.assert_allclose(loaded.model.transform(high), emb["train"], atol=1e-5)
+    still = np.stack([loaded.embedding(e)["train"][0] for e in loaded.epochs])
+    moving = np.stack([loaded.embedding(e)["train"][1:] for e in loaded.epochs])
+    assert np.abs(still - still[0]).max() < 1e-4
+    assert np.median(np.abs(moving - moving[0]).max(axis=(0, 2))) > 0.05
+
+
+def test_inverse_transform_keeps_the_prediction(fitted):
+    run = open_run(fitted)
+    loaded = load_fit(run)
+    epoch = loaded.epochs[-1]
+    high = run.features(epoch, split="train")
+    head = run.head(epoch)
+    recon = loaded.model.inverse_transform(loaded.model.transform(high))
+    agreement = (head(recon).argmax(1) == head(high).argmax(1)).mean()
+    assert agreement > 0.8, agreement
+
+
+def test_same_seed_same_embedding(tmp_path):
+    store = drifting_clusters(tmp_path / "s", n_train=120, n_test=20, epochs=3)
+    config = load_config(overrides=FAST + ["training.max_epochs=2"])
+    first = fit(open_run(store), config)
+    second = fit(open_run(store), config)
+    np.testing.assert_array_equal(first.train, second.train)
+
+
+def test_input_space_boundary_points_from_the_store_are_used(tmp_path):
+    store = drifting_clusters(tmp_path / "s", n_train=120, n_test=20, epochs=3, boundary=True)
+    result = fit(open_run(store), load_config(overrides=FAST + ["training.max_epochs=2"]))
+    assert result.boundary_source == ["store"] * 3
+    assert result.stats["complex"]["edges"]["boundary"] > 0
+    assert all(len(p) > 0 for p in result.boundary_points)
+
+
+def test_one_class_run_fits_without_boundary_points(tmp_path, caplog):
+    store = drifting_clusters(tmp_path / "s", n_train=120, n_test=20, epochs=3, one_class=True)
+    with caplog.at_level("WARNING"):
+        result = fit(open_run(store), load_config(overrides=FAST + ["training.max_epochs=2"]))
+    assert result.train.shape == (3, 120, 2)
+    assert any("one class" in r.getMessage() for r in caplog.records)
+
+
+def test_an_existing_fit_is_kept_unless_overwrite(fitted):
+    before = (fitted / "fit" / "embedding.h5").read_bytes()
+    result = invoke("fit", fitted, "--set", FAST[0])
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert (fitted / "fit" / "embedding.h5").read_bytes() == before
+
+
+def test_a_failed_fit_leaves_the_previous_one_intact(fitted):
+    before = (fitted / "fit" / "embedding.h5").read_bytes()
+    result = invoke("fit", fitted, "--overwrite", "--set", "knn.n_neighbors=500", "--set", FAST[1])
+    assert result.exit_code == 1, result.output
+    assert "knn.n_neighbors=500" in result.output
+    assert (fitted / "fit" / "embedding.h5").read_bytes() == before
+    assert not [p for p in fitted.iterdir() if p.name.startswith(".fit")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "3"], "at least two"),
+        (["--epochs", "3-9"], "not recorded (5-9); recorded: 0-4"),
+        (["--device", "cuda"], "no CUDA GPU"),
+        (["--set", "trainig.lr=0.1"], "did you mean 'training.lr'"),
+        (["--preset", "imagenet"], "imagenet"),
+    ],
+)
+def test_bad_fit_requests_are_one_line_errors(fitted, args, message, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = invoke("fit", fitted, "--overwrite", *args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_unknown_knn_backend_is_a_usage_error(fitted):
+    result = invoke("fit", fitted, "--knn", "annoy")
+    assert result.exit_code == 2 and "annoy" in result.output
+
+
+def test_nan_features_are_refused_naming_the_epoch(tmp_path):
+    store = drifting_clusters(tmp_path / "s", n_train=50, n_test=10, epochs=3)
+    import h5py
+
+    with h5py.File(store / "epochs" / "epoch_0002.h5", "r+") as f:
+        data = f["features"][...]
+        data[:3, 0] = np.nan
+        f["features"][...] = data
+    with pytest.raises(InputError, match="epoch 2 has 3 samples with NaN"):
+        fit(open_run(store), load_config(overrides=FAST))
+
+
+def test_not_a_store(tmp_path):
+    result = invoke("fit", tmp_path)
+    assert result.exit_code == 1 and "not a timevis run store" in result.output
+
+
+def test_config_errors_are_config_errors():
+    with pytest.raises(ConfigError):
+        load_config(overrides=["knn.n_neighbors=1"])

@@ -1,0 +1,226 @@
+"""Tests of timevis_cli.render (frames, the process pool) and timevis_cli.animate (GIF, MP4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from PIL import Image
+
+from timevis_cli.animate import MissingVideoDependencyError, write_gif, write_mp4
+from timevis_cli.errors import InputError
+from timevis_cli.landscape import Bounds, palette
+from timevis_cli.render import EpochFrame, FrameRenderer, render_epochs, title_text
+
+NAMES = ["zero", "one", "two"]
+WHITE = np.full((4, 4, 3), 255, dtype=np.uint8)
+UNIT = Bounds(-1.0, 1.0, -1.0, 1.0)
+
+
+def _frame(epoch: int = 1, seed: int = 0, n: int = 200, with_test: bool = False) -> EpochFrame:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, size=n)
+    preds = np.where(rng.random(n) < 0.2, (labels + 1) % 3, labels)
+    background = palette(3)[rng.integers(0, 3, size=(10, 10))]
+    test = {}
+    if with_test:
+        test = {
+            "test_points": rng.uniform(-1, 1, size=(50, 2)),
+            "test_labels": labels[:50],
+            "test_preds": preds[:50],
+        }
+    return EpochFrame(
+        epoch=epoch,
+        background=background,
+        bounds=UNIT,
+        train_points=rng.uniform(-1, 1, size=(n, 2)),
+        train_labels=labels,
+        train_preds=preds,
+        metrics={"val_acc": 0.9312, "val_loss": 0.2101},
+        **test,
+    )
+
+
+class SyntheticFrames:
+    """A picklable frame builder: frames depend on the epoch only."""
+
+    def __init__(self, n: int = 300):
+        self.n = n
+
+    def __call__(self, epoch: int) -> EpochFrame:
+        return _frame(epoch=epoch, seed=epoch, n=self.n)
+
+
+@pytest.fixture(scope="module")
+def renderer() -> FrameRenderer:
+    return FrameRenderer(NAMES, show_test=True)
+
+
+def _pixel(renderer: FrameRenderer, x: float, y: float) -> tuple[int, int]:
+    """Image (row, column) of the data point (x, y)."""
+    px, py = renderer.axes.transData.transform((x, y))
+    return int(round(renderer.size_px[1] - py)), int(round(px))
+
+
+# --- frames ----------------------------------------------------------------------------------
+
+
+def test_title_text():
+    assert title_text(12, {"val_acc": 0.93, "val_loss": 0.2134}) == (
+        "epoch 12 · val_acc 0.93 · val_loss 0.213"
+    )
+    assert title_text(3) == "epoch 3"
+    assert _frame(epoch=7).title.startswith("epoch 7 · val_acc 0.931")
+
+
+def test_epoch_frame_validates_its_arrays():
+    good = _frame()
+    with pytest.raises(InputError, match="background"):
+        EpochFrame(
+            1, good.background[..., 0], UNIT, good.train_points, good.train_labels, good.train_preds
+        )
+    with pytest.raises(InputError, match=r"must be \(n, 2\)"):
+        EpochFrame(
+            1, good.background, UNIT, good.train_points[:, :1], good.train_labels, good.train_preds
+        )
+    with pytest.raises(InputError, match="labels"):
+        EpochFrame(
+            1, good.background, UNIT, good.train_points, good.train_labels[:5], good.train_preds
+        )
+    with pytest.raises(InputError, match="together"):
+        EpochFrame(1, good.background, UNIT, good.train_points, good.train_labels, good.train_preds,
+                   test_points=good.train_points)  # fmt: skip
+
+
+def test_renderer_image_and_png_have_the_requested_size(renderer, tmp_path):
+    image = renderer.render(_frame(with_test=True))
+    assert image.shape == (800, 800, 3) and image.dtype == np.uint8
+    path = renderer.save_png(_frame(), tmp_path / "frame.png")
+    with Image.open(path) as png:
+        assert png.size == (800, 800) and png.mode == "RGB"
+    small = FrameRenderer(NAMES, size_px=(640, 480))
+    assert small.render(_frame()).shape == (480, 640, 3)
+
+
+def test_points_are_coloured_and_misclassified_drawn_as_ring_around_dot(renderer):
+    colours = palette(3)
+    frame = EpochFrame(
+        epoch=0,
+        background=WHITE,
+        bounds=UNIT,
+        train_points=np.array([[0.0, 0.0], [-0.5, 0.5]]),
+        train_labels=np.array([0, 2]),
+        train_preds=np.array([1, 2]),  # the first is misclassified
+    )
+    big = FrameRenderer(NAMES, point_size=400.0)
+    image = big.render(frame).astype(int)
+    row, col = _pixel(big, 0.0, 0.0)
+    assert np.abs(image[row, col] - colours[1]).max() <= 3  # the dot: predicted colour
+    ring_radius = np.sqrt(400.0 * 3.2) / 2 * big.figure.dpi / 72  # marker edge, in pixels
+    ring = image[row, col + int(ring_radius) - 3 : col + int(ring_radius) + 4]
+    assert (np.abs(ring - colours[0]).max(axis=1) <= 10).any(), ring  # the ring: label colour
+    between = image[row, col + int(ring_radius * 0.75)]
+    assert (between == 255).all()  # white background between dot and ring
+    row, col = _pixel(big, -0.5, 0.5)
+    assert np.abs(image[row, col] - colours[2]).max() <= 3  # a correct point: label colour
+    ring_artist, dot_artist = big._train.ring, big._train.dot
+    np.testing.assert_allclose(ring_artist.get_edgecolor()[0, :3], colours[0] / 255)
+    np.testing.assert_allclose(dot_artist.get_facecolor()[0, :3], colours[1] / 255)
+
+
+def test_reusing_the_renderer_updates_in_place_without_leaking_figures(renderer):
+    figures = plt.get_fignums()
+    first = renderer.render(_frame(seed=1, with_test=True))
+    second = renderer.render(_frame(seed=2))
+    assert (first != second).any()
+    np.testing.assert_array_equal(renderer.render(_frame(seed=1, with_test=True)), first)
+    fresh = FrameRenderer(NAMES, show_test=True)
+    np.testing.assert_array_equal(fresh.render(_frame(seed=2)), second)  # nothing stale
+    assert plt.get_fignums() == figures
+    assert len(renderer.figure.axes) == 1 and len(renderer.axes.collections) == 6
+
+
+def test_canvas_shape_change_redraws_the_static_part(renderer):
+    wide = Bounds(-2.0, 2.0, -1.0, 1.0)
+    frame = _frame(seed=3)
+    frame_wide = dataclasses.replace(frame, bounds=wide)
+    renderer.render(frame)
+    reused = renderer.render(frame_wide)
+    np.testing.assert_array_equal(FrameRenderer(NAMES, show_test=True).render(frame_wide), reused)
+
+
+def test_renderer_rejects_unknown_classes(renderer):
+    frame = _frame()
+    bad = dataclasses.replace(frame, train_preds=frame.train_preds + 5)
+    with pytest.raises(InputError, match="outside"):
+        renderer.render(bad)
+    with pytest.raises(InputError, match="palette"):
+        FrameRenderer(NAMES, palette=palette(2))
+
+
+def test_render_epochs_in_a_pool_writes_frames_in_epoch_order(tmp_path):
+    epochs = [5, 1, 3]
+    options = {"class_names": NAMES, "size_px": (320, 320)}
+    pooled = render_epochs(SyntheticFrames(), epochs, tmp_path / "pool", options, jobs=2)
+    assert [p.name for p in pooled] == ["epoch_0005.png", "epoch_0001.png", "epoch_0003.png"]
+    single = render_epochs(SyntheticFrames(), epochs, tmp_path / "one", options, jobs=1)
+    for a, b in zip(pooled, single, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    assert len({np.asarray(Image.open(p)).tobytes() for p in pooled}) == 3
+    with pytest.raises(InputError, match="twice"):
+        render_epochs(SyntheticFrames(), [1, 1], tmp_path, options)
+    with pytest.raises(InputError, match="jobs"):
+        render_epochs(SyntheticFrames(), [1], tmp_path, options, jobs=0)
+    with pytest.raises(InputError, match="worker processes"):
+        render_epochs(lambda epoch: _frame(epoch), [1, 2], tmp_path, options, jobs=2)
+
+
+# --- animations ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory) -> list:
+    out = tmp_path_factory.mktemp("frames")
+    options = {"class_names": NAMES, "size_px": (800, 800)}
+    return render_epochs(SyntheticFrames(n=100), [1, 2, 3, 4], out, options)
+
+
+def test_gif_has_one_looping_frame_per_png_scaled_down(pngs, tmp_path):
+    path = write_gif(pngs, tmp_path / "training.gif", frame_ms=150, last_frame_ms=900)
+    with Image.open(path) as gif:
+        assert gif.n_frames == len(pngs)
+        assert gif.info["loop"] == 0
+        assert max(gif.size) == 600
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+    assert durations == [150, 150, 150, 900]
+    with pytest.raises(InputError, match="do not exist"):
+        write_gif([tmp_path / "missing.png"], tmp_path / "x.gif")
+    with pytest.raises(InputError, match="no frames"):
+        write_gif([], tmp_path / "x.gif")
+
+
+def test_mp4_without_imageio_names_the_extra(pngs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "imageio", None)  # makes "import imageio" fail
+    monkeypatch.setitem(sys.modules, "imageio.v2", None)
+    with pytest.raises(
+        MissingVideoDependencyError, match=r'pip install "timevis\[video\]"'
+    ) as info:
+        write_mp4(pngs, tmp_path / "training.mp4", fps=4)
+    assert isinstance(info.value, ImportError) and isinstance(info.value, InputError)
+
+
+def test_mp4_with_imageio(pngs, tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
+    imageio = pytest.importorskip("imageio.v2")
+    path = write_mp4(pngs, tmp_path / "training.mp4", fps=4)
+    reader = imageio.get_reader(path)
+    try:
+        assert reader.count_frames() == len(pngs)
+    finally:
+        reader.close()

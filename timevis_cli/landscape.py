@@ -1,0 +1,270 @@
+"""The decision landscape behind each frame (METHOD.md section 6), in numpy only.
+
+A square canvas is laid over the 2-D embedding (:func:`canvas_bounds`), sampled as an ``R x R``
+grid of pixel centres (:func:`grid_points`), decoded once into feature space with the inverse
+projection (:func:`decode_grid`) and classified with one epoch's head (:func:`classify_grid`).
+:func:`landscape_image` turns classes and margins into an RGB image with the fixed
+:func:`palette`, so a class has the same colour in every frame whether or not it is on the grid.
+
+Image convention everywhere: row 0 is the TOP of the canvas (largest y), column 0 its left
+(smallest x); that is ``imshow(image, origin="upper", extent=bounds.extent)``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from numbers import Integral
+
+import numpy as np
+
+from timevis_callback.boundary import margin
+from timevis_cli.errors import InputError
+
+__all__ = [
+    "BOUNDARY_MARGIN",
+    "Bounds",
+    "canvas_bounds",
+    "classify_grid",
+    "decode_grid",
+    "grid_points",
+    "landscape_alpha",
+    "landscape_image",
+    "palette",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Grid pixels whose margin is below this are the decision boundary: drawn pure white.
+BOUNDARY_MARGIN = 0.15
+#: Opacity of the class colour over white just above the boundary and at full confidence.
+MIN_ALPHA = 0.3
+MAX_ALPHA = 1.0
+
+# matplotlib's "tab10", then the light halves of "tab20" (its even entries are tab10), as RGB.
+_TAB10 = (
+    (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28),
+    (0x94, 0x67, 0xBD), (0x8C, 0x56, 0x4B), (0xE3, 0x77, 0xC2), (0x7F, 0x7F, 0x7F),
+    (0xBC, 0xBD, 0x22), (0x17, 0xBE, 0xCF),
+)  # fmt: skip
+_TAB20_LIGHT = (
+    (0xAE, 0xC7, 0xE8), (0xFF, 0xBB, 0x78), (0x98, 0xDF, 0x8A), (0xFF, 0x98, 0x96),
+    (0xC5, 0xB0, 0xD5), (0xC4, 0x9C, 0x94), (0xF7, 0xB6, 0xD2), (0xC7, 0xC7, 0xC7),
+    (0xDB, 0xDB, 0x8D), (0x9E, 0xDA, 0xE5),
+)  # fmt: skip
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+_EXTRA_SATURATION = (0.75, 0.55, 0.9)
+_EXTRA_VALUE = (0.8, 0.6, 0.7)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """An axis-aligned canvas rectangle in embedding coordinates."""
+
+    xmin: float
+    xmax: float
+    ymin: float
+    ymax: float
+
+    @property
+    def extent(self) -> tuple[float, float, float, float]:
+        """``(xmin, xmax, ymin, ymax)``, as matplotlib's ``imshow(extent=...)`` takes it."""
+        return (self.xmin, self.xmax, self.ymin, self.ymax)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if not _is_int(value) or value < 1:
+        raise InputError(f"{name}={value!r} must be a positive integer")
+    return int(value)
+
+
+def canvas_bounds(points_per_epoch: Iterable[np.ndarray] | np.ndarray, pad: float = 0.1) -> Bounds:
+    """The square canvas around all given 2-D points, padded on every side.
+
+    points_per_epoch: arrays of shape (n_t, 2), one per epoch (global bounds over all of them);
+    a single (n, 2) array or a one-element list gives one epoch's bounds. The side is the larger
+    of the x and y spans times ``1 + 2 * pad`` (``pad`` of the span on each side), centred on the
+    points' bounding box. All points identical: a side of 1.
+    """
+    if not (isinstance(pad, (int, float)) and math.isfinite(pad) and pad >= 0):
+        raise InputError(f"pad={pad!r} must be a finite number >= 0")
+    if isinstance(points_per_epoch, np.ndarray) and points_per_epoch.ndim == 2:
+        points_per_epoch = [points_per_epoch]
+    low = np.full(2, np.inf)
+    high = np.full(2, -np.inf)
+    for t, points in enumerate(points_per_epoch):
+        points = np.asarray(points, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 2:
+            raise InputError(f"epoch {t}: points of shape {points.shape} must be (n, 2)")
+        if len(points) == 0:
+            continue
+        if not np.isfinite(points).all():
+            raise InputError(f"epoch {t}: the 2-D points contain NaN or infinity")
+        low = np.minimum(low, points.min(axis=0))
+        high = np.maximum(high, points.max(axis=0))
+    if not np.isfinite(low).all():
+        raise InputError("no 2-D points were given: cannot place the canvas")
+    center = (low + high) / 2.0
+    span = float((high - low).max())
+    half = (span if span > 0 else 1.0) * (1.0 + 2.0 * pad) / 2.0
+    return Bounds(
+        xmin=float(center[0] - half),
+        xmax=float(center[0] + half),
+        ymin=float(center[1] - half),
+        ymax=float(center[1] + half),
+    )
+
+
+def grid_points(bounds: Bounds, resolution: int) -> np.ndarray:
+    """Pixel centres of an ``R x R`` image over ``bounds``, row-major; float32 (R*R, 2).
+
+    Row 0 is the top of the image (y near ``ymax``), column 0 the left (x near ``xmin``), so
+    ``grid_points(b, R).reshape(R, R, 2)[i, j]`` is the centre of image pixel ``(i, j)``.
+    """
+    resolution = _check_positive_int("resolution", resolution)
+    if not (bounds.xmax > bounds.xmin and bounds.ymax > bounds.ymin):
+        raise InputError(f"{bounds} is empty: max must exceed min on both axes")
+    steps = (np.arange(resolution) + 0.5) / resolution
+    xs = bounds.xmin + steps * (bounds.xmax - bounds.xmin)
+    ys = bounds.ymax - steps * (bounds.ymax - bounds.ymin)
+    gx, gy = np.meshgrid(xs, ys)  # (R, R): x varies along columns, y along rows
+    return np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
+
+
+def _as_numpy(values: object) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor, without importing torch here
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def decode_grid(
+    decode: Callable[[np.ndarray], np.ndarray],
+    bounds: Bounds,
+    resolution: int,
+    batch_size: int = 4096,
+) -> np.ndarray:
+    """Decode the canvas grid to feature space; float32 (R*R, D) in :func:`grid_points` order.
+
+    decode: the inverse projection, 2-D points float32 (n, 2) -> features (n, D) (numpy or a
+    torch tensor). With global bounds this is done once for all epochs.
+    """
+    batch_size = _check_positive_int("batch_size", batch_size)
+    grid = grid_points(bounds, resolution)
+    parts = []
+    for start in range(0, len(grid), batch_size):
+        batch = grid[start : start + batch_size]
+        out = _as_numpy(decode(batch))
+        if out.ndim != 2 or len(out) != len(batch):
+            raise InputError(
+                f"decode returned shape {out.shape} for {len(batch)} points; expected (n, D)"
+            )
+        parts.append(out.astype(np.float32, copy=False))
+    decoded = np.concatenate(parts, axis=0)
+    if not np.isfinite(decoded).all():
+        raise InputError("the decoded grid contains NaN or infinity; check the fitted projector")
+    logger.debug("decoded a %dx%d grid to %d features", resolution, resolution, decoded.shape[1])
+    return decoded
+
+
+def classify_grid(
+    decoded: np.ndarray,
+    head: Callable[[np.ndarray], np.ndarray],
+    batch_size: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply one epoch's head to a decoded grid.
+
+    decoded: features (R*R, D) from :func:`decode_grid` (or (R, R, D)). head: features (n, D) ->
+    logits (n, C). Returns the predicted class, int64 (R, R), and the margin
+    ``(z1 - z2) / (z1 - zC)`` of METHOD.md section 2, float32 (R, R) in [0, 1].
+    """
+    batch_size = _check_positive_int("batch_size", batch_size)
+    decoded = np.asarray(decoded)
+    if decoded.ndim == 3 and decoded.shape[0] == decoded.shape[1]:
+        decoded = decoded.reshape(-1, decoded.shape[2])
+    resolution = math.isqrt(len(decoded)) if decoded.ndim == 2 else 0
+    if decoded.ndim != 2 or resolution < 1 or resolution * resolution != len(decoded):
+        raise InputError(
+            f"decoded grid of shape {decoded.shape} must be (R*R, D) or (R, R, D) for a square grid"
+        )
+    classes = np.empty(len(decoded), dtype=np.int64)
+    margins = np.empty(len(decoded), dtype=np.float32)
+    for start in range(0, len(decoded), batch_size):
+        logits = _as_numpy(head(decoded[start : start + batch_size]))
+        if logits.ndim != 2 or logits.shape[1] < 2:
+            raise InputError(f"head returned logits of shape {logits.shape}; expected (n, C>=2)")
+        classes[start : start + len(logits)] = logits.argmax(axis=1)
+        margins[start : start + len(logits)] = margin(logits)
+    shape = (resolution, resolution)
+    return classes.reshape(shape), margins.reshape(shape)
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """Fixed class colours, uint8 (C, 3), indexed by class id.
+
+    Classes 0-9 take matplotlib's tab10, 10-19 the light colours of tab20 (in tab10's order), and
+    further classes walk the hue circle by the golden ratio with cycling saturation and value.
+    ``palette(n)[i]`` does not depend on ``n``, so a class never changes colour.
+    """
+    num_classes = _check_positive_int("num_classes", num_classes)
+    colours = list(_TAB10 + _TAB20_LIGHT)[:num_classes]
+    for k in range(len(colours), num_classes):
+        extra = k - len(_TAB10) - len(_TAB20_LIGHT)
+        hue = (0.05 + extra * _GOLDEN) % 1.0
+        rgb = colorsys.hsv_to_rgb(hue, _EXTRA_SATURATION[extra % 3], _EXTRA_VALUE[(extra // 3) % 3])
+        colours.append(tuple(round(255 * c) for c in rgb))
+    return np.asarray(colours, dtype=np.uint8).reshape(num_classes, 3)
+
+
+def landscape_alpha(margins: np.ndarray, boundary_margin: float = BOUNDARY_MARGIN) -> np.ndarray:
+    """Opacity of the class colour over white, float32 of the margins' shape, in [0, 1].
+
+    0 (pure white) where ``margin < boundary_margin``; above it rises as the square root of the
+    margin's position between ``boundary_margin`` and 1, from ``MIN_ALPHA`` to ``MAX_ALPHA``.
+    The jump at the boundary keeps it a visible white line; the square root keeps most of a
+    confident region saturated while low-confidence zones near it fade.
+    """
+    m = np.asarray(margins, dtype=np.float32)
+    ramp = np.sqrt(np.clip((m - boundary_margin) / (1.0 - boundary_margin), 0.0, 1.0))
+    alpha = MIN_ALPHA + (MAX_ALPHA - MIN_ALPHA) * ramp
+    return np.where(m < boundary_margin, np.float32(0.0), alpha).astype(np.float32)
+
+
+def landscape_image(
+    classes: np.ndarray,
+    margin: np.ndarray,
+    palette: np.ndarray,
+    boundary_margin: float = BOUNDARY_MARGIN,
+) -> np.ndarray:
+    """The landscape as RGB uint8 (R, R, 3): ``white + alpha * (colour[class] - white)``.
+
+    classes: int (R, R) from :func:`classify_grid`; margin: float (R, R) in [0, 1]; palette:
+    uint8 (C, 3) from :func:`palette`, indexed by class id. ``alpha`` is
+    :func:`landscape_alpha`: pixels with ``margin < boundary_margin`` are pure white.
+    """
+    classes = np.asarray(classes)
+    margins = np.asarray(margin)
+    colours = np.asarray(palette)
+    if classes.ndim != 2 or margins.shape != classes.shape:
+        raise InputError(
+            f"classes {classes.shape} and margins {margins.shape} must be the same (R, R) shape"
+        )
+    if colours.ndim != 2 or colours.shape[1] != 3:
+        raise InputError(f"palette of shape {colours.shape} must be (C, 3)")
+    if classes.size and (classes.min() < 0 or classes.max() >= len(colours)):
+        raise InputError(
+            f"class ids {classes.min()}..{classes.max()} fall outside the palette of "
+            f"{len(colours)} colours; build it with palette(num_classes)"
+        )
+    if not 0.0 <= boundary_margin < 1.0:
+        raise InputError(f"boundary_margin={boundary_margin!r} must be in [0, 1)")
+    alpha = landscape_alpha(margins, boundary_margin)[..., None]
+    rgb = colours.astype(np.float32)[classes]
+    image = 255.0 + alpha * (rgb - 255.0)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
