@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -148,3 +149,143 @@ def fit(
         f"fitted {len(result.epochs)} epochs in {sum(seconds.values()):.1f} s "
         f"({', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())}); wrote {path}"
     )
+
+
+def _writable_output(run_dir: Path, name: str) -> Path:
+    out = run_dir / name
+    target = out if out.exists() else run_dir
+    if not os.access(target, os.W_OK):
+        raise InputError(f"{target} is not writable; fix its permissions or copy the run store")
+    out.mkdir(exist_ok=True)
+    return out
+
+
+@main.command()
+@options.run_dir_argument
+@options.config_option
+@options.preset_option
+@options.set_option
+@options.epochs_option
+@options.split_option
+@options.resolution_option
+@options.bounds_option
+@options.gif_option
+@options.mp4_option
+@options.html_option
+@options.track_option
+@options.jobs_option
+def render(
+    run_dir: Path,
+    config_file: Path | None,
+    preset: str | None,
+    overrides: tuple[str, ...],
+    epochs: str | None,
+    split: str | None,
+    resolution: int | None,
+    bounds: str | None,
+    gif: bool | None,
+    mp4: bool | None,
+    html: bool | None,
+    track: str | None,
+    jobs: int | None,
+) -> None:
+    """Per-epoch landscape PNGs and an animation; writes RUN_DIR/render/.
+
+    Example: timevis render runs/mnist/store --epochs 1-15 --html
+    """
+    from timevis_cli.animate import write_gif, write_mp4
+    from timevis_cli.fit_io import load_fit
+    from timevis_cli.playback import FrameBuilder, export_viewer, parse_track, plan_render
+
+    config = _resolve_config(
+        config_file,
+        preset,
+        overrides,
+        **{
+            "render.epochs": epochs,
+            "render.split": split,
+            "render.resolution": resolution,
+            "render.bounds": bounds,
+            "render.gif": gif,
+            "render.mp4": mp4,
+            "render.html": html,
+            "render.jobs": jobs,
+        },
+    )
+    settings = config.render
+    run = open_run(run_dir)
+    fit_result = load_fit(run)
+    plan = plan_render(run, fit_result, settings)
+    track_rows = parse_track(track, run, plan)
+    if track_rows and not settings.html:
+        raise InputError("--track draws trails in the HTML page; add --html")
+    out = _writable_output(run.path, "render")
+    workers = settings.jobs or os.cpu_count() or 1
+    renderer = {
+        "class_names": run.class_names,
+        "size_px": (settings.size_px, settings.size_px),
+        "dpi": settings.dpi,
+        "show_test": len(plan.test_rows) > 0,
+    }
+    from timevis_cli.render import render_epochs
+
+    log.info("rendering %d epochs with %d worker(s)", len(plan.epochs), min(workers, len(plan.epochs)))
+    paths = render_epochs(FrameBuilder(plan), plan.epochs, out, renderer, jobs=workers)
+    written = [f"{len(paths)} frames ({paths[0].name} ... {paths[-1].name})"]
+    if settings.gif:
+        written.append(str(write_gif(paths, out / "training.gif", frame_ms=int(1000 / settings.fps))))
+    if settings.mp4:
+        written.append(str(write_mp4(paths, out / "training.mp4", fps=settings.fps)))
+    if settings.html:
+        written.append(str(export_viewer(run, fit_result, plan, out / "index.html", track_rows)))
+    (out / "config.toml").write_text(config.to_toml())
+    click.echo("wrote " + ", ".join(written) + f" into {out}")
+
+
+@main.command(name="eval")
+@options.run_dir_argument
+@options.config_option
+@options.preset_option
+@options.set_option
+@options.epochs_option
+@options.k_option
+@options.temporal_k_option
+@options.knn_option
+def evaluate_command(
+    run_dir: Path,
+    config_file: Path | None,
+    preset: str | None,
+    overrides: tuple[str, ...],
+    epochs: str | None,
+    k: int | None,
+    temporal_k: int | None,
+    knn: str | None,
+) -> None:
+    """Faithfulness metrics of the fit (nnpv, boundary, ppr, recon, temporal); writes RUN_DIR/eval/.
+
+    Example: timevis eval runs/mnist/store --epochs 3- --k 15
+    """
+    from timevis_cli.evaluate import evaluate, select_eval_epochs, write_eval
+    from timevis_cli.fit_io import load_fit
+
+    config = _resolve_config(
+        config_file,
+        preset,
+        overrides,
+        **{"eval.epochs": epochs, "eval.k": k, "eval.temporal_k": temporal_k, "knn.backend": knn},
+    )
+    run = open_run(run_dir)
+    fitted = load_fit(run)
+    chosen = select_eval_epochs(run, fitted, config.eval.epochs)
+    result = evaluate(
+        run, fitted, chosen, config.eval.k, config.eval.temporal_k, config.knn.backend, _BarReporter()
+    )
+    path = write_eval(run.path, result)
+    averages = result.averages
+    click.echo(f"wrote {path}/metrics.json, metrics.md, metrics.png")
+    for split, values in averages.items():
+        shown = ", ".join(
+            f"{name} {value['paper'] if isinstance(value, dict) else value:.3f}"
+            for name, value in values.items()
+        )
+        click.echo(f"  {split}: {shown}")

@@ -54,3 +54,36 @@ seed_option = click.option("--seed", type=int, help="Seed of every random choice
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace existing outputs (kept otherwise)."
 )
+
+split_option = click.option(
+    "--split",
+    type=click.Choice(["train", "test", "both"]),
+    help="Which samples to draw (default: train).",
+)
+resolution_option = click.option(
+    "--resolution", type=int, help="Landscape grid size R (R x R decoded points), 16-2048."
+)
+bounds_option = click.option(
+    "--bounds",
+    type=click.Choice(["global", "per-epoch"]),
+    help="Canvas: one for all rendered epochs (default, no 'breathing') or one per epoch.",
+)
+gif_option = click.option("--gif/--no-gif", default=None, help="Write render/training.gif.")
+mp4_option = click.option(
+    "--mp4", is_flag=True, default=None, help='Write render/training.mp4 (pip install "timevis[video]").'
+)
+html_option = click.option(
+    "--html", is_flag=True, default=None, help="Write render/index.html (one self-contained page)."
+)
+track_option = click.option(
+    "--track",
+    type=str,
+    metavar="ID,...",
+    help="Train sample ids whose trails the HTML page draws (test samples as test:ID).",
+)
+jobs_option = click.option("--jobs", type=int, help="Parallel frame workers (0: one per core).")
+
+k_option = click.option("--k", "k", type=int, help="Neighbours for nnpv and boundary (default 15).")
+temporal_k_option = click.option(
+    "--temporal-k", type=int, help="Nearest other epochs for temp_l (default 5)."
+)
