@@ -74,7 +74,14 @@ def _check_run_attrs(path: Path, attrs: h5py.AttributeManager) -> None:
             f"{path}: attribute {schema.ATTR_FORMAT!r} is {fmt!r}, not {schema.FORMAT_NAME!r}; "
             "this file was not written by timevis"
         )
-    version = int(attrs.get(schema.ATTR_SCHEMA_VERSION, -1))
+    raw_version = attrs.get(schema.ATTR_SCHEMA_VERSION, -1)
+    try:
+        version = int(raw_version)
+    except (TypeError, ValueError):
+        raise StoreError(
+            f"{path}: attribute {schema.ATTR_SCHEMA_VERSION!r} is {_plain(raw_version)!r}, not an "
+            "integer; the file is corrupted"
+        ) from None
     if version > schema.SCHEMA_VERSION:
         raise StoreVersionError(
             f"{path}: schema_version {version} is newer than this timevis reads "
@@ -134,6 +141,14 @@ class Run:
         except (StoreError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             raise StoreError(
                 f"{self.run_file}: attribute {schema.ATTR_HEAD_SPEC!r} is invalid: {exc}"
+            ) from exc
+        try:
+            names = json.loads(self.attrs[schema.ATTR_CLASS_NAMES])
+            if not isinstance(names, list) or len(names) != self.num_classes:
+                raise ValueError(f"expected a JSON list of {self.num_classes} names")
+        except (TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+            raise StoreError(
+                f"{self.run_file}: attribute {schema.ATTR_CLASS_NAMES!r} is invalid: {exc}"
             ) from exc
         self._scan()
 
@@ -222,9 +237,17 @@ class Run:
         except OSError as exc:
             raise StoreError(f"{path} cannot be read: {exc}") from exc
 
-    def _dataset(self, f: h5py.File, key: str, rows: np.ndarray | None) -> np.ndarray:
+    def _dataset(
+        self, f: h5py.File, key: str, rows: np.ndarray | None, width: int | None = None
+    ) -> np.ndarray:
         if key not in f:
             raise StoreError(f"{f.filename}: dataset {key!r} is missing")
+        if width is not None and f[key].shape != (len(self.samples), width):
+            raise StoreError(
+                f"{f.filename}: dataset {key!r} has shape {f[key].shape}, expected "
+                f"({len(self.samples)}, {width}) from {self.run_file.name}; the epoch file is "
+                "corrupted or belongs to another run"
+            )
         try:
             data = f[key][...]
         except OSError as exc:
@@ -235,13 +258,15 @@ class Run:
         """Features (n, feature_dim) of one epoch, rows in sample order (of ``split`` if given)."""
         rows = None if split is None else self.samples.mask(split)
         with self._open_epoch(epoch) as f:
-            return np.asarray(self._dataset(f, schema.FEATURES, rows), dtype=dtype)
+            data = self._dataset(f, schema.FEATURES, rows, width=self.feature_dim)
+            return np.asarray(data, dtype=dtype)
 
     def logits(self, epoch: int, split: str | None = None) -> np.ndarray:
         """Logits float32 (n, num_classes) of one epoch."""
         rows = None if split is None else self.samples.mask(split)
         with self._open_epoch(epoch) as f:
-            return np.asarray(self._dataset(f, schema.LOGITS, rows), dtype=np.float32)
+            data = self._dataset(f, schema.LOGITS, rows, width=self.num_classes)
+            return np.asarray(data, dtype=np.float32)
 
     def head(self, epoch: int) -> Head:
         """The classifier head of one epoch: ``head(features) -> logits`` (numpy)."""

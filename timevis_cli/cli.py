@@ -153,6 +153,10 @@ def fit(
 
 def _writable_output(run_dir: Path, name: str) -> Path:
     out = run_dir / name
+    if out.exists() and not out.is_dir():
+        raise InputError(
+            f"{out} is a file, not a folder; move it away so timevis can write {name}/"
+        )
     target = out if out.exists() else run_dir
     if not os.access(target, os.W_OK):
         raise InputError(f"{target} is not writable; fix its permissions or copy the run store")
@@ -219,6 +223,10 @@ def render(
     track_rows = parse_track(track, run, plan)
     if track_rows and not settings.html:
         raise InputError("--track draws trails in the HTML page; add --html")
+    if settings.mp4:
+        from timevis_cli import animate
+
+        animate._import_video_writer()  # before any earlier frame is replaced
     out = _writable_output(run.path, "render")
     workers = settings.jobs or os.cpu_count() or 1
     renderer = {

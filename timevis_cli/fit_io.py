@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import shutil
 import uuid
@@ -72,8 +73,9 @@ def save_fit(run_dir: Path, result: FitResult, overwrite: bool) -> Path:
     if final.exists() and not overwrite:
         raise InputError(f"{final} already exists; pass --overwrite to replace it")
     tmp = run_dir / f".{FIT_DIR}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
+    old: Path | None = None
     try:
+        tmp.mkdir()
         torch.save(
             {
                 "projector": result.model.projector.checkpoint(),
@@ -108,16 +110,24 @@ def save_fit(run_dir: Path, result: FitResult, overwrite: bool) -> Path:
         }
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=_json_default))
         (tmp / CONFIG_FILE).write_text(result.config.to_toml())
-        old = None
         if final.exists():
             old = run_dir / f".{FIT_DIR}.old-{uuid.uuid4().hex[:8]}"
             final.rename(old)
         tmp.rename(final)
-        if old is not None:
-            shutil.rmtree(old)
+    except OSError as exc:
+        if old is not None and not final.exists():
+            old.rename(final)  # put the previous fit back
+        raise StoreError(
+            f"cannot write {final} ({exc.strerror or exc}); the previous fit, if any, is kept"
+        ) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
     return final
 
 
@@ -171,8 +181,11 @@ def load_fit(run: Run, device: torch.device | None = None) -> LoadedFit:
         with h5py.File(path / EMBEDDING_FILE, "r") as f:
             run_id = str(f.attrs[ATTR_RUN_ID])
             epochs = [int(e) for e in f[EPOCHS][...]]
-    except (OSError, KeyError, RuntimeError) as exc:
-        raise StoreError(f"{path} cannot be read ({exc}); refit with: timevis fit {run.path} --overwrite") from exc
+    except (OSError, KeyError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StoreError(
+            f"{path} cannot be read ({reason}); refit with: timevis fit {run.path} --overwrite"
+        ) from exc
     if run_id != run.run_id:
         raise InputError(
             f"{path} was fitted on another run ({run_id[:12]}, this store is {run.run_id[:12]}); "

@@ -49,6 +49,11 @@ FAISS_GPU_MAX_K = 2048
 _REFINE_BLOCK_ELEMENTS = 2**24
 """Bound on the elements of the ``[rows, k, n_features]`` block used to recompute distances."""
 
+
+class MissingKNNDependencyError(InputError, ImportError):
+    """A kNN backend was asked for without its optional dependency installed."""
+
+
 _EXTRA_HINT = {
     "faiss-gpu": 'pip install "timevis[gpu]" (faiss-gpu, on a CUDA machine)',
     "faiss-cpu": 'pip install "timevis[cpu]" (faiss-cpu)',
@@ -285,7 +290,7 @@ class PyNNDescent(KNNBackend):
         try:
             import pynndescent
         except ImportError as error:
-            raise ImportError(
+            raise MissingKNNDependencyError(
                 f"--knn pynndescent needs pynndescent, which is not installed: "
                 f"{_EXTRA_HINT['pynndescent']}"
             ) from error
@@ -366,7 +371,7 @@ def _import_faiss(backend_name: str) -> Any:
     try:
         import faiss
     except ImportError as error:
-        raise ImportError(
+        raise MissingKNNDependencyError(
             f"--knn {backend_name} needs FAISS, which is not installed: "
             f"{_EXTRA_HINT[backend_name]}; or use --knn torch"
         ) from error

@@ -8,7 +8,7 @@ Closed ranges and single numbers must name recorded epochs; open ranges take wha
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from timevis_callback.reader import format_epochs
 from timevis_cli.errors import InputError
@@ -17,7 +17,9 @@ _PART = re.compile(r"^(?P<start>\d*)(?P<dash>-?)(?P<stop>\d*)(?::(?P<step>\d+))?
 ALL = "all"
 
 
-def parse_range(text: str, present: Sequence[int]) -> list[int]:
+def parse_range(
+    text: str, present: Sequence[int], unreadable: Mapping[int, str] | None = None
+) -> list[int]:
     """Sorted epochs selected by ``text`` among the ``present`` ones.
 
     >>> parse_range("1-3,7-", [0, 1, 2, 3, 4, 7, 8])
@@ -32,7 +34,7 @@ def parse_range(text: str, present: Sequence[int]) -> list[int]:
     else:
         chosen = set()
         for part in text.split(","):
-            chosen |= _parse_part(part, text, present_set)
+            chosen |= _parse_part(part, text, present_set, unreadable or {})
     if not chosen:
         raise InputError(
             f"epoch range {text!r} selects no recorded epoch; recorded: {format_epochs(sorted(present_set))}"
@@ -40,7 +42,7 @@ def parse_range(text: str, present: Sequence[int]) -> list[int]:
     return sorted(chosen)
 
 
-def _parse_part(part: str, text: str, present: set[int]) -> set[int]:
+def _parse_part(part: str, text: str, present: set[int], unreadable: Mapping[int, str]) -> set[int]:
     match = _PART.match(part)
     if not part or match is None or not (match["start"] or match["stop"]):
         raise InputError(
@@ -65,6 +67,12 @@ def _parse_part(part: str, text: str, present: set[int]) -> set[int]:
     if not closed:
         return wanted & present
     missing = sorted(wanted - present)
+    broken = [epoch for epoch in missing if epoch in unreadable]
+    if broken:
+        raise InputError(
+            f"epoch range {text!r} names unreadable epoch files ({format_epochs(broken)}; epoch "
+            f"{broken[0]}: {unreadable[broken[0]]}); readable: {format_epochs(sorted(present))}"
+        )
     if missing:
         raise InputError(
             f"epoch range {text!r} names epochs that are not recorded ({format_epochs(missing)}); "
