@@ -1,0 +1,369 @@
+"""Benchmark: `timevis fit`: seconds per stage, complex size and peak memory, against the targets.
+
+    python scripts/bench_fit.py [STORE ...] [--synthetic N,E,D ...] [--device auto|cpu|cuda]
+                                [--preset P] [--set key=value ...] [--threads T] [--workdir DIR]
+    python scripts/bench_fit.py --memory-scaling [--synthetic N,E,D] [--scaling-epochs 10,20,40]
+
+Runs ``timevis_cli.fit.fit`` (what ``timevis fit`` runs, without writing ``fit/``) on each run store
+and prints ONE markdown table, a column per store: the store's shape, device, kNN backend, seconds
+per stage (reduction, complex = spatial + boundary edges, temporal, mixing, training, embedding),
+training epochs run, complex size (vertices, edges by kind), peak resident memory and, on CUDA,
+peak GPU memory, beside the issue's targets:
+
+- CPU fit (complex + training) of MNIST-5k (~4 000 train x 16 epochs) under 60 s on 2 cores;
+- CIFAR-scale (50 000 x 200 x 512) on one H100 under 10 minutes;
+- memory flat in the number of epochs (``--memory-scaling``).
+
+Stores: the paths given; ``--synthetic N,E,D`` adds a CIFAR-like synthetic store of N training
+samples x E epochs x D features (``scripts/make_synthetic_store.py``, written under ``--workdir``
+and reused there); with neither, ``/work/runs/mnist/store`` (the demo's MNIST-5k run). Use
+``--preset mnist`` for the MNIST-5k target and ``--preset cifar10`` for the CIFAR-scale one (the
+presets those runs are fitted with). A store being recorded is fitted on the epochs present.
+
+Every fit runs in a fresh Python process, so its peak memory is its own: peak RSS is that process's
+high-water mark (Linux VmHWM), the imports included; "RSS before fit" is what the process held
+after importing torch and opening the store. ``--memory-scaling`` fits synthetic stores of the
+same N and D with E = 10, 20, 40 epochs (default N = 2 000, D = 512, and training.max_epochs=1
+unless set: every training epoch allocates the same, so the peak is reached in the first) and prints
+peak memory per E, its slope per epoch and what the complex accounts for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from make_synthetic_store import (  # noqa: E402
+    SyntheticSpec,
+    machine_description,
+    markdown_table,
+    parse_triple,
+    peak_rss_mb,
+    rss_mb,
+)
+
+DEFAULT_STORE = Path("/work/runs/mnist/store")
+STAGES = ("reduction", "complex", "temporal", "mixing", "training", "embedding")
+BUILD_STAGES = ("reduction", "complex", "temporal", "mixing")
+MNIST_TARGET_S = 60.0
+CIFAR_TARGET_S = 600.0
+FLAT_RATIO = 1.25  # peak memory growing less than this while the epochs quadruple counts as flat
+
+
+# --- the worker: one fit in this (fresh) process ---------------------------------------------
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """Fit ``args.stores[0]`` and write what was measured as JSON to ``args.worker_json``."""
+    import logging
+
+    import torch
+
+    from timevis_callback import open_run
+    from timevis_cli.config import load_config
+    from timevis_cli.fit import fit
+
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flags = {"fit.device": args.device}
+    config = load_config(preset=args.preset, overrides=args.set, flags=flags)
+    run = open_run(args.stores[0])
+    train = run.samples.mask("train")
+    if config.fit.device != "cpu" and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = rss_mb()
+    started = time.perf_counter()
+    result = fit(run, config)
+    wall = time.perf_counter() - started
+    stats = result.stats
+    out = {
+        "store": str(run.path),
+        "n_train": int(train.sum()),
+        "n_test": int((~train).sum()),
+        "epochs": len(result.epochs),
+        "epoch_range": f"{result.epochs[0]}-{result.epochs[-1]}",
+        "dim": run.feature_dim,
+        "classes": run.num_classes,
+        "device": stats["device"],
+        "gpu": torch.cuda.get_device_name(0) if stats["device"].startswith("cuda") else "",
+        "knn_backend": stats["knn_backend"],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "seconds": stats["seconds"],
+        "wall": wall,
+        "complex": stats["complex"],
+        "training": {
+            "epochs_run": result.report.epochs_run,
+            "max_epochs": config.training.max_epochs,
+            "stopped_early": result.report.stopped_early,
+            "edges_per_epoch": result.report.edges_per_epoch,
+        },
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": peak_rss_mb(),
+        "fit_peak_memory_mb": stats.get("peak_memory_mb"),
+        "peak_gpu_mb": stats.get("peak_gpu_memory_mb"),
+        "peak_gpu_reserved_mb": (
+            torch.cuda.max_memory_reserved() / 2**20 if stats["device"].startswith("cuda") else None
+        ),
+        "feature_bytes": int(train.size) * run.feature_dim * 2 * len(result.epochs),
+    }
+    Path(args.worker_json).write_text(json.dumps(out, indent=1))
+
+
+# --- the parent: stores, workers, the table --------------------------------------------------
+
+
+def ensure_synthetic(spec: SyntheticSpec, workdir: Path, verbose: bool) -> Path:
+    """The synthetic store of ``spec`` under ``workdir`` (written in a subprocess, or reused)."""
+    path = workdir / f"synthetic_{spec.n_train}x{spec.epochs}x{spec.dim}_s{spec.seed}"
+    command = [
+        sys.executable, str(HERE / "make_synthetic_store.py"), str(path),
+        "--samples", str(spec.n_train), "--epochs", str(spec.epochs), "--dim", str(spec.dim),
+        "--seed", str(spec.seed),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=not verbose, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"could not write {path}:\n{done.stderr}")
+    return path
+
+
+def fit_in_subprocess(store: Path, args: argparse.Namespace, overrides: list[str]) -> dict:
+    """Run the worker on ``store`` in a fresh interpreter; its JSON, or ``{"error": ...}``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        command = [sys.executable, str(Path(__file__).resolve()), str(store),
+                   "--worker-json", str(out), "--device", args.device]  # fmt: skip
+        if args.preset:
+            command += ["--preset", args.preset]
+        for item in overrides:
+            command += ["--set", item]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        if args.verbose:
+            command.append("--verbose")
+        print(f"fitting {store} ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        done = subprocess.run(command, stderr=None if args.verbose else subprocess.PIPE, text=True)
+        if done.returncode != 0 or not out.exists():
+            tail = (done.stderr or "").strip().splitlines()
+            return {"store": str(store), "error": tail[-1] if tail else f"exit {done.returncode}"}
+        result = json.loads(out.read_text())
+        print(f"  done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+        return result
+
+
+def _threads(n: int) -> str:
+    return f"{n} torch thread{'s' if n != 1 else ''}"
+
+
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f} MB"
+
+
+def _s(value: float) -> str:
+    return f"{value:.2f} s" if value < 100 else f"{value:.0f} s"
+
+
+def _edges(counts: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {n:,}" for kind, n in counts.items()) + f" (total {sum(counts.values()):,})"
+
+
+def _per_epoch_range(values: dict[str, int]) -> str:
+    numbers = list(values.values())
+    return f"{min(numbers):,}-{max(numbers):,}" if numbers else "0"
+
+
+def mnist_verdict(r: dict) -> str:
+    if not (r["device"] == "cpu" and 3_000 <= r["n_train"] <= 5_000 and 10 <= r["epochs"] <= 25):
+        return "n/a (not an MNIST-5k-sized store fitted on the CPU)"
+    build = sum(r["seconds"].get(k, 0.0) for k in (*BUILD_STAGES, "training"))
+    met = "met" if build < MNIST_TARGET_S else "MISSED"
+    cores = "" if r["threads"] == 2 else f"; ran with {r['threads']} torch threads, target is 2"
+    return f"{_s(build)} ({met}{cores})"
+
+
+def cifar_verdict(r: dict) -> str:
+    if not (r["device"].startswith("cuda") and r["n_train"] >= 50_000 and r["epochs"] >= 200
+            and r["dim"] >= 512):  # fmt: skip
+        return "n/a (not a CIFAR-scale store fitted on a GPU)"
+    total = sum(r["seconds"].values())
+    return f"{total / 60:.1f} min ({'met' if total < CIFAR_TARGET_S else 'MISSED'}; {r['gpu']})"
+
+
+def store_rows(results: list[dict], config_text: str) -> tuple[list[str], list[list[str]]]:
+    """The measure x store table."""
+    ok = [r for r in results if "error" not in r]
+    first = ok[0] if ok else {}
+    extra = f"torch {first['torch']}, {_threads(first['threads'])}" if first else ""
+    header = ["measure"] + ["/".join(Path(r["store"]).parts[-2:]) for r in results]
+
+    def row(name: str, fn) -> list[str]:
+        return [name] + [("FAILED: " + r["error"]) if "error" in r else fn(r) for r in results]
+
+    rows = [
+        ["machine", machine_description(extra)] + ["same"] * (len(results) - 1),
+        ["config", config_text] + ["same"] * (len(results) - 1),
+        row("store", lambda r: r["store"]),
+        row("samples x epochs x D", lambda r: f"{r['n_train']:,} train (+{r['n_test']:,} test) x "
+            f"{r['epochs']} (epochs {r['epoch_range']}) x {r['dim']}, {r['classes']} classes"),
+        row("device / kNN backend", lambda r: f"{r['device']}{' (' + r['gpu'] + ')' if r['gpu'] else ''}"
+            f" / {r['knn_backend']}"),
+    ]
+    labels = {
+        "reduction": "reduction (k-center greedy)",
+        "complex": "complex (spatial + boundary edges)",
+        "temporal": "temporal edges",
+        "mixing": "mixing",
+        "training": "training (projector)",
+        "embedding": "embedding (all samples, all epochs)",
+    }
+    for stage in STAGES:
+        rows.append(row(f"s: {labels[stage]}", lambda r, s=stage: _s(r["seconds"].get(s, 0.0))))
+    rows += [
+        row("s: complex + training (all but embedding)", lambda r: _s(
+            sum(r["seconds"].get(k, 0.0) for k in (*BUILD_STAGES, "training")))),
+        row("s: total (fit() wall)", lambda r: _s(r["wall"])),
+        row("training epochs run", lambda r: f"{r['training']['epochs_run']} of max "
+            f"{r['training']['max_epochs']}{' (stopped early)' if r['training']['stopped_early'] else ''}"
+            f", {r['training']['edges_per_epoch']:,} edges sampled per epoch"),
+        row("complex vertices", lambda r: f"{r['complex']['vertices']:,} (per epoch: "
+            f"{_per_epoch_range(r['complex']['selected_per_epoch'])} selected + "
+            f"{_per_epoch_range(r['complex']['boundary_per_epoch'])} boundary)"),
+        row("boundary points from", lambda r: ", ".join(
+            f"{src} x{list(r['complex']['boundary_source'].values()).count(src)}"
+            for src in sorted(set(r["complex"]["boundary_source"].values())))),
+        row("edges before mixing", lambda r: _edges(r["complex"]["edges_before_mixing"])),
+        row("edges after mixing", lambda r: _edges(r["complex"]["edges"])),
+        row("RSS before fit (torch + store opened)", lambda r: _mb(r["rss_before_mb"])),
+        row("peak RSS (process high-water mark)", lambda r: _mb(r["peak_rss_mb"])),
+        row("peak RSS as fit.json reports it (ru_maxrss)", lambda r: _mb(r["fit_peak_memory_mb"])),
+        row("peak GPU memory allocated / reserved", lambda r: "n/a (CPU)" if r["peak_gpu_mb"] is None
+            else f"{_mb(r['peak_gpu_mb'])} / {_mb(r['peak_gpu_reserved_mb'])}"),
+        row("all epochs' features, float16 (never loaded at once)",
+            lambda r: _mb(r["feature_bytes"] / 2**20)),
+        row(f"target: CPU fit (complex + training) of MNIST-5k < {MNIST_TARGET_S:.0f} s on 2 cores",
+            mnist_verdict),
+        row("target: CIFAR-scale (50 000 x 200 x 512) on one H100 < 10 min", cifar_verdict),
+        ["target: memory flat in the number of epochs", "see --memory-scaling"]
+        + ["same"] * (len(results) - 1),
+    ]
+    return header, rows
+
+
+def memory_scaling(args: argparse.Namespace, workdir: Path, overrides: list[str]) -> None:
+    n, _, d = args.synthetic[0] if args.synthetic else (2_000, 0, 512)
+    epochs = [int(e) for e in args.scaling_epochs.split(",")]
+    if not any(item.split("=")[0].strip() in ("training.max_epochs", "max_epochs") for item in overrides):
+        overrides = [*overrides, "training.max_epochs=1"]
+    results = []
+    for e in epochs:
+        store = ensure_synthetic(SyntheticSpec(n_train=n, epochs=e, dim=d), workdir, args.verbose)
+        results.append((e, fit_in_subprocess(store, args, overrides)))
+    ok = [(e, r) for e, r in results if "error" not in r]
+    extra = f"torch {ok[0][1]['torch']}, {_threads(ok[0][1]['threads'])}" if ok else ""
+    header = ["epochs E", "features, all epochs (f16)", "complex vertices", "edges (mixed)",
+              "fit s (total)", "RSS before fit", "peak RSS", "peak - before", "peak GPU"]  # fmt: skip
+    rows = []
+    for e, r in results:
+        if "error" in r:
+            rows.append([str(e), "FAILED: " + r["error"]] + [""] * (len(header) - 2))
+            continue
+        rows.append([
+            str(e), _mb(r["feature_bytes"] / 2**20), f"{r['complex']['vertices']:,}",
+            f"{sum(r['complex']['edges'].values()):,}", _s(r["wall"]), _mb(r["rss_before_mb"]),
+            _mb(r["peak_rss_mb"]), _mb(r["peak_rss_mb"] - (r["rss_before_mb"] or 0.0)),
+            "n/a (CPU)" if r["peak_gpu_mb"] is None else _mb(r["peak_gpu_mb"]),
+        ])  # fmt: skip
+    print(f"machine: {machine_description(extra)}")
+    print(f"stores: synthetic {n:,} train (+{n // 5:,} test) x E x {d}; device {args.device}; "
+          f"preset {args.preset or 'none'}; --set {' '.join(overrides) or 'none'}; "
+          "each fit in a fresh process\n")
+    print(markdown_table(header, rows))
+    if len(ok) >= 2:
+        (e0, a), (e1, b) = ok[0], ok[-1]
+        xs = [float(e) for e, _ in ok]
+        ys = [r["peak_rss_mb"] for _, r in ok]
+        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
+            (x - mean_x) ** 2 for x in xs
+        )
+        per_vertex = d * 4 * 2 / 2**20  # float32 features + attention of one complex vertex
+        complex_slope = (b["complex"]["vertices"] - a["complex"]["vertices"]) / (e1 - e0) * per_vertex
+        epoch_f32 = a["feature_bytes"] / e0 * 2 / 2**20
+        ratio = b["peak_rss_mb"] / a["peak_rss_mb"]
+        verdict = "met" if ratio < FLAT_RATIO else "MISSED"
+        print(
+            f"\ntarget: memory flat in the number of epochs -> E {e0} -> {e1} (x{e1 / e0:g}): peak "
+            f"RSS {a['peak_rss_mb']:,.0f} -> {b['peak_rss_mb']:,.0f} MB (x{ratio:.2f}; {verdict}, "
+            f"reading 'flat' as growing less than x{FLAT_RATIO} here). Slope {slope:.1f} MB per "
+            f"epoch (least squares), of which the complex's vertex features + attention (float32) "
+            f"~{complex_slope:.1f} MB, edges and the rest the remainder; one epoch of the store's "
+            f"features as float32 is {epoch_f32:.1f} MB. Linear projection to 200 epochs: "
+            f"{b['peak_rss_mb'] + slope * (200 - e1):,.0f} MB."
+        )
+        if b["peak_gpu_mb"] is not None and a["peak_gpu_mb"]:
+            print(f"peak GPU memory E {e0} -> {e1}: x{b['peak_gpu_mb'] / a['peak_gpu_mb']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stores", nargs="*", type=Path, help="run store folders (RUN_DIR)")
+    parser.add_argument("--synthetic", action="append", type=parse_triple, default=[],
+                        metavar="N,E,D", help="add a synthetic store (repeatable)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--preset", default=None, help="config preset (mnist, fmnist, cifar10)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as timevis fit --set (repeatable)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where synthetic stores are written and reused (default: a temp dir)")
+    parser.add_argument("--memory-scaling", action="store_true",
+                        help="peak memory of fits of E = --scaling-epochs epochs, same N and D")
+    parser.add_argument("--scaling-epochs", default="10,20,40", help="epoch counts to compare")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show the fits' logs")
+    parser.add_argument("--worker-json", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker_json:
+        run_worker(args)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench_fit_") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        if args.memory_scaling:
+            memory_scaling(args, workdir, list(args.set))
+            return
+        stores = list(args.stores)
+        for n, e, d in args.synthetic:
+            stores.append(ensure_synthetic(SyntheticSpec(n, e, d), workdir, args.verbose))
+        if not stores:
+            if not (DEFAULT_STORE / "run.h5").exists():
+                raise SystemExit(
+                    f"no store given and {DEFAULT_STORE} does not exist; record the MNIST-5k one with\n"
+                    "  python scripts/demo_train.py /work/runs/mnist --data mnist --epochs 16\n"
+                    "or benchmark a synthetic store: --synthetic 4000,17,512"
+                )
+            stores = [DEFAULT_STORE]
+        results = [fit_in_subprocess(store, args, list(args.set)) for store in stores]
+        config_text = (f"preset {args.preset or 'none (defaults)'}; --set "
+                       f"{' '.join(args.set) or 'none'}; device {args.device}; each fit in a fresh "
+                       "process")  # fmt: skip
+        header, rows = store_rows(results, config_text)
+        print(markdown_table(header, rows))
+        if any("error" in r for r in results):
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
