@@ -198,6 +198,11 @@ class ProjectorConfig(_Section):
     depth: int = _setting(
         3, "encoder r -> hidden -> (hidden ->) x depth -> 2; the decoder mirrors it", _at_least(1)
     )
+    init: str = _setting(
+        "random",
+        "start from random layers, or pca (last layer of each half fitted to a PCA of all epochs)",
+        _one_of("random", "pca"),
+    )
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,15 @@ class FitResult:
 
 
 def _peak_memory_mb() -> float:
+    """Peak resident memory of this process (VmHWM: ru_maxrss also carries the peak of the
+    process this one was exec'd from)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
@@ -139,7 +148,7 @@ def select_fit_epochs(run: Run, text: str) -> list[int]:
     """The recorded epochs named by ``text``; at least two (time travel needs two)."""
     if not run.epochs:
         raise InputError(f"{run.path} holds no readable epoch yet; train with TimeVisCallback first")
-    epochs = parse_range(text, run.epochs)
+    epochs = parse_range(text, run.epochs, run.bad_epochs)
     if len(epochs) < 2:
         raise InputError(
             f"epochs {text!r} select {len(epochs)} epoch ({epochs}); a time-travelling fit needs "
@@ -274,6 +283,8 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
     device = resolve_device(config.fit.device)
     backend = resolve_backend(config.knn.backend, str(device))
     stats.update(device=str(device), knn_backend=type(backend).__name__, epochs=epochs)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     train_mask = run.samples.mask("train")
     train_ids = run.samples.id[train_mask]
     if len(train_ids) < 3:
@@ -374,6 +385,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
         recon_weight=t.recon_weight,
         min_dist=t.min_dist,
         spread=t.spread,
+        init=config.projector.init,
     )
     with _timed(stats, "training"):
         reporter.start("training", t.max_epochs)

@@ -27,7 +27,7 @@ DEFAULT_HIDDEN = 256
 DEFAULT_DEPTH = 3
 """Hidden-to-hidden layers in each of encoder and decoder (the reference's ``hidden_layer``)."""
 _CONFIG_KEYS = ("input_dim", "hidden", "depth")
-_PCA_RIDGE = 1e-6
+_PCA_RIDGE = 1e-2
 """Ridge of :meth:`Projector.init_pca`'s least squares, relative to the mean diagonal."""
 
 

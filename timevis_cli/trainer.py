@@ -35,6 +35,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+INITIALISATIONS = ("random", "pca")
+"""How :func:`fit_projector` may initialise a fresh projector (:attr:`TrainParams.init`)."""
 MAX_MULTINOMIAL_CATEGORIES = 2**24
 """The most categories one ``torch.multinomial`` call is given (its CUDA limit); more are
 sampled in chunks of at most this many."""
@@ -52,6 +54,10 @@ class TrainParams:
     edges_per_epoch_factor: each epoch draws ``floor(factor · Σ w / max w)`` edges.
     negative_rate: negatives per edge. recon_weight: λ in ``L_umap + λ·L_rec``.
     min_dist, spread: UMAP's, for the ``a, b`` of the low-dimensional similarity.
+    init: ``"random"`` (PyTorch's layer initialisation) or ``"pca"`` (then
+    :meth:`~timevis_cli.projector.Projector.init_pca` on the complex's vertices, so training
+    starts from a global PCA of all epochs; ``init_scale`` is the standard deviation of its first
+    coordinate).
     """
 
     hidden: int = DEFAULT_HIDDEN
@@ -69,8 +75,15 @@ class TrainParams:
     recon_weight: float = 1.0
     min_dist: float = 0.1
     spread: float = 1.0
+    init: str = "random"
+    init_scale: float = 5.0
 
     def __post_init__(self) -> None:
+        if self.init not in INITIALISATIONS:
+            raise InputError(
+                f"init={self.init!r} must be one of {', '.join(INITIALISATIONS)}; set init, "
+                "e.g. 'pca'"
+            )
         ints = {
             "hidden": (1, "e.g. 256"),
             "depth": (0, "e.g. 3"),
@@ -94,6 +107,7 @@ class TrainParams:
             "edges_per_epoch_factor": (lambda v: v > 0, "> 0", "e.g. 5"),
             "recon_weight": (lambda v: v >= 0, ">= 0", "e.g. 1"),
             "spread": (lambda v: v > 0, "> 0", "e.g. 1.0"),
+            "init_scale": (lambda v: v > 0, "> 0", "e.g. 1.0"),
             "min_dist": (lambda v: 0 <= v <= self.spread, "in [0, spread]", "e.g. 0.1"),
         }
         for name, (valid, constraint, example) in floats.items():
@@ -319,6 +333,14 @@ def fit_projector(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             projector = Projector(features.shape[1], params.hidden, params.depth)
+        if params.init == "pca":
+            init_generator = torch.Generator(device=features.device)
+            init_generator.manual_seed(init_seed)
+            decoder_state = {k: v.clone() for k, v in projector.decoder.state_dict().items()}
+            projector.to(features.device).init_pca(
+                features, scale=params.init_scale, generator=init_generator
+            )
+            projector.decoder.load_state_dict(decoder_state)
     elif projector.input_dim != features.shape[1]:
         raise InputError(
             f"the projector takes {projector.input_dim}-D input, the features are "

@@ -1,0 +1,447 @@
+"""Benchmark: is the fit faithful in space AND in time? timevis against three simple baselines.
+
+    python scripts/bench_faithfulness.py [STORE ...] [--preset P] [--set key=value ...]
+                                         [--methods timevis,pca,umap,aligned]
+                                         [--variant "key=value key=value" ...] [--epochs RANGE]
+                                         [--ppr-from 3] [--threads 2] [--out JSON]
+
+For each run store (default ``/work/runs/mnist/store``, the demo's MNIST-5k run) it fits
+
+- **timevis**: ``timevis_cli.fit.fit`` with the resolved configuration (defaults < ``--preset``
+  < ``--set``), exactly what ``timevis fit`` runs; each ``--variant`` adds one more timevis row
+  with those ``key=value`` overrides on top (for lever studies);
+- **global PCA**: one 2-D PCA fitted on every fitted epoch's training features at once; test
+  samples and boundary points are projected with it, the inverse is its linear inverse;
+- **per-epoch UMAP** (umap-learn, one model per epoch, ``n_neighbors`` = eval k, seeded): test
+  samples and boundary points go through that epoch's ``UMAP.transform``; the inverse (for ppr
+  and recon) is a kNN regression (the inverse-distance weighted mean of the features of the
+  ``k`` training samples nearest in 2-D), because ``UMAP.inverse_transform`` takes minutes per
+  epoch on 4 000 points (``--umap-inverse umap`` uses it anyway);
+- **AlignedUMAP** (umap-learn, one model over all epochs, relations = identity by sample id
+  between consecutive epochs): it has no ``transform``, so test samples and boundary points are
+  placed by kNN regression in feature space (the inverse-distance weighted mean of the 2-D
+  positions of the ``k`` nearest training samples of that epoch), and its inverse is the same
+  kNN regression as for per-epoch UMAP;
+
+and scores every method with the project's own ``timevis_cli.evaluate.evaluate`` (same k, same
+temporal k, same splits, same boundary points: the store's, as the timevis fit uses them), then
+prints ONE markdown table per store: method x {fit seconds, nnpv(k) train/test, boundary(k)
+train, temp_l(tk) train, temp_g train, temppv train, ppr train/test}. ppr is the mean over the
+epochs from ``--ppr-from`` on (default 3: the MNIST run's classifier is past 85% accuracy there),
+with the worst such epoch in brackets. Spatial metrics are averaged over all epochs; the temporal
+ones are over the whole run (the eval convention). "fit s" is, for timevis, reduction + complex
++ temporal + mixing + training (the fit-time target; embedding every sample is left out), for
+the baselines the time to fit and embed the training samples.
+
+Baselines are measurement only: umap-learn is a dev dependency, never imported by timevis_cli.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+DEFAULT_STORE = Path("/work/runs/mnist/store")
+METHODS = ("timevis", "pca", "umap", "aligned")
+LABELS = {
+    "timevis": "timevis",
+    "pca": "global PCA",
+    "umap": "per-epoch UMAP",
+    "aligned": "AlignedUMAP",
+}
+TIMEVIS_FIT_STAGES = ("reduction", "complex", "temporal", "mixing", "training")
+
+
+# --------------------------------------------------------------------------- method adapters
+
+
+class _EpochModel:
+    """``transform``/``inverse_transform`` of one method; per-epoch methods follow ``epoch``.
+
+    :func:`timevis_cli.evaluate.evaluate` reads an epoch's embedding (``fit.embedding``) before it
+    decodes that epoch's positions, so :class:`MethodFit` sets ``epoch`` there.
+    """
+
+    device = "cpu"
+
+    def __init__(self, inverse: dict[int, Any] | Any) -> None:
+        self._inverse = inverse
+        self.epoch: int | None = None
+
+    def inverse_transform(self, points: np.ndarray) -> np.ndarray:
+        fn = self._inverse[self.epoch] if isinstance(self._inverse, dict) else self._inverse
+        return np.asarray(fn(np.asarray(points, dtype=np.float32)), dtype=np.float32)
+
+
+@dataclass
+class MethodFit:
+    """A fitted method, shaped like :class:`timevis_cli.fit_io.LoadedFit` for ``evaluate``."""
+
+    name: str
+    model: Any
+    run_id: str
+    epochs: list[int]
+    train: np.ndarray  # [E, n_train, 2]
+    test: np.ndarray  # [E, n_test, 2]
+    boundary: list[np.ndarray]  # per epoch [B, 2]
+    boundary_features: list[np.ndarray]  # per epoch [B, D]
+    seconds: float
+    path: Path = Path(".")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def embedding(self, epoch: int) -> dict[str, np.ndarray]:
+        i = self.epochs.index(epoch)
+        if isinstance(self.model, _EpochModel):
+            self.model.epoch = epoch
+        b = self.boundary_features[i]
+        return {
+            "train": self.train[i],
+            "test": self.test[i],
+            "boundary": self.boundary[i],
+            "boundary_features": np.asarray(b, np.float32),
+            "boundary_pair": np.zeros((len(b), 2), np.int64),
+        }
+
+
+def _knn_regressor(source: np.ndarray, target: np.ndarray, k: int):
+    """A function mapping points in ``source``'s space to the IDW mean of ``target`` rows of
+    their ``k`` nearest ``source`` rows (exact, float32)."""
+    import torch
+
+    src = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))
+    tgt = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))
+
+    def apply(queries: np.ndarray) -> np.ndarray:
+        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        out = []
+        for start in range(0, len(q), 2048):
+            d = torch.cdist(q[start : start + 2048], src)
+            dist, idx = torch.topk(d, min(k, len(src)), dim=1, largest=False)
+            w = 1.0 / (dist + 1e-6)
+            w = w / w.sum(dim=1, keepdim=True)
+            out.append((w[:, :, None] * tgt[idx]).sum(dim=1))
+        return torch.cat(out).numpy() if out else np.zeros((0, tgt.shape[1]), np.float32)
+
+    return apply
+
+
+@dataclass
+class StoreData:
+    """What every method needs from one store, read once: per fitted epoch."""
+
+    run: Any
+    epochs: list[int]
+    train: list[np.ndarray]  # [n_train, D] float32
+    test: list[np.ndarray]
+    boundary: list[np.ndarray]  # the store's boundary points (what the timevis fit uses)
+
+
+def read_store(run: Any, epochs: list[int]) -> StoreData:
+    train_mask, test_mask = run.samples.mask("train"), run.samples.mask("test")
+    train, test, boundary = [], [], []
+    for epoch in epochs:
+        features = run.features(epoch).astype(np.float32)
+        train.append(features[train_mask])
+        test.append(features[test_mask])
+        stored = run.boundary(epoch)
+        boundary.append(
+            np.zeros((0, features.shape[1]), np.float32)
+            if stored is None
+            else np.asarray(stored.features, np.float32)
+        )
+    return StoreData(run, epochs, train, test, boundary)
+
+
+def fit_timevis(data: StoreData, config: Any, name: str) -> MethodFit:
+    from timevis_cli.fit import fit
+
+    started = time.perf_counter()
+    result = fit(data.run, config)
+    wall = time.perf_counter() - started
+    seconds = result.stats["seconds"]
+    return MethodFit(
+        name=name,
+        model=result.model,
+        run_id=data.run.run_id,
+        epochs=result.epochs,
+        train=result.train,
+        test=result.test,
+        boundary=result.boundary_points,
+        boundary_features=[np.asarray(b, np.float32) for b in result.boundary_features],
+        seconds=sum(seconds.get(stage, 0.0) for stage in TIMEVIS_FIT_STAGES),
+        extra={
+            "stage_seconds": seconds,
+            "wall": wall,
+            "complex": result.stats["complex"],
+            "training_epochs": result.report.epochs_run,
+            "edges_per_epoch": result.report.edges_per_epoch,
+        },
+    )
+
+
+def fit_pca(data: StoreData) -> MethodFit:
+    started = time.perf_counter()
+    count = sum(len(x) for x in data.train)
+    mean = sum(x.sum(axis=0, dtype=np.float64) for x in data.train) / count
+    scatter = sum((x - mean).T @ (x - mean) for x in (t.astype(np.float64) for t in data.train))
+    _, vectors = np.linalg.eigh(scatter / count)
+    components = vectors[:, ::-1][:, :2].T  # [2, D], the two leading principal axes
+
+    def transform(x: np.ndarray) -> np.ndarray:
+        return ((x.astype(np.float64) - mean) @ components.T).astype(np.float32)
+
+    def inverse(y: np.ndarray) -> np.ndarray:
+        return (y.astype(np.float64) @ components + mean).astype(np.float32)
+
+    train = np.stack([transform(x) for x in data.train])
+    seconds = time.perf_counter() - started
+    test = np.stack([transform(x) for x in data.test])
+    boundary = [transform(b) for b in data.boundary]
+    return MethodFit(
+        "pca", _EpochModel(inverse), data.run.run_id, data.epochs, train, test, boundary,
+        data.boundary, seconds,
+    )  # fmt: skip
+
+
+def fit_umap(data: StoreData, k: int, seed: int, inverse_kind: str) -> MethodFit:
+    import umap
+
+    train, test, boundary, inverse = [], [], [], {}
+    seconds = 0.0
+    for epoch, x, xt, xb in zip(data.epochs, data.train, data.test, data.boundary, strict=True):
+        started = time.perf_counter()
+        model = umap.UMAP(n_neighbors=k, random_state=seed).fit(x)
+        seconds += time.perf_counter() - started
+        y = model.embedding_.astype(np.float32)
+        train.append(y)
+        test.append(model.transform(xt).astype(np.float32))
+        boundary.append(
+            model.transform(xb).astype(np.float32) if len(xb) else np.zeros((0, 2), np.float32)
+        )
+        if inverse_kind == "umap":
+            inverse[epoch] = model.inverse_transform
+        else:
+            inverse[epoch] = _knn_regressor(y, x, k)
+        print(f"    umap epoch {epoch} done", file=sys.stderr, flush=True)
+    return MethodFit(
+        "umap", _EpochModel(inverse), data.run.run_id, data.epochs, np.stack(train),
+        np.stack(test), boundary, data.boundary, seconds,
+    )  # fmt: skip
+
+
+def fit_aligned(data: StoreData, k: int, seed: int) -> MethodFit:
+    import umap
+
+    n = len(data.train[0])
+    relations = [{i: i for i in range(n)} for _ in range(len(data.epochs) - 1)]
+    started = time.perf_counter()
+    model = umap.AlignedUMAP(n_neighbors=k, random_state=seed).fit(data.train, relations=relations)
+    seconds = time.perf_counter() - started
+    train = np.stack([np.asarray(e, np.float32) for e in model.embeddings_])
+    test, boundary, inverse = [], [], {}
+    for i, epoch in enumerate(data.epochs):
+        place = _knn_regressor(data.train[i], train[i], k)
+        test.append(place(data.test[i]))
+        boundary.append(place(data.boundary[i]) if len(data.boundary[i]) else np.zeros((0, 2), np.float32))
+        inverse[epoch] = _knn_regressor(train[i], data.train[i], k)
+    return MethodFit(
+        "aligned", _EpochModel(inverse), data.run.run_id, data.epochs, train, np.stack(test),
+        boundary, data.boundary, seconds,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score(data: StoreData, method: MethodFit, k: int, temporal_k: int, ppr_from: int) -> dict:
+    from timevis_cli.evaluate import evaluate
+
+    started = time.perf_counter()
+    result = evaluate(data.run, method, data.epochs, k=k, temporal_k=temporal_k, knn_backend="auto")
+    late = [e for e in data.epochs if e >= ppr_from] or data.epochs
+    row: dict[str, Any] = {"method": method.name, "fit_seconds": method.seconds}
+    for split in result.splits:
+        row[f"nnpv_{split}"] = result.value("nnpv", split)
+        row[f"boundary_{split}"] = result.value("boundary", split)
+        row[f"recon_{split}"] = result.value("recon", split)
+        for metric in ("temp_l", "temp_g", "temppv"):
+            row[f"{metric}_{split}"] = result.value(metric, split)
+        values = [result.value("ppr", split, e) for e in late]
+        row[f"ppr_{split}"] = float(np.mean(values))
+        row[f"ppr_{split}_min"] = float(np.min(values))
+        row[f"ppr_{split}_all"] = result.series("ppr", split)
+        row[f"nnpv_{split}_per_epoch"] = result.series("nnpv", split)
+    row["eval_seconds"] = time.perf_counter() - started
+    row.update({f"x_{key}": value for key, value in method.extra.items()})
+    return row
+
+
+def _f(value: float, spec: str = ".3f") -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def table(rows: list[dict], k: int, temporal_k: int, ppr_from: int) -> str:
+    header = [
+        "method", "fit s", f"nnpv({k}) train", f"nnpv({k}) test", f"boundary({k})",
+        f"temp_l({temporal_k})", "temp_g τ", "temppv ↓", f"ppr train (e≥{ppr_from}, min)",
+        f"ppr test (e≥{ppr_from}, min)",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for r in rows:
+        cells = [
+            r["method"],
+            _f(r["fit_seconds"], ".1f"),
+            _f(r.get("nnpv_train")),
+            _f(r.get("nnpv_test")),
+            _f(r.get("boundary_train")),
+            _f(r.get("temp_l_train")),
+            _f(r.get("temp_g_train")),
+            _f(r.get("temppv_train")),
+            f"{_f(r.get('ppr_train'))} ({_f(r.get('ppr_train_min'))})",
+            f"{_f(r.get('ppr_test'))} ({_f(r.get('ppr_test_min'))})",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's lines, checked for every timevis row against the baselines present."""
+    by = {r["method"]: r for r in rows}
+    umap_row, pca_row = by.get(LABELS["umap"]), by.get(LABELS["pca"])
+    out = []
+    for r in rows:
+        if not r["method"].startswith("timevis"):
+            continue
+        checks = []
+        if umap_row:
+            for split in ("train", "test"):
+                ok = r[f"nnpv_{split}"] >= 0.9 * umap_row[f"nnpv_{split}"]
+                checks.append(f"nnpv {split} ≥ 0.9·UMAP: {'yes' if ok else 'NO'}")
+        if pca_row:
+            for metric, better in (("temp_l", 1), ("temp_g", 1), ("temppv", -1)):
+                ok = better * (r[f"{metric}_train"] - pca_row[f"{metric}_train"]) >= 0
+                checks.append(f"{metric} vs PCA: {'yes' if ok else 'NO'}")
+        for split in ("train", "test"):
+            ok = r[f"ppr_{split}_min"] >= 0.95
+            checks.append(f"ppr {split} ≥ 0.95: {'yes' if ok else 'NO'}")
+        ok = r["fit_seconds"] < 60
+        checks.append(f"fit < 60 s: {'yes' if ok else 'NO'}")
+        out.append(f"- {r['method']}: " + "; ".join(checks))
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("stores", nargs="*", type=Path)
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--variant", action="append", default=[], metavar='"K=V K=V"',
+                        help="one more timevis row with these overrides on top of --set")
+    parser.add_argument("--no-default", action="store_true",
+                        help="with --variant: skip the timevis row without variant overrides")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--epochs", default="all", help="RANGE of recorded epochs to fit and score")
+    parser.add_argument("--k", type=int, default=15)
+    parser.add_argument("--temporal-k", type=int, default=5)
+    parser.add_argument("--ppr-from", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--umap-inverse", choices=("knn", "umap"), default="knn")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=None, help="also write every number as JSON")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+
+    import logging
+
+    import torch
+
+    from timevis_callback import open_run
+    from timevis_cli.config import load_config
+    from timevis_cli.fit import select_fit_epochs
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"--methods {sorted(unknown)}: choose from {', '.join(METHODS)}")
+    stores = args.stores or [DEFAULT_STORE]
+    report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "stores": {}}
+    for store in stores:
+        run = open_run(store)
+        epochs = select_fit_epochs(run, args.epochs)
+        data = read_store(run, epochs)
+        temporal_k = min(args.temporal_k, len(epochs) - 1)
+        if temporal_k != args.temporal_k:
+            print(f"  temporal k {args.temporal_k} -> {temporal_k}: only {len(epochs)} epochs",
+                  file=sys.stderr)  # fmt: skip
+        print(
+            f"{store}: {len(data.train[0])} train, {len(data.test[0])} test, epochs "
+            f"{epochs[0]}-{epochs[-1]}, {run.feature_dim}-d",
+            file=sys.stderr,
+            flush=True,
+        )
+        rows = []
+        for method in methods:
+            fits: list[MethodFit] = []
+            if method == "timevis":
+                variants = ([] if args.no_default else [""]) + list(args.variant)
+                for variant in variants:
+                    overrides = [*args.set, *shlex.split(variant), f"fit.epochs={args.epochs}"]
+                    config = load_config(preset=args.preset, overrides=overrides)
+                    name = "timevis" + (f" [{variant}]" if variant else "")
+                    print(f"  fitting {name} ...", file=sys.stderr, flush=True)
+                    fits.append(fit_timevis(data, config, name))
+            elif method == "pca":
+                fits.append(fit_pca(data))
+            elif method == "umap":
+                print("  fitting per-epoch UMAP ...", file=sys.stderr, flush=True)
+                fits.append(fit_umap(data, args.k, args.seed, args.umap_inverse))
+            else:
+                print("  fitting AlignedUMAP ...", file=sys.stderr, flush=True)
+                fits.append(fit_aligned(data, args.k, args.seed))
+            for fitted in fits:
+                if fitted.name in LABELS:
+                    fitted.name = LABELS[fitted.name]
+                row = score(data, fitted, args.k, temporal_k, args.ppr_from)
+                rows.append(row)
+                print(
+                    f"  {fitted.name}: fit {fitted.seconds:.1f} s, nnpv {row['nnpv_train']:.3f}/"
+                    f"{row['nnpv_test']:.3f}, boundary {row['boundary_train']:.3f}, temp_l {row['temp_l_train']:.3f}, temp_g "
+                    f"{row['temp_g_train']:.3f}, temppv {row['temppv_train']:.3f}, ppr "
+                    f"{row['ppr_train']:.3f}/{row['ppr_test']:.3f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        text = table(rows, args.k, temporal_k, args.ppr_from)
+        print(f"\n### {store} ({len(data.train[0])} train, {len(data.test[0])} test, epochs "
+              f"{epochs[0]}-{epochs[-1]})\n")  # fmt: skip
+        print(text)
+        checks = targets(rows)
+        if checks:
+            print("\n" + "\n".join(checks))
+        report["stores"][str(store)] = {"epochs": epochs, "rows": rows, "table": text}
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
