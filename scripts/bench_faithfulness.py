@@ -364,6 +364,8 @@ def main() -> None:
     parser.add_argument("--umap-inverse", choices=("knn", "umap"), default="knn")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=None, help="also write every number as JSON")
+    parser.add_argument("--rows-from", type=Path, action="append", default=[],
+                        help="add the rows of an earlier --out JSON (same store) to the table")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
 
@@ -399,7 +401,11 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
-        rows = []
+        rows = [
+            row
+            for earlier in args.rows_from
+            for row in json.loads(earlier.read_text())["stores"].get(str(store), {}).get("rows", [])
+        ]
         for method in methods:
             fits: list[MethodFit] = []
             if method == "timevis":
@@ -423,6 +429,9 @@ def main() -> None:
                     fitted.name = LABELS[fitted.name]
                 row = score(data, fitted, args.k, temporal_k, args.ppr_from)
                 rows.append(row)
+                if args.out:  # after every method, so a long run keeps what it measured
+                    report["stores"][str(store)] = {"epochs": epochs, "rows": rows}
+                    args.out.write_text(json.dumps(report, indent=1, default=float))
                 print(
                     f"  {fitted.name}: fit {fitted.seconds:.1f} s, nnpv {row['nnpv_train']:.3f}/"
                     f"{row['nnpv_test']:.3f}, boundary {row['boundary_train']:.3f}, temp_l {row['temp_l_train']:.3f}, temp_g "

@@ -1,29 +1,33 @@
 """Benchmark: `timevis render`: seconds per frame per core and for a whole animation.
 
     python scripts/bench_render.py [--epochs 200] [--points 10000] [--dim 512] [--size 800]
-                                   [--resolution 200] [--jobs N] [--workdir DIR] [--repeats 5]
+                                   [--resolution 200] [--jobs N] [--device auto|cpu|cuda[:i]]
+                                   [--workdir DIR] [--repeats 5] [--threads 1]
 
 Builds (or reuses, under ``--workdir``) a CIFAR-like synthetic run store of ``--points`` training
 samples x ``--epochs`` epochs (``scripts/make_synthetic_store.py``) and fits it QUICKLY
 (``training.max_epochs=1``, reduction on): this benchmark times rendering, not fit quality, so the
 map and landscapes it draws are rough. The fit is done once and reused with the store. Then, the
-way ``timevis render`` does it (``plan_render``, ``FrameBuilder``, ``render_epochs``,
-``write_gif``), it times:
+way ``timevis render`` does it (``plan_render``, ``GridLandscapes`` on ``--device`` in this
+process, ``FrameBuilder`` + ``render_epochs`` in workers, ``write_gif``), it times:
 
-- opening the store and loading the fit in a fresh ``FrameBuilder`` (torch set to 1 thread, as in a
-  render worker);
-- decoding the canvas grid (R x R points through the decoder; once per worker with global bounds);
-- one epoch's background (that epoch's head on the decoded grid, coloured);
-- one frame's data (background, embedding, predictions: ``FrameBuilder(epoch)``), drawing it
-  (``FrameRenderer.render``) and encoding the PNG: medians over ``--repeats`` epochs, in-process,
-  one core: their sum is the steady-state cost per frame per core;
-- ``render_epochs`` over all epochs with ``--jobs`` worker processes (default: one per core),
-  which adds the pool's start-up and every worker's own grid decode;
+- in the parent, on the device (torch set to 1 thread when it is the CPU): the grid decode (R x R
+  points through the decoder, once with global bounds) and one epoch's head on the decoded grid
+  (class argmax + margin, copied back to the CPU); reading the epoch's 2-D positions. Medians
+  over ``--repeats`` epochs;
+- in a worker (in-process here, one core): opening the store; one frame's data (predictions,
+  labels, metrics) and colouring the grid (``FrameBuilder(epoch, FrameInput)``); drawing it
+  (``FrameRenderer.render``); encoding the PNG: medians over ``--repeats`` epochs. With the
+  parent's share (the positions, and the head when the device is the CPU, which then shares the
+  cores with the workers) their sum is the steady-state cost per frame per core;
+- ``render_epochs`` over all epochs with ``--jobs`` worker processes (default: one per core), the
+  parent streaming every epoch's landscape to them while they draw; this adds the pool's start-up;
 - the GIF (``write_gif``, as ``timevis render`` calls it).
 
 and prints one markdown table against the targets: <= 0.3 s per frame per core, and 200 epochs
 in under a minute on 2 cores (frames + GIF; projected from the per-frame cost when fewer epochs
-or other core counts are run).
+or other core counts are run). The load average at the start and at the end is in the table:
+other jobs on the machine inflate the timings.
 """
 
 from __future__ import annotations
@@ -80,6 +84,49 @@ def _timed(fn, *args):
     return time.perf_counter() - started, value
 
 
+class Stage:
+    """Wall-clock and CPU seconds (this process) of repeated calls; medians in the table."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def __call__(self, fn, *args):
+        wall, cpu = time.perf_counter(), time.process_time()
+        value = fn(*args)
+        self.wall.append(time.perf_counter() - wall)
+        self.cpu.append(time.process_time() - cpu)
+        return value
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def median_cpu(self) -> float:
+        return statistics.median(self.cpu)
+
+    def text(self, digits: int = 3) -> str:
+        return f"{self.median:.{digits}f} s (CPU {self.median_cpu:.{digits}f} s)"
+
+
+def _save_png(image, path: Path) -> None:
+    """The PNG encode of ``FrameRenderer.save_png``."""
+    from PIL import Image
+
+    from timevis_cli.render import PNG_COMPRESS_LEVEL
+
+    Image.fromarray(image).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished child processes (the pool's workers)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=200, help="epochs in the store (all rendered)")
@@ -89,6 +136,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=800, help="frame width and height (pixels)")
     parser.add_argument("--resolution", type=int, default=200, help="landscape grid R (R x R)")
     parser.add_argument("--jobs", type=int, default=0, help="render workers (0: one per core)")
+    parser.add_argument("--device", default="auto",
+                        help="device of the grid decode and heads: auto, cpu, cuda or cuda:N")
     parser.add_argument("--repeats", type=int, default=5, help="epochs timed in-process (median)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="store, fit and frames go here and are reused (default: a temp dir)")
@@ -135,21 +184,31 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, store: Path, jobs: int) -> list[list[str]]:
     import numpy as np
-    from PIL import Image
+    import torch
 
     from timevis_callback import open_run
     from timevis_cli.animate import write_gif
     from timevis_cli.config import load_config
+    from timevis_cli.device import resolve_device
     from timevis_cli.fit_io import load_fit
-    from timevis_cli.playback import FrameBuilder, plan_render
+    from timevis_cli.playback import (
+        FrameBuilder,
+        FrameInput,
+        GridLandscapes,
+        frame_inputs,
+        plan_render,
+    )
     from timevis_cli.render import FrameRenderer, render_epochs
 
+    torch.set_num_threads(1)  # rendering: one thread per process (the parent and each worker)
+    device = resolve_device(args.device)
     settings = load_config(
         overrides=[f"render.resolution={args.resolution}", f"render.size_px={args.size}",
                    f"render.max_points={max(args.points, 1)}"]
     ).render  # fmt: skip
     run = open_run(store)
-    plan_s, plan = _timed(plan_render, run, load_fit(run), settings)
+    fit = load_fit(run)
+    plan_s, plan = _timed(plan_render, run, fit, settings)
     renderer_options = {
         "class_names": run.class_names,
         "size_px": (settings.size_px, settings.size_px),
@@ -159,72 +218,116 @@ def measure(args: argparse.Namespace, store: Path, jobs: int) -> list[list[str]]
     epochs = plan.epochs
     picks = [epochs[int(i)] for i in np.linspace(0, len(epochs) - 1, min(args.repeats, len(epochs)))]
 
-    builder = FrameBuilder(plan)  # as a render worker gets it
-    open_s, _ = _timed(builder._open)
-    decode_s, _ = _timed(builder.decoded, plan.bounds[epochs[0]])
-    background = statistics.median(_timed(builder.background, e)[0] for e in picks)
+    # the parent: the landscape on the device
+    landscapes = GridLandscapes(run, fit, plan, device)
+    decode = Stage()
+    decode(landscapes.decoded, plan.bounds[picks[0]])
+    landscapes.grid(picks[0])  # warm-up: device context, kernels
+    heads, positions = Stage(), Stage()
+    inputs = {}
+    for epoch in picks:
+        emb = positions(fit.embedding, epoch)
+        classes, margins = heads(landscapes.grid, epoch)
+        train, test = emb["train"][plan.train_rows], emb["test"][plan.test_rows]
+        inputs[epoch] = FrameInput(classes, margins, train, test)
+    memory = ""
+    if device.type == "cuda":
+        memory = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
 
+    # a worker (in-process, one core)
+    builder = FrameBuilder(plan)  # as a render worker gets it
+    opening = Stage()
+    opening(builder._open)
     renderer = FrameRenderer(**renderer_options)
-    first_frame = builder(picks[0])
-    first_draw_s, _ = _timed(renderer.render, first_frame)  # lays out the figure once
-    data, draw, encode = [], [], []
+    first = Stage()
+    first(renderer.render, builder(picks[0], inputs[picks[0]]))  # lays out the figure once
+    colour, data, draw, encode = Stage(), Stage(), Stage(), Stage()
     with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "frame.png"
         for epoch in picks:
-            seconds, frame = _timed(builder, epoch)
-            data.append(seconds)
-            seconds, image = _timed(renderer.render, frame)
-            draw.append(seconds)
-            path = Path(tmp) / "frame.png"
-            seconds, _ = _timed(
-                lambda img, p: Image.fromarray(img).save(p, format="PNG", compress_level=3),
-                image, path,
-            )  # fmt: skip
-            encode.append(seconds)
+            colour(builder.background, inputs[epoch].classes, inputs[epoch].margins)
+            frame = data(builder, epoch, inputs[epoch])
+            image = draw(renderer.render, frame)
+            encode(_save_png, image, path)
     renderer.close()
-    data_s, draw_s, encode_s = (statistics.median(x) for x in (data, draw, encode))
-    per_frame = data_s + draw_s + encode_s
+    worker_frame = data.median + draw.median + encode.median
+    worker_cpu = data.median_cpu + draw.median_cpu + encode.median_cpu
+    on_cpu = device.type == "cpu"
+    parent_frame = positions.median + (heads.median if on_cpu else 0.0)  # on the CPU cores
+    parent_frame_cpu = positions.median_cpu + (heads.median_cpu if on_cpu else 0.0)
+    per_frame = worker_frame + parent_frame  # core time per frame
+    per_frame_cpu = worker_cpu + parent_frame_cpu
 
     out = store / "render"
     workers = min(jobs, len(epochs))
     print(f"rendering {len(epochs)} epochs with {workers} workers ...", file=sys.stderr, flush=True)
-    pool_s, paths = _timed(render_epochs, FrameBuilder(plan), epochs, out, renderer_options, jobs)
+    streamed = GridLandscapes(run, fit, plan, device)
+    children_before, parent_before = _children_cpu(), time.process_time()
+    pool_s, paths = _timed(
+        lambda: render_epochs(
+            FrameBuilder(plan), epochs, out, renderer_options, jobs,
+            inputs=frame_inputs(streamed, fit),
+        )
+    )  # fmt: skip
+    parent_cpu = time.process_time() - parent_before
+    workers_cpu = _children_cpu() - children_before
+    gif = Stage()
     gif_path = out / "training.gif"
-    gif_s, _ = _timed(lambda: write_gif(paths, gif_path, frame_ms=int(1000 / settings.fps)))
+    gif(lambda: write_gif(paths, gif_path, frame_ms=int(1000 / settings.fps)))
+    gif_s = gif.median
     pool_per_frame_core = pool_s * workers / len(epochs)
     total = pool_s + gif_s
+    pool_cpu = parent_cpu + workers_cpu
+    idle_total = pool_cpu / workers + gif.median_cpu  # what an idle machine would take
+    end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
-    # pool start-up (spawned interpreters importing torch and matplotlib, each worker's own store
-    # opening and grid decode): what the pool took beyond the steady-state cost of its frames
+    # pool start-up (spawned interpreters importing matplotlib and h5py, each worker's store
+    # opening, the parent's grid decode): what the pool took beyond its frames' steady-state cost
     overhead = max(pool_s - per_frame * len(epochs) / workers, 0.0)
     gif_per_frame = gif_s / len(epochs)
     projected = per_frame * TARGET_EPOCHS / TARGET_CORES + overhead + gif_per_frame * TARGET_EPOCHS
     exact = len(epochs) == TARGET_EPOCHS and workers == TARGET_CORES
     met = "met" if (total if exact else projected) < ANIMATION_TARGET_S else "MISSED"
+    idle_met = "met" if idle_total < ANIMATION_TARGET_S else "MISSED"
     frame_met = "met" if per_frame <= FRAME_TARGET_S else "MISSED"
+    frame_cpu_met = "met" if per_frame_cpu <= FRAME_TARGET_S else "MISSED"
     png_mb = sum(p.stat().st_size for p in paths) / 2**20
+    where = "shares the cores with the workers" if on_cpu else "off the CPU cores"
     return [
+        ["timings", "wall-clock seconds; (CPU s) = this process's CPU time, what an idle core "
+         "would take"],
+        ["device (grid decode + heads, parent)", f"{device} ({args.device}){memory}"],
         ["plan_render (epochs, bounds, subset)", f"{plan_s:.3f} s"],
-        ["open store + load fit (per worker)", f"{open_s:.3f} s"],
-        ["grid decode (R² points, once per worker)", f"{decode_s:.3f} s"],
-        ["background: head on grid + colours (per epoch)", f"{background:.3f} s (median of {len(picks)})"],
-        ["frame data incl. background (FrameBuilder)", f"{data_s:.3f} s (median)"],
-        ["draw (FrameRenderer.render)", f"{draw_s:.3f} s (median; first frame {first_draw_s:.3f} s, "
-         "lays out the figure)"],
-        ["PNG encode", f"{encode_s:.3f} s (median)"],
-        ["per frame per core, in-process steady state", f"{per_frame:.3f} s"],
+        ["parent: grid decode on the device (R² points, once)", decode.text()],
+        ["parent: head on the device, per epoch (read head, argmax + margin, to CPU)",
+         f"{heads.text(4)} (median of {len(picks)}; {where})"],
+        ["parent: the epoch's 2-D positions (fit embedding)", positions.text(4)],
+        ["worker: open the store (once per worker; no torch)", opening.text()],
+        ["worker: frame data (predictions, labels, colour grid)",
+         f"{data.text()} (of which colouring {colour.text()})"],
+        ["worker: draw (FrameRenderer.render)",
+         f"{draw.text()} (first frame {first.text()}: lays out the figure)"],
+        ["worker: PNG encode", encode.text()],
+        ["per frame per core, steady state", f"{per_frame:.3f} s (CPU {per_frame_cpu:.3f} s): "
+         f"worker {worker_frame:.3f} s + parent {parent_frame:.3f} s"
+         + (" (positions, head on the CPU)" if on_cpu else " (positions)")],
         [f"render_epochs: {len(epochs)} frames, {workers} workers", f"{pool_s:.1f} s wall = "
-         f"{pool_per_frame_core:.3f} s per frame per core, of which pool start-up ~{overhead:.1f} s "
-         f"(spawned workers' imports, store opening, grid decode); {png_mb:.1f} MiB of PNGs"],
-        ["GIF (write_gif)", f"{gif_s:.1f} s ({gif_path.stat().st_size / 2**20:.1f} MiB)"],
-        ["total: frames + GIF", f"{total:.1f} s"],
+         f"{pool_per_frame_core:.3f} s per frame per core, of which ~{overhead:.1f} s beyond the "
+         "frames' steady-state cost (start-up: spawned workers' imports, store opening, the "
+         "parent's grid decode; and other jobs' load); CPU: parent "
+         f"{parent_cpu:.1f} s (device heads: {streamed.seconds['heads']:.1f} s wall) + workers "
+         f"{workers_cpu:.1f} s = {pool_cpu / len(epochs):.3f} s per frame; {png_mb:.1f} MiB of PNGs"],
+        ["GIF (write_gif)", f"{gif.text(1)} ({gif_path.stat().st_size / 2**20:.1f} MiB)"],
+        ["total: frames + GIF", f"{total:.1f} s wall (load average {end_load:.1f} at the end); "
+         f"{idle_total:.1f} s on idle cores (CPU of the pool / {workers} + the GIF's)"],
         [f"target: <= {FRAME_TARGET_S} s per frame per core",
-         f"{per_frame:.3f} s steady state ({frame_met}); {pool_per_frame_core:.3f} s in this pool "
-         f"run, start-up included"],
+         f"{per_frame:.3f} s steady state ({frame_met}), CPU {per_frame_cpu:.3f} s "
+         f"({frame_cpu_met}); {pool_per_frame_core:.3f} s in this pool run, start-up included"],
         [f"target: {TARGET_EPOCHS} epochs < {ANIMATION_TARGET_S:.0f} s on {TARGET_CORES} cores",
          (f"{total:.1f} s measured ({met})" if exact else
           f"{projected:.1f} s projected ({met}; measured {len(epochs)} epochs on {workers} "
           f"workers: steady-state per-frame cost x {TARGET_EPOCHS} / {TARGET_CORES} + this run's "
-          "pool overhead + GIF per frame)")],
+          "pool overhead + GIF per frame)") + f"; {idle_total:.1f} s on idle cores ({idle_met})"],
     ]  # fmt: skip
 
 

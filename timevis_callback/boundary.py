@@ -85,6 +85,7 @@ class BisectionResult:
     pair: np.ndarray  # (n_found, 2) int64: [class of the source sample, class of the target]
     attempted: int
     forwarded: int  # samples passed through the model over all bisection steps
+    passes: int = 0  # forward calls: ceil(still searching / batch_size) per step
 
 
 def bisect(
@@ -111,7 +112,7 @@ def bisect(
     upper = torch.ones(n, device=device)
     found = torch.zeros(n, dtype=torch.bool, device=device)
     kept: torch.Tensor | None = None  # (n, D), rows filled as they are found
-    forwarded = 0
+    forwarded = passes = 0
     shape = (-1,) + (1,) * (source.ndim - 1)
     for _ in range(max_steps):
         active = torch.nonzero(~found).flatten()
@@ -123,6 +124,7 @@ def bisect(
             mix = lam * source[rows] + (1 - lam) * target[rows]
             logits, feats = forward(mix)
             forwarded += len(rows)
+            passes += 1
             logits = logits.float()
             pred = logits.argmax(dim=1)
             ok = ((pred == c1[rows]) | (pred == c2[rows])) & (
@@ -140,5 +142,9 @@ def bisect(
     features = kept[found] if kept is not None else source.new_zeros((0, 0))
     pair = np.stack([source_class[done], target_class[done]], axis=1).astype(np.int64)
     return BisectionResult(
-        features=features, pair=pair.reshape(-1, 2), attempted=n, forwarded=forwarded
+        features=features,
+        pair=pair.reshape(-1, 2),
+        attempted=n,
+        forwarded=forwarded,
+        passes=passes,
     )

@@ -138,8 +138,9 @@ class TimeVisCallback(Callback):
         self._head: HeadInfo | None = None
         self._feature_module: torch.nn.Module | None = None
         self._warned: set[str] = set()
-        # seconds per recorded epoch: feature pass, boundary search, writing; and the number of
-        # samples forwarded during the boundary search (scripts/bench_callback.py reads these)
+        # seconds per recorded epoch: feature pass, boundary search, writing (preparing the
+        # arrays and the file); and the samples forwarded during the boundary search and the
+        # forward passes they took (scripts/bench_callback.py reads these)
         self.timings: list[dict[str, float]] = []
 
     def _validate(self) -> None:
@@ -463,7 +464,9 @@ class TimeVisCallback(Callback):
         with self._eval_mode(trainer, pl_module):
             features, logits = self._feature_pass(trainer, pl_module)
             featured = time.perf_counter()
-            boundary, forwarded = self._boundary(trainer, pl_module, logits, epoch)
+            boundary, forwarded, passes = self._boundary(trainer, pl_module, logits, epoch)
+        computed = time.perf_counter()
+        # everything from here on is the cost of writing: the arrays to store, then the file
         stored = self._storage_dtype(features, epoch)
         head_arrays = head_state(self._head.spec, self._head.head_modules)
         weights = None
@@ -472,7 +475,6 @@ class TimeVisCallback(Callback):
                 k: _to_numpy(v) for k, v in pl_module.state_dict().items() if isinstance(v, torch.Tensor)
             }
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if _is_scalar(v)}
-        computed = time.perf_counter()
         try:
             write_epoch(
                 self.dirpath,
@@ -497,6 +499,7 @@ class TimeVisCallback(Callback):
             "boundary": computed - featured,
             "write": time.perf_counter() - computed,
             "boundary_forwarded": forwarded,
+            "boundary_passes": passes,
         }
         self.timings.append(timing)
         log.debug("timevis: epoch %d recorded %s", epoch, timing)
@@ -573,12 +576,12 @@ class TimeVisCallback(Callback):
 
     def _boundary(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, logits: torch.Tensor, epoch: int
-    ) -> tuple[Boundary | None, int]:
-        """The epoch's boundary points (None when there are none) and the samples forwarded."""
+    ) -> tuple[Boundary | None, int, int]:
+        """The epoch's boundary points (None when there are none), samples forwarded, passes."""
         train = next((t for t in self._tracked if t.role == "train"), None)
         wanted = int(round(self.boundary_fraction * (len(train.ids) if train else 0)))
         if wanted == 0:
-            return None, 0
+            return None, 0, 0
         inputs = torch.cat(self._inputs(train))
         if not inputs.is_floating_point():
             self._warn_once(
@@ -587,15 +590,15 @@ class TimeVisCallback(Callback):
                 "points are skipped (pass boundary_fraction=0 to silence this)",
                 inputs.dtype,
             )
-            return None, 0
+            return None, 0, 0
         train_logits = logits[: len(train.ids)].numpy()
         if len(np.unique(train_logits.argmax(axis=1))) < 2:
             log.warning("timevis: epoch %d predicts one class only; no boundary points", epoch)
-            return None, 0
+            return None, 0, 0
         rng = np.random.default_rng([self.seed, epoch])
         found_feats: list[torch.Tensor] = []
         found_pairs: list[np.ndarray] = []
-        found, attempted, forwarded = 0, 0, 0
+        found = attempted = forwarded = passes = 0
         for _ in range(_BOUNDARY_ROUNDS):
             # size each round by the success rate so far: a direction whose boundary lies
             # beyond l_bound cannot be reached, so about half the candidates fail
@@ -618,14 +621,15 @@ class TimeVisCallback(Callback):
             found += len(result.pair)
             attempted += result.attempted
             forwarded += result.forwarded
+            passes += result.passes
             if found >= wanted:
                 break
         if not found:
             log.warning("timevis: epoch %d: no boundary point found", epoch)
-            return None, forwarded
+            return None, forwarded, passes
         features = torch.cat([f for f in found_feats if len(f)])[:wanted]
         log.debug("timevis: epoch %d: %d of %d boundary points", epoch, len(features), wanted)
-        return Boundary(features.numpy(), np.concatenate(found_pairs)[:wanted]), forwarded
+        return Boundary(features.numpy(), np.concatenate(found_pairs)[:wanted]), forwarded, passes
 
     # --- helpers ----------------------------------------------------------------------------
     def _to_device(

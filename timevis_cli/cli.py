@@ -113,6 +113,7 @@ def _resolve_config(
 @options.epochs_option
 @options.device_option
 @options.knn_option
+@options.temporal_weight_option
 @options.seed_option
 @options.overwrite_option
 def fit(
@@ -123,6 +124,7 @@ def fit(
     epochs: str | None,
     device: str | None,
     knn: str | None,
+    temporal_weight: float | None,
     seed: int | None,
     overwrite: bool,
 ) -> None:
@@ -137,7 +139,13 @@ def fit(
         config_file,
         preset,
         overrides,
-        **{"fit.epochs": epochs, "fit.device": device, "knn.backend": knn, "fit.seed": seed},
+        **{
+            "fit.epochs": epochs,
+            "fit.device": device,
+            "knn.backend": knn,
+            "fit.seed": seed,
+            "complex.rate_temporal": temporal_weight,
+        },
     )
     run = open_run(run_dir)
     if (run.path / FIT_DIR).exists() and not overwrite:
@@ -178,6 +186,7 @@ def _writable_output(run_dir: Path, name: str) -> Path:
 @options.html_option
 @options.track_option
 @options.jobs_option
+@options.device_option
 def render(
     run_dir: Path,
     config_file: Path | None,
@@ -192,14 +201,26 @@ def render(
     html: bool | None,
     track: str | None,
     jobs: int | None,
+    device: str | None,
 ) -> None:
     """Per-epoch landscape PNGs and an animation; writes RUN_DIR/render/.
+
+    The landscape (grid decode, each epoch's head) is computed on --device (the GPU when there is
+    one) in this process; --jobs worker processes draw the frames.
 
     Example: timevis render runs/mnist/store --epochs 1-15 --html
     """
     from timevis_cli.animate import write_gif, write_mp4
+    from timevis_cli.device import resolve_device
     from timevis_cli.fit_io import load_fit
-    from timevis_cli.playback import FrameBuilder, export_viewer, parse_track, plan_render
+    from timevis_cli.playback import (
+        FrameBuilder,
+        GridLandscapes,
+        export_viewer,
+        frame_inputs,
+        parse_track,
+        plan_render,
+    )
 
     config = _resolve_config(
         config_file,
@@ -214,6 +235,7 @@ def render(
             "render.mp4": mp4,
             "render.html": html,
             "render.jobs": jobs,
+            "render.device": device,
         },
     )
     settings = config.render
@@ -223,6 +245,7 @@ def render(
     track_rows = parse_track(track, run, plan)
     if track_rows and not settings.html:
         raise InputError("--track draws trails in the HTML page; add --html")
+    torch_device = resolve_device(settings.device)  # of the landscape, in this process only
     if settings.mp4:
         from timevis_cli import animate
 
@@ -238,14 +261,21 @@ def render(
     from timevis_cli.render import render_epochs
 
     log.info("rendering %d epochs with %d worker(s)", len(plan.epochs), min(workers, len(plan.epochs)))
-    paths = render_epochs(FrameBuilder(plan), plan.epochs, out, renderer, jobs=workers)
+    landscapes = GridLandscapes(run, fit_result, plan, torch_device)
+    inputs = frame_inputs(landscapes, fit_result)  # computed here while the workers draw
+    paths = render_epochs(
+        FrameBuilder(plan), plan.epochs, out, renderer, jobs=workers, inputs=inputs
+    )
     written = [f"{len(paths)} frames ({paths[0].name} ... {paths[-1].name})"]
     if settings.gif:
         written.append(str(write_gif(paths, out / "training.gif", frame_ms=int(1000 / settings.fps))))
     if settings.mp4:
         written.append(str(write_mp4(paths, out / "training.mp4", fps=settings.fps)))
     if settings.html:
-        written.append(str(export_viewer(run, fit_result, plan, out / "index.html", track_rows)))
+        page = out / "index.html"
+        written.append(
+            str(export_viewer(run, fit_result, plan, page, track_rows, torch_device, landscapes))
+        )
     (out / "config.toml").write_text(config.to_toml())
     click.echo("wrote " + ", ".join(written) + f" into {out}")
 

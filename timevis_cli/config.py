@@ -150,7 +150,7 @@ class ComplexConfig(_Section):
         _above(0),
     )
     rate_temporal: float = _setting(
-        100.0,
+        5.0,
         "sampling weight per unit membership of temporal edges (also sets their pruning)",
         _above(0),
     )
@@ -222,9 +222,13 @@ class TrainingConfig(_Section):
     min_improvement: float = _setting(
         0.01, "relative loss improvement that resets the patience", _at_least(0)
     )
-    max_epochs: int = _setting(20, "most training epochs", _at_least(1))
+    max_epochs: int = _setting(6, "most training epochs", _at_least(1))
     edges_per_epoch_factor: float = _setting(
-        5.0, "edges sampled per training epoch: floor(factor * sum(w / max w))", _above(0)
+        0.8, "edges sampled per training epoch: floor(factor * sum(w / max w))", _above(0)
+    )
+    min_edges_per_epoch: int = _setting(
+        100_000, "fewest edges sampled per training epoch (small runs still train enough)",
+        _at_least(0),
     )
     negative_rate: int = _setting(5, "negative samples per positive edge", _at_least(1))
     recon_weight: float = _setting(
@@ -287,6 +291,12 @@ class RenderConfig(_Section):
     mp4: bool = _setting(False, "write render/training.mp4 (needs the video extra)")
     html: bool = _setting(False, "write render/index.html (one self-contained file)")
     jobs: int = _setting(0, "parallel frame workers; 0 = one per CPU core", _at_least(0))
+    device: str = _setting(
+        "auto",
+        "torch device of the grid decode and per-epoch heads (in the parent; workers only draw): "
+        "auto (resolved once and logged), cpu, cuda, cuda:<i>",
+        _matching(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:<i>"),
+    )
 
 
 @dataclass(frozen=True)

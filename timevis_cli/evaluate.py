@@ -472,6 +472,14 @@ def _check_request(
             f"temporal_k={temporal_k} must be <= {len(epochs) - 1} (the other epochs among the "
             f"{len(epochs)} selected); pass --temporal-k {len(epochs) - 1} or select more epochs"
         )
+    if len(epochs) >= 3 and temporal_k == len(epochs) - 1:
+        log.warning(
+            "temp_l(%d) counts all %d other epochs, so every map scores 1 on it; pass "
+            "--temporal-k %d or less for a telling value",
+            temporal_k,
+            temporal_k,
+            max(1, (len(epochs) - 1) // 2),
+        )
     return epochs, k, temporal_k
 
 

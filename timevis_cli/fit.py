@@ -40,12 +40,12 @@ from timevis_cli.complex import (
 from timevis_cli.config import Config
 from timevis_cli.device import resolve_device
 from timevis_cli.errors import InputError
-from timevis_cli.losses import attention_weights, attention_weights_autograd
+from timevis_cli.losses import attention_weights_autograd, class_pair_attention
 from timevis_cli.neighbors import KNNBackend, resolve_backend
 from timevis_cli.projector import Projector
 from timevis_cli.ranges import parse_range
 from timevis_cli.reduction import select_epochs
-from timevis_cli.trainer import TrainParams, TrainReport, fit_projector
+from timevis_cli.trainer import SharedRows, TrainParams, TrainReport, fit_projector
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +165,28 @@ def _is_linear(head: Head) -> bool:
 
 def vertex_attention(
     features: np.ndarray, head: Head, temperature: float, logits: np.ndarray | None = None
-) -> np.ndarray:
-    """Reconstruction attention a_v float32 [n, D] of features [n, D] under one epoch's head."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reconstruction attention of features [n, D] under one epoch's head, as shared rows.
+
+    Returns ``(table, index)``: float32 [A, D] and int64 [n], row v's attention being
+    ``table[index[v]]``. For a linear head ``a_v`` depends only on v's top-2 classes, so the
+    table has one row per class pair that occurs; for other heads every row is its own.
+    """
     x = torch.from_numpy(np.asarray(features, dtype=np.float32))
     if _is_linear(head):
-        index = next(i for i, layer in enumerate(head.spec) if layer["type"] == "Linear")
-        weight = torch.from_numpy(head.state[f"{index}.weight"].astype(np.float32))
-        z = torch.from_numpy(head(features) if logits is None else logits)
-        return attention_weights(x, z, weight, temperature).numpy()
+        layer = next(i for i, layer in enumerate(head.spec) if layer["type"] == "Linear")
+        weight = torch.from_numpy(head.state[f"{layer}.weight"].astype(np.float32))
+        z = head(features) if logits is None else np.asarray(logits)
+        if z.ndim != 2 or z.shape[1] < 2 or z.shape[0] != len(x):
+            raise InputError(f"logits must have shape ({len(x)}, C >= 2), got {z.shape}")
+        top2 = np.sort(np.argsort(-z, axis=1, kind="stable")[:, :2], axis=1)
+        pairs, index = np.unique(top2, axis=0, return_inverse=True)
+        pairs = torch.from_numpy(pairs.astype(np.int64))
+        table = class_pair_attention(weight, pairs[:, 0], pairs[:, 1], temperature)
+        return table.numpy(), index.reshape(-1).astype(np.int64)
     module = head.to_torch()
-    return attention_weights_autograd(x, module, temperature).numpy()
+    rows = attention_weights_autograd(x, module, temperature).numpy()
+    return rows, np.arange(len(rows), dtype=np.int64)
 
 
 def feature_boundary_points(
@@ -213,7 +225,8 @@ class _EpochPart:
     offset: int
     n_train: int
     features: np.ndarray  # float32 [n_train + n_boundary, D]
-    attention: np.ndarray  # float32 [same, D]
+    attention: np.ndarray  # float32 [A, D]: distinct attention rows of this epoch's vertices
+    attention_index: np.ndarray  # int64 [same as features]: each vertex's row of attention
     boundary_pair: np.ndarray
     boundary_source: str
 
@@ -262,8 +275,10 @@ def _epoch_part(
     else:
         used, pair = "none", np.zeros((0, 2), np.int64)
     logits = np.concatenate([train_logits[train_rows], head(vertices[len(feats) :])])
-    attention = vertex_attention(vertices, head, config.training.attention_temperature, logits)
-    part = _EpochPart(epoch, offset, len(feats), vertices, attention, pair, used)
+    attention, attention_index = vertex_attention(
+        vertices, head, config.training.attention_temperature, logits
+    )
+    part = _EpochPart(epoch, offset, len(feats), vertices, attention, attention_index, pair, used)
     ids = run.samples.id[run.samples.mask("train")][train_rows]
     epoch_vertices = EpochVertices(
         sample_ids=ids,
@@ -367,7 +382,13 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
     del vertices, edge_sets, joined
 
     features = torch.from_numpy(np.concatenate([p.features for p in parts]))
-    attention = torch.from_numpy(np.concatenate([p.attention for p in parts]))
+    row_offsets = np.cumsum([0] + [len(p.attention) for p in parts[:-1]])
+    attention = SharedRows(
+        torch.from_numpy(np.concatenate([p.attention for p in parts])),
+        torch.from_numpy(
+            np.concatenate([p.attention_index + o for p, o in zip(parts, row_offsets, strict=True)])
+        ),
+    )
     t = config.training
     params = TrainParams(
         hidden=config.projector.hidden,
@@ -381,6 +402,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
         min_improvement=t.min_improvement,
         max_epochs=t.max_epochs,
         edges_per_epoch_factor=t.edges_per_epoch_factor,
+        min_edges_per_epoch=t.min_edges_per_epoch,
         negative_rate=t.negative_rate,
         recon_weight=t.recon_weight,
         min_dist=t.min_dist,

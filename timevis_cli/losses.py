@@ -30,6 +30,7 @@ __all__ = [
     "PROBABILITY_CLIP",
     "attention_weights",
     "attention_weights_autograd",
+    "class_pair_attention",
     "find_ab_params",
     "reconstruction_loss",
     "sample_negatives",
@@ -282,6 +283,17 @@ def attention_weights(
             f"logits {tuple(logits.shape)} must be (n, C) for features {tuple(features.shape)} "
             f"and head_weight {tuple(head_weight.shape)}"
         )
+    return class_pair_attention(head_weight, c1, c2, temperature)
+
+
+def class_pair_attention(
+    head_weight: Tensor, c1: Tensor, c2: Tensor, temperature: float = ATTENTION_TEMPERATURE
+) -> Tensor:
+    """``softmax((|W[c1]| + |W[c2]|) / temperature)`` [n, D] for class ids ``c1``, ``c2`` [n].
+
+    The attention of a linear head depends on the vertex only through its top-2 classes, so a
+    fit computes it once per distinct (epoch, class pair) (:func:`attention_weights` per row).
+    """
     magnitude = head_weight.abs()
     return _normalise(magnitude[c1] + magnitude[c2], temperature)
 

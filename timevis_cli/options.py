@@ -50,6 +50,12 @@ knn_option = click.option(
     type=click.Choice(KNN_BACKENDS),
     help="kNN backend (auto: FAISS GPU if a GPU, else FAISS CPU, else torch).",
 )
+temporal_weight_option = click.option(
+    "--temporal-weight",
+    type=float,
+    help="complex.rate_temporal: higher keeps samples stiller over epochs, lower keeps "
+    "neighbours (default 5; METHOD.md's published 100).",
+)
 seed_option = click.option("--seed", type=int, help="Seed of every random choice.")
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace existing outputs (kept otherwise)."

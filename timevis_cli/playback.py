@@ -1,33 +1,48 @@
 """What ``timevis render`` computes: per-epoch frames of the fitted map (METHOD.md section 6).
 
-A :class:`FrameBuilder` is picklable: render workers receive it once and build their frames from
-the run store and the fit themselves (the grid is decoded once per worker when the canvas bounds
-are global). :func:`plan_render` resolves epochs, bounds and the sample subset once, in the parent.
+The work is split between the parent process and the render workers:
+
+- the parent: :func:`plan_render` resolves epochs, bounds and the sample subset once;
+  :class:`GridLandscapes` computes every epoch's landscape on one torch device (the GPU when there
+  is one): the grid is decoded once per canvas and each epoch's head, rebuilt from the store,
+  gives the grid's classes and margins; :func:`frame_inputs` pairs them with the epoch's 2-D
+  positions and streams one small :class:`FrameInput` per epoch to the workers;
+- a worker: the picklable :class:`FrameBuilder` reads labels, predictions and metrics from the
+  store, colours the grid and hands the frame to the renderer. Workers never decode, never
+  evaluate a head and never import torch (so CUDA cannot be initialised in them); this module
+  imports torch only inside :class:`GridLandscapes`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from timevis_callback.reader import Run, open_run
 from timevis_cli.config import RenderConfig
 from timevis_cli.errors import InputError
-from timevis_cli.fit_io import LoadedFit, load_fit
 from timevis_cli.landscape import (
     Bounds,
     canvas_bounds,
-    classify_grid,
-    decode_grid,
+    classify_grid_torch,
+    decode_grid_torch,
     landscape_image,
     palette,
 )
 from timevis_cli.ranges import parse_range
 from timevis_cli.render import EpochFrame
+
+if TYPE_CHECKING:
+    import torch
+
+    from timevis_cli.fit_io import LoadedFit
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +105,100 @@ def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
     )
 
 
+#: One epoch's landscape: grid classes (R, R) (``landscape.class_dtype``), margins float32 (R, R).
+Grid = tuple[np.ndarray, np.ndarray]
+
+
+class GridLandscapes:
+    """Every planned epoch's landscape, computed in THIS process on ``device``.
+
+    The fit's decoder is used on ``device`` (a copy when the fit was loaded elsewhere; the fit
+    itself is left as it is). The canvas grid is decoded once per distinct bounds (once in all
+    with global bounds), and only the latest is kept, on the device (float32 (R*R, D)); each
+    epoch's head is rebuilt from the store (``Head.to_torch()``) and applied there.
+    ``seconds`` accumulates the time of the ``"decode"`` and ``"heads"`` stages.
+    """
+
+    def __init__(self, run: Run, fit: LoadedFit, plan: RenderPlan, device: torch.device):
+        import torch
+
+        self.run = run
+        self.plan = plan
+        self.device = torch.device(device)
+        projector = fit.model.projector
+        if next(projector.parameters()).device != self.device:
+            projector = copy.deepcopy(projector).to(self.device)
+        self._decode = projector.eval().decode
+        self._decoded: tuple[Bounds, torch.Tensor] | None = None
+        self.seconds = {"decode": 0.0, "heads": 0.0}
+
+    def decoded(self, bounds: Bounds) -> torch.Tensor:
+        """The grid of ``bounds`` decoded on the device (only the latest canvas is kept)."""
+        import torch
+
+        if self._decoded is None or self._decoded[0] != bounds:
+            self._decoded = None  # free the previous canvas first
+            started = time.perf_counter()
+            decoded = decode_grid_torch(self._decode, bounds, self.plan.resolution, self.device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds["decode"] += time.perf_counter() - started
+            self._decoded = (bounds, decoded)
+        return self._decoded[1]
+
+    def grid(self, epoch: int) -> Grid:
+        """The epoch's grid classes and margins (numpy, on the CPU)."""
+        decoded = self.decoded(self.plan.bounds[epoch])
+        started = time.perf_counter()
+        grid = classify_grid_torch(decoded, self.run.head(epoch))
+        self.seconds["heads"] += time.perf_counter() - started
+        return grid
+
+
+@dataclass(frozen=True, eq=False)
+class FrameInput:
+    """The parent's part of one epoch's frame, sent to a render worker.
+
+    classes, margins: the landscape (:data:`Grid`); train_points, test_points: float32 (n, 2)
+    positions of the plan's drawn train and test rows.
+    """
+
+    classes: np.ndarray
+    margins: np.ndarray
+    train_points: np.ndarray
+    test_points: np.ndarray
+
+
+def frame_inputs(landscapes: GridLandscapes, fit: LoadedFit) -> Iterator[FrameInput]:
+    """One :class:`FrameInput` per planned epoch, in order, computed when asked for (so a pool
+    draws earlier epochs meanwhile and memory stays bounded however many epochs there are)."""
+    plan = landscapes.plan
+    log.info(
+        "landscapes of %d epochs: grid decode and heads on %s", len(plan.epochs), landscapes.device
+    )
+    for epoch in plan.epochs:
+        emb = fit.embedding(epoch)
+        classes, margins = landscapes.grid(epoch)
+        yield FrameInput(
+            classes=classes,
+            margins=margins,
+            train_points=emb["train"][plan.train_rows],
+            test_points=emb["test"][plan.test_rows],
+        )
+
+
 class FrameBuilder:
-    """Builds the :class:`EpochFrame` of one epoch; picklable (opens the store lazily)."""
+    """Builds the :class:`EpochFrame` of one epoch from its :class:`FrameInput`; picklable.
+
+    Runs in the render workers: it opens the store lazily, reads the epoch's labels, predictions
+    and metrics, and colours the grid. It never decodes, evaluates a head or imports torch:
+    :class:`GridLandscapes` does that once, in the parent.
+    """
 
     def __init__(self, plan: RenderPlan):
         self.plan = plan
         self._run: Run | None = None
-        self._fit: LoadedFit | None = None
-        self._decoded: dict[Bounds, np.ndarray] = {}
+        self._palette: np.ndarray | None = None
 
     def __getstate__(self) -> dict:
         return {"plan": self.plan}
@@ -105,49 +206,34 @@ class FrameBuilder:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["plan"])
 
-    def _open(self) -> tuple[Run, LoadedFit]:
-        if self._run is None or self._fit is None:
-            torch.set_num_threads(1)  # one worker per core: no oversubscription
+    def _open(self) -> Run:
+        if self._run is None:
             self._run = open_run(self.plan.run_dir)
-            self._fit = load_fit(self._run)
-        return self._run, self._fit
+            self._palette = palette(self._run.num_classes)
+        return self._run
 
-    def decoded(self, bounds: Bounds) -> np.ndarray:
-        """The grid of ``bounds`` decoded to feature space, once per canvas."""
-        if bounds not in self._decoded:
-            if self.plan.global_bounds:
-                self._decoded.clear()
-            _, fit = self._open()
-            self._decoded[bounds] = decode_grid(
-                fit.model.inverse_transform, bounds, self.plan.resolution
-            )
-        return self._decoded[bounds]
+    def background(self, classes: np.ndarray, margins: np.ndarray) -> np.ndarray:
+        """uint8 [R, R, 3]: a grid's classes and margins in the fixed palette's colours."""
+        self._open()
+        return landscape_image(classes, margins, self._palette)
 
-    def background(self, epoch: int) -> np.ndarray:
-        """uint8 [R, R, 3]: the epoch's head applied to the decoded grid."""
-        run, _ = self._open()
-        bounds = self.plan.bounds[epoch]
-        classes, margins = classify_grid(self.decoded(bounds), run.head(epoch))
-        return landscape_image(classes, margins, palette(run.num_classes))
-
-    def __call__(self, epoch: int) -> EpochFrame:
-        run, fit = self._open()
-        emb = fit.embedding(epoch)
+    def __call__(self, epoch: int, given: FrameInput) -> EpochFrame:
+        run = self._open()
         preds = run.logits(epoch).argmax(axis=1)
         train, test = run.samples.mask("train"), run.samples.mask("test")
         tr, te = self.plan.train_rows, self.plan.test_rows
         test_args = {}
         if len(te):
             test_args = dict(
-                test_points=emb["test"][te],
+                test_points=given.test_points,
                 test_labels=run.samples.label[test][te],
                 test_preds=preds[test][te],
             )
         return EpochFrame(
             epoch=epoch,
-            background=self.background(epoch),
+            background=self.background(given.classes, given.margins),
             bounds=self.plan.bounds[epoch],
-            train_points=emb["train"][tr],
+            train_points=given.train_points,
             train_labels=run.samples.label[train][tr],
             train_preds=preds[train][tr],
             metrics=_title_metrics(run.epoch_info(epoch).metrics),
@@ -188,9 +274,19 @@ def parse_track(text: str | None, run: Run, plan: RenderPlan) -> list[int]:
 
 
 def export_viewer(
-    run: Run, fit: LoadedFit, plan: RenderPlan, out_path: Path, track_rows: list[int]
+    run: Run,
+    fit: LoadedFit,
+    plan: RenderPlan,
+    out_path: Path,
+    track_rows: list[int],
+    device: torch.device,
+    landscapes: GridLandscapes | None = None,
 ) -> Path:
-    """Write the self-contained interactive page of the rendered epochs (trails: track_rows)."""
+    """Write the self-contained interactive page of the rendered epochs (trails: track_rows).
+
+    The backgrounds are computed on ``device``; ``landscapes`` (those of the PNGs) is reused
+    when the canvas is the same, so the grid is not decoded again.
+    """
     from timevis_cli.render import title_text
     from timevis_cli.viewer import write_viewer
 
@@ -198,7 +294,10 @@ def export_viewer(
         log.info("the HTML page uses one canvas for all epochs (--bounds per-epoch is for PNGs)")
         shared = canvas_bounds([fit.embedding(e)["train"] for e in plan.epochs])
         plan = replace(plan, bounds=dict.fromkeys(plan.epochs, shared), global_bounds=True)
-    builder = FrameBuilder(plan)
+        landscapes = None
+    if landscapes is None:
+        landscapes = GridLandscapes(run, fit, plan, device)
+    colours = palette(run.num_classes)
     train, test = run.samples.mask("train"), run.samples.mask("test")
     tr, te = plan.train_rows, plan.test_rows
     positions, predictions, backgrounds, titles = [], [], [], []
@@ -207,7 +306,7 @@ def export_viewer(
         preds = run.logits(epoch).argmax(axis=1)
         positions.append(np.concatenate([emb["train"][tr], emb["test"][te]]))
         predictions.append(np.concatenate([preds[train][tr], preds[test][te]]))
-        backgrounds.append(builder.background(epoch))
+        backgrounds.append(landscape_image(*landscapes.grid(epoch), colours))
         titles.append(title_text(epoch, _title_metrics(run.epoch_info(epoch).metrics)))
     thumbnails = run.thumbnails()
     if thumbnails is not None:

@@ -2,8 +2,9 @@
 that imports matplotlib.
 
 A :class:`FrameRenderer` owns ONE figure, drawn by the Agg canvas and never registered with
-pyplot, and updates its artists in place for each :class:`EpochFrame` (``imshow.set_data``,
-``scatter.set_offsets`` / ``set_facecolor``): the figure, axes, legend and fonts are laid out once.
+pyplot, and updates its artists in place for each :class:`EpochFrame` (``imshow.set_data``, the
+points' per-class marker artists ``Line2D.set_data``): the figure, axes, legend and fonts are laid
+out once, and each frame redraws only those artists over a cached picture of the rest.
 
 Colours: the landscape image is computed beforehand (``landscape.landscape_image``); points are
 coloured by label from the same fixed palette, indexed by class id. A misclassified point is a
@@ -12,7 +13,9 @@ triangles, training points circles.
 
 :func:`render_epochs` renders many epochs, optionally in a process pool: each worker receives the
 frame-building function once (pickled in the pool initializer) and builds its frames itself from
-the epoch numbers, so large arrays never cross process boundaries once per frame.
+the epoch numbers and, when given, one small per-epoch input computed in the parent (the
+landscape's grid classes and margins, computed on the GPU there), streamed with a bounded number
+in flight.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import logging
 import math
 import multiprocessing
 import pickle
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
@@ -55,6 +58,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_SIZE_PX = (800, 800)
 #: File name of one epoch's PNG inside the output folder.
 FRAME_FILENAME = "epoch_{epoch:04d}.png"
+#: zlib level of the PNG frames: 3 is within a few percent of the size of 6 at half the time.
+PNG_COMPRESS_LEVEL = 3
 #: More classes than this: the legend lists no class names (it would cover the frame).
 MAX_LEGEND_CLASSES = 40
 
@@ -148,27 +153,66 @@ def _edge_width(size: float) -> float:
     return 0.2 if size < 10 else 0.35
 
 
+class _MarkerGroup:
+    """Points of one role in one split, one marker artist (``Line2D``) per class colour.
+
+    Agg draws a ``Line2D``'s markers by rasterising the marker once and stamping it at every
+    point (``draw_markers``): about ten times faster than a scatter collection, which rasterises
+    every point's path on its own. The price: within a role, points are layered by class id.
+    Artists are created on a class's first use and reused (``set_data``) in later frames.
+    """
+
+    def __init__(self, ax: Any, marker: str, zorder: float, ring: bool):
+        self.ax = ax
+        self.marker = marker
+        self.zorder = zorder
+        self.ring = ring
+        self.lines: dict[int, Line2D] = {}
+
+    def _line(self, class_id: int, rgba: np.ndarray) -> Line2D:
+        line = self.lines.get(class_id)
+        if line is None:
+            colour = tuple(rgba[class_id])
+            line = Line2D(
+                [], [], linestyle="none", marker=self.marker, zorder=self.zorder, animated=True,
+                markerfacecolor="none" if self.ring else colour,
+                markeredgecolor=colour if self.ring else _EDGE_COLOUR,
+            )  # fmt: skip
+            self.ax.add_line(line)
+            self.lines[class_id] = line
+        return line
+
+    def update(
+        self, points: np.ndarray, classes: np.ndarray, rgba: np.ndarray, size: float
+    ) -> None:
+        """Show ``points`` (n, 2) coloured by ``classes`` (n,), markers of area ``size`` (pt²)."""
+        for line in self.lines.values():
+            line.set_data([], [])
+        if len(points) == 0:
+            return
+        order = np.argsort(classes, kind="stable")
+        present, starts = np.unique(classes[order], return_index=True)
+        area = size * _RING_SCALE if self.ring else size
+        for class_id, rows in zip(present, np.split(order, starts[1:]), strict=True):
+            line = self._line(int(class_id), rgba)
+            line.set_data(points[rows, 0], points[rows, 1])
+            line.set_markersize(math.sqrt(area))
+            line.set_markeredgewidth(1.4 if self.ring else _edge_width(size))
+
+    def draw(self) -> None:
+        for _, line in sorted(self.lines.items()):
+            if len(line.get_xdata(orig=True)):
+                self.ax.draw_artist(line)
+
+
 class _PointLayer:
-    """One split's points: three scatter artists (correct dots, rings, misclassified dots)."""
+    """One split's points: correct dots, then rings (label colour) and dots (predicted colour)
+    of the misclassified ones on top."""
 
     def __init__(self, ax: Any, marker: str, zorder: float):
-        empty = np.empty((0, 2))
-        self.correct = ax.scatter(
-            empty[:, 0], empty[:, 1], marker=marker, edgecolors=[_EDGE_COLOUR],
-            linewidths=0.3, zorder=zorder,
-        )  # fmt: skip
-        self.ring = ax.scatter(
-            empty[:, 0], empty[:, 1], marker=marker, facecolors="none", linewidths=1.4,
-            zorder=zorder + 1,
-        )  # fmt: skip
-        self.dot = ax.scatter(
-            empty[:, 0], empty[:, 1], marker=marker, edgecolors=[_EDGE_COLOUR],
-            linewidths=0.3, zorder=zorder + 2,
-        )  # fmt: skip
-
-    @property
-    def artists(self) -> list[Any]:
-        return [self.correct, self.ring, self.dot]
+        self.correct = _MarkerGroup(ax, marker, zorder, ring=False)
+        self.ring = _MarkerGroup(ax, marker, zorder + 1, ring=True)
+        self.dot = _MarkerGroup(ax, marker, zorder + 2, ring=False)
 
     def update(
         self,
@@ -182,18 +226,13 @@ class _PointLayer:
             points = np.empty((0, 2))
             labels = preds = np.empty(0, dtype=np.int64)
         wrong = labels != preds
-        self.correct.set_offsets(points[~wrong])
-        self.correct.set_facecolor(rgba[labels[~wrong]])
-        self.correct.set_sizes([size])
-        self.correct.set_linewidth(_edge_width(size))
-        self.ring.set_offsets(points[wrong])
-        self.ring.set_edgecolor(rgba[labels[wrong]])
-        self.ring.set_facecolor("none")
-        self.ring.set_sizes([size * _RING_SCALE])
-        self.dot.set_offsets(points[wrong])
-        self.dot.set_facecolor(rgba[preds[wrong]])
-        self.dot.set_sizes([size])
-        self.dot.set_linewidth(_edge_width(size))
+        self.correct.update(points[~wrong], labels[~wrong], rgba, size)
+        self.ring.update(points[wrong], labels[wrong], rgba, size)
+        self.dot.update(points[wrong], preds[wrong], rgba, size)
+
+    def draw(self) -> None:
+        for group in (self.correct, self.ring, self.dot):
+            group.draw()
 
 
 class FrameRenderer:
@@ -260,9 +299,9 @@ class FrameRenderer:
         self._title = self.figure.text(
             0.5, 1.0 - (_TITLE_PX / 2) / height, "", ha="center", va="center", fontsize=14
         )
-        # Drawn per frame over a cached picture of the rest (legend, frame of the axes).
-        self._dynamic = [self._image, *self._train.artists, *self._test.artists, self._title]
-        for artist in self._dynamic:
+        # Drawn per frame over a cached picture of the rest (legend, frame of the axes); the
+        # point layers' markers are created animated.
+        for artist in (self._image, self._title):
             artist.set_animated(True)
         self._static: Any = None
         self._static_aspect: float | None = None
@@ -365,14 +404,16 @@ class FrameRenderer:
         ax.draw_artist(self._image)
         for spine in ax.spines.values():
             ax.draw_artist(spine)
-        for artist in sorted(self._dynamic[1:-1], key=lambda a: a.get_zorder()):
-            ax.draw_artist(artist)
+        for layer in (self._train, self._test):  # test points above train points
+            layer.draw()
         self.figure.draw_artist(self._title)
 
     def save_png(self, frame: EpochFrame, path: str | Path) -> Path:
         """Render ``frame`` into the PNG file ``path`` (its folder must exist); the path."""
         path = Path(path)
-        Image.fromarray(self.render(frame)).save(path, format="PNG", compress_level=3)
+        Image.fromarray(self.render(frame)).save(
+            path, format="PNG", compress_level=PNG_COMPRESS_LEVEL
+        )
         return path
 
     def close(self) -> None:
@@ -415,43 +456,71 @@ def render_frames(
 
 
 # The state of a pool worker: the frame builder and the worker's own renderer.
-_WORKER: tuple[Callable[[int], EpochFrame], FrameRenderer] | None = None
+_WORKER: tuple[Callable[..., EpochFrame], FrameRenderer] | None = None
+#: Per-epoch inputs in flight (sent to workers, not yet rendered) per worker.
+INPUTS_IN_FLIGHT_PER_WORKER = 2
+_END = object()  # marks an exhausted iterator
 
 
 def _init_worker(
-    build_frame: Callable[[int], EpochFrame], renderer_options: Mapping[str, Any]
+    build_frame: Callable[..., EpochFrame], renderer_options: Mapping[str, Any]
 ) -> None:
     global _WORKER
     matplotlib.use("Agg")  # the worker draws off-screen only
     _WORKER = (build_frame, FrameRenderer(**renderer_options))
 
 
-def _render_in_worker(epoch: int, path: Path) -> Path:
+def _render_in_worker(epoch: int, path: Path, inputs: tuple[Any, ...]) -> Path:
     if _WORKER is None:
         raise RuntimeError("render worker used before its initializer ran")
     build_frame, renderer = _WORKER
-    return renderer.save_png(build_frame(epoch), path)
+    return renderer.save_png(build_frame(epoch, *inputs), path)
+
+
+def _worker_ready() -> bool:
+    return _WORKER is not None
+
+
+def _per_epoch_inputs(epochs: Sequence[int], inputs: Iterable[Any] | None) -> Iterator[tuple]:
+    """``(input,)`` per epoch (``()`` without inputs); InputError when the counts differ."""
+    if inputs is None:
+        yield from (() for _ in epochs)
+        return
+    values = iter(inputs)
+    for count, _ in enumerate(epochs):
+        try:
+            yield (next(values),)
+        except StopIteration:
+            raise InputError(f"inputs gave {count} values for {len(epochs)} epochs") from None
+    if next(values, _END) is not _END:
+        raise InputError(f"inputs gave more values than the {len(epochs)} epochs")
 
 
 def render_epochs(
-    build_frame: Callable[[int], EpochFrame],
+    build_frame: Callable[..., EpochFrame],
     epochs: Sequence[int],
     out_dir: str | Path,
     renderer_options: Mapping[str, Any],
     jobs: int = 1,
     filename: str = FRAME_FILENAME,
     start_method: str = "spawn",
+    inputs: Iterable[Any] | None = None,
 ) -> list[Path]:
     """Render ``build_frame(epoch)`` for every epoch to ``out_dir/epoch_EEEE.png``.
 
-    build_frame: epoch -> :class:`EpochFrame`. With ``jobs > 1`` it must be picklable (a
-    module-level function, a ``functools.partial`` of one, or an instance of a module-level
-    class); it is pickled ONCE per worker, in the pool initializer, and each task sends only an
-    epoch number and a path. So hold paths or small state in it and load big arrays lazily
-    (cached on first use in each worker) rather than capturing them. renderer_options: the
-    keyword arguments of :class:`FrameRenderer` (each worker builds its own). Workers are started
-    with ``start_method`` ("spawn" by default: safe after torch has started threads). Returns the
-    PNG paths in the order of ``epochs``; a failure in any frame is raised here.
+    build_frame: epoch -> :class:`EpochFrame`, or ``(epoch, input) -> EpochFrame`` when
+    ``inputs`` is given. With ``jobs > 1`` it must be picklable (a module-level function, a
+    ``functools.partial`` of one, or an instance of a module-level class); it is pickled ONCE per
+    worker, in the pool initializer, and each task sends only an epoch number, a path and the
+    epoch's input. So hold paths or small state in it and load big arrays lazily (cached on first
+    use in each worker) rather than capturing them. inputs: one value per epoch, in the order of
+    ``epochs``, computed in THIS process (e.g. a generator that evaluates each epoch's landscape
+    on the GPU): it is consumed while the workers draw, with at most
+    ``INPUTS_IN_FLIGHT_PER_WORKER`` values per worker in flight, so memory stays bounded.
+    renderer_options: the keyword arguments of :class:`FrameRenderer` (each worker builds its
+    own). Workers are started with ``start_method`` ("spawn" by default: safe after torch has
+    started threads or CUDA). Returns the PNG paths in the order of ``epochs``; a failure in any
+    frame is raised here.
     """
     if not (_is_int(jobs) and jobs >= 1):
         raise InputError(f"jobs={jobs!r} must be a positive integer")
@@ -459,12 +528,13 @@ def render_epochs(
     out_dir = Path(out_dir)
     paths = _frame_paths(epochs, out_dir, filename)
     out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = zip(epochs, paths, _per_epoch_inputs(epochs, inputs), strict=True)
     workers = min(jobs, len(epochs))
     if workers <= 1:
         renderer = FrameRenderer(**renderer_options)
         try:
-            for epoch, path in zip(epochs, paths, strict=True):
-                renderer.save_png(build_frame(epoch), path)
+            for epoch, path, args in tasks:
+                renderer.save_png(build_frame(epoch, *args), path)
         finally:
             renderer.close()
         return paths
@@ -482,4 +552,19 @@ def render_epochs(
         initializer=_init_worker,
         initargs=(build_frame, dict(renderer_options)),
     ) as pool:
-        return list(pool.map(_render_in_worker, epochs, paths))
+        # start every worker now (imports, figure layout) while the first input is computed
+        pending: set[Future] = {pool.submit(_worker_ready) for _ in range(workers)}
+        try:
+            for epoch, path, args in tasks:  # the next input is computed while workers draw
+                while len(pending) >= INPUTS_IN_FLIGHT_PER_WORKER * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()  # raise a worker's failure now
+                pending.add(pool.submit(_render_in_worker, epoch, path, args))
+            for future in wait(pending).done:
+                future.result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return paths

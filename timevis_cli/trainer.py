@@ -26,6 +26,7 @@ from timevis_cli.projector import DEFAULT_DEPTH, DEFAULT_HIDDEN, Projector
 
 __all__ = [
     "MAX_MULTINOMIAL_CATEGORIES",
+    "SharedRows",
     "TrainParams",
     "TrainReport",
     "edges_per_epoch",
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 INITIALISATIONS = ("random", "pca")
 """How :func:`fit_projector` may initialise a fresh projector (:attr:`TrainParams.init`)."""
+METHOD_EDGES_FACTOR = 5.0
+"""METHOD.md's ``edges_per_epoch_factor``: the most that ``min_edges_per_epoch`` may raise the
+draws per epoch to."""
 MAX_MULTINOMIAL_CATEGORIES = 2**24
 """The most categories one ``torch.multinomial`` call is given (its CUDA limit); more are
 sampled in chunks of at most this many."""
@@ -51,7 +55,7 @@ class TrainParams:
     learning rate is multiplied by ``lr_gamma`` every ``lr_step`` epochs. patience,
     min_improvement: stop once ``patience`` epochs in a row fail to lower the epoch loss below
     ``(1 - min_improvement)`` times the best so far. max_epochs: the most training epochs.
-    edges_per_epoch_factor: each epoch draws ``floor(factor · Σ w / max w)`` edges.
+    edges_per_epoch_factor, min_edges_per_epoch: draws per epoch (:func:`edges_per_epoch`).
     negative_rate: negatives per edge. recon_weight: λ in ``L_umap + λ·L_rec``.
     min_dist, spread: UMAP's, for the ``a, b`` of the low-dimensional similarity.
     init: ``"random"`` (PyTorch's layer initialisation) or ``"pca"`` (then
@@ -71,6 +75,7 @@ class TrainParams:
     min_improvement: float = 0.01
     max_epochs: int = 20
     edges_per_epoch_factor: float = 5.0
+    min_edges_per_epoch: int = 0
     negative_rate: int = 5
     recon_weight: float = 1.0
     min_dist: float = 0.1
@@ -91,6 +96,7 @@ class TrainParams:
             "lr_step": (1, "e.g. 4"),
             "patience": (1, "e.g. 3"),
             "max_epochs": (1, "e.g. 20"),
+            "min_edges_per_epoch": (0, "e.g. 100000"),
             "negative_rate": (1, "e.g. 5"),
         }
         for name, (minimum, example) in ints.items():
@@ -123,6 +129,49 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class SharedRows:
+    """A [V, D] matrix whose rows repeat, stored once per distinct row: row v is
+    ``table[index[v]]``.
+
+    The reconstruction attention of a linear head depends only on the epoch and the vertex's
+    top-2 classes, so the complex's V attention rows are a few hundred distinct ones; holding
+    ``table`` [A, D] and ``index`` [V] instead of V x D rows keeps the fit's memory at the
+    features' size. :meth:`dense` wraps a plain matrix (every row distinct).
+    """
+
+    table: Tensor
+    index: Tensor
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.table, Tensor) or self.table.ndim != 2:
+            raise InputError(f"SharedRows.table must be a 2-D tensor, got {type(self.table)}")
+        if not isinstance(self.index, Tensor) or self.index.ndim != 1:
+            raise InputError(f"SharedRows.index must be a 1-D tensor, got {type(self.index)}")
+        if len(self.index) and (int(self.index.min()) < 0 or int(self.index.max()) >= len(self.table)):
+            raise InputError(
+                f"SharedRows.index must lie in [0, {len(self.table)}), got "
+                f"[{int(self.index.min())}, {int(self.index.max())}]"
+            )
+
+    @classmethod
+    def dense(cls, rows: Tensor) -> SharedRows:
+        """Every row of ``rows`` [V, D] its own table entry."""
+        return cls(rows, torch.arange(rows.shape[0], device=rows.device))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(V, D)``: the shape of the matrix the rows stand for."""
+        return (self.index.shape[0], self.table.shape[1])
+
+    def __getitem__(self, vertices: Tensor) -> Tensor:
+        return self.table[self.index[vertices]]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> SharedRows:
+        """On ``device``, the table in ``dtype`` (the index stays int64)."""
+        return SharedRows(self.table.to(device=device, dtype=dtype), self.index.to(device))
+
+
+@dataclass(frozen=True)
 class TrainReport:
     """What :func:`fit_projector` did: per-epoch mean batch losses and how it stopped.
 
@@ -145,11 +194,17 @@ class TrainReport:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def edges_per_epoch(weight: Tensor | np.ndarray, factor: float) -> int:
-    """``floor(factor · Σ p)`` with ``p = w / max w`` (at least 1): edges drawn per epoch."""
+def edges_per_epoch(weight: Tensor | np.ndarray, factor: float, minimum: int = 1) -> int:
+    """Edges drawn per training epoch: ``floor(factor · Σ p)`` with ``p = w / max w``, raised to
+    ``minimum`` but never above what METHOD.md's factor draws (``floor(5 · Σ p)``); at least 1.
+
+    The floor lets a small complex train enough steps under a small ``factor`` without ever
+    drawing more than the published configuration would.
+    """
     weight = torch.as_tensor(weight)
     total = float((weight.to(torch.float64) / weight.max().to(torch.float64)).sum())
-    return max(1, math.floor(factor * total))
+    floor = min(int(minimum), math.floor(METHOD_EDGES_FACTOR * total))
+    return max(1, floor, math.floor(factor * total))
 
 
 def sample_edges(
@@ -185,14 +240,18 @@ def sample_edges(
     return drawn[torch.randperm(n_samples, generator=generator, device=drawn.device)]
 
 
-def _check_inputs(features: Tensor, attention: Tensor, edges: EdgeSet) -> None:
+def _check_inputs(features: Tensor, attention: Tensor | SharedRows, edges: EdgeSet) -> None:
     if not isinstance(features, Tensor) or features.ndim != 2 or features.shape[0] < 2:
         shape = tuple(features.shape) if isinstance(features, Tensor) else type(features)
         raise InputError(f"features must be a tensor of shape (V >= 2, D), got {shape}")
     if not features.is_floating_point():
         raise InputError(f"features must be floating point, got {features.dtype}")
-    if not isinstance(attention, Tensor) or attention.shape != features.shape:
-        shape = tuple(attention.shape) if isinstance(attention, Tensor) else type(attention)
+    if not isinstance(attention, (Tensor, SharedRows)) or tuple(attention.shape) != tuple(
+        features.shape
+    ):
+        shape = (
+            tuple(attention.shape) if isinstance(attention, (Tensor, SharedRows)) else type(attention)
+        )
         raise InputError(
             f"attention must have the features' shape {tuple(features.shape)}, got {shape}"
         )
@@ -221,7 +280,7 @@ def _batch_losses(
     head: Tensor,
     tail: Tensor,
     features: Tensor,
-    attention: Tensor,
+    attention: SharedRows,
     params: TrainParams,
     ab: tuple[float, float],
     generator: torch.Generator,
@@ -254,7 +313,7 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     batches: tuple[Tensor, Tensor],
     features: Tensor,
-    attention: Tensor,
+    attention: SharedRows,
     params: TrainParams,
     ab: tuple[float, float],
     generator: torch.Generator,
@@ -286,7 +345,7 @@ def _train_epoch(
 
 def fit_projector(
     features: Tensor,
-    attention: Tensor,
+    attention: Tensor | SharedRows,
     edges: EdgeSet,
     params: TrainParams,
     device: torch.device | str,
@@ -297,7 +356,8 @@ def fit_projector(
     """Fit a projector to the complex ``edges`` over the vertices ``features``.
 
     ``features`` [V, D] float32 (vertex v is row v; moved to ``device`` if elsewhere),
-    ``attention`` [V, D] (the ``a_v`` of the reconstruction loss), ``edges``: head/tail vertex
+    ``attention`` [V, D] (the ``a_v`` of the reconstruction loss; a tensor, or
+    :class:`SharedRows` when rows repeat), ``edges``: head/tail vertex
     ids and sampling weights ``w`` (after :func:`~timevis_cli.complex.mix_edges`). Each
     training epoch draws :func:`edges_per_epoch` edges with :func:`sample_edges` and runs
     mini-batches of ``params.batch_size`` edges with Adam and a step learning-rate schedule,
@@ -321,11 +381,15 @@ def fit_projector(
     device = torch.device(device)
     started = time.perf_counter()
     features = features.to(device=device, dtype=torch.float32)
-    attention = attention.to(device=device, dtype=torch.float32)
+    if isinstance(attention, Tensor):
+        attention = SharedRows.dense(attention)
+    attention = attention.to(device, torch.float32)
     head = torch.as_tensor(edges.head, device=device)
     tail = torch.as_tensor(edges.tail, device=device)
     weight = torch.as_tensor(edges.weight, device=device)
-    n_draws = edges_per_epoch(edges.weight, params.edges_per_epoch_factor)
+    n_draws = edges_per_epoch(
+        edges.weight, params.edges_per_epoch_factor, params.min_edges_per_epoch
+    )
     a, b = find_ab_params(params.spread, params.min_dist)
 
     init_seed, sample_seed = _seeds(seed)

@@ -215,3 +215,69 @@ def test_bisect_in_small_batches_matches_one_batch() -> None:
     torch.testing.assert_close(whole.features, pieces.features)
     np.testing.assert_array_equal(whole.pair, pieces.pair)
     assert toy.calls <= 8 * 5  # ceil(30 / 7) batches per step
+
+
+class TanhToy:
+    """A small float64 tanh MLP over 5-D inputs, 6 classes; features are the hidden layer."""
+
+    def __init__(self, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = torch.randn(5, 16, generator=g, dtype=torch.float64)
+        self.w2 = torch.randn(16, 6, generator=g, dtype=torch.float64)
+        self.sizes: list[int] = []
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.sizes.append(len(x))
+        hidden = torch.tanh(x @ self.w1)
+        return hidden @ self.w2, hidden
+
+
+def reference_bisect(model, source, target, source_class, target_class, l_bound, max_steps=8):
+    """METHOD.md §2 written plainly: one pair at a time, one sample per forward pass."""
+    found, features = [], []
+    for i in range(len(source)):
+        c1, c2 = int(source_class[i]), int(target_class[i])
+        lower = torch.tensor(float(l_bound), dtype=torch.float32)
+        upper = torch.tensor(1.0, dtype=torch.float32)
+        for _ in range(max_steps):
+            mid = (lower + upper) / 2
+            lam = mid.to(source.dtype)
+            logits, feats = model(lam * source[i : i + 1] + (1 - lam) * target[i : i + 1])
+            z = logits[0].float()
+            norm = (z - z.min()) / (z.max() - z.min()).clamp_min(1e-12)
+            pred = int(z.argmax())
+            if pred in (c1, c2) and float((norm[c1] - norm[c2]).abs()) < BOUNDARY_MARGIN:
+                found.append(i)
+                features.append(feats[0])
+                break
+            if pred == c1:
+                upper = mid
+            else:
+                lower = mid
+    return np.array(found, dtype=np.int64), features
+
+
+@pytest.mark.parametrize(("l_bound", "batch_size"), [(0.5, 16), (0.4, 7), (0.0, 1000)])
+def test_bisect_matches_a_per_pair_reference(l_bound: float, batch_size: int) -> None:
+    g = torch.Generator().manual_seed(11)
+    points = torch.randn(400, 5, generator=g, dtype=torch.float64) * 2.0
+    model = TanhToy()
+    logits, _ = model(points)
+    a, b, pair = select_pairs(logits.numpy(), 90, np.random.default_rng(11))
+    source, target = torch.cat([points[a], points[b]]), torch.cat([points[b], points[a]])
+    source_class = np.concatenate([pair[:, 0], pair[:, 1]])
+    target_class = np.concatenate([pair[:, 1], pair[:, 0]])
+    model.sizes.clear()
+    rows, features = reference_bisect(model, source, target, source_class, target_class, l_bound)
+    assert 0 < len(rows) < len(source)  # some candidates fail: the comparison covers both cases
+    evaluations = len(model.sizes)
+
+    model.sizes.clear()
+    result = bisect(model, source, target, source_class, target_class, l_bound, batch_size)
+    np.testing.assert_array_equal(result.pair, np.stack([source_class, target_class], 1)[rows])
+    torch.testing.assert_close(result.features, torch.stack(features), rtol=0, atol=1e-12)
+    # the same evaluations as the reference, batched: at most one partial pass per step
+    assert result.forwarded == sum(model.sizes) == evaluations
+    assert result.passes == len(model.sizes)
+    assert sum(size < batch_size for size in model.sizes) <= 8, model.sizes
+    assert result.passes <= -(-result.forwarded // batch_size) + 8

@@ -164,6 +164,23 @@ def test_every_n_epochs_weights_head_and_float32(tmp_path):
     assert (run.samples.split == 1).sum() == 50
 
 
+def test_timings_split_each_recorded_epoch(tmp_path):
+    callback = TimeVisCallback(
+        tmp_path / "s", max_train_samples=300, max_test_samples=0, batch_size=64
+    )
+    train_loader, _ = loaders()
+    make_trainer(tmp_path, callback, epochs=1).fit(DigitsCNN(), train_loader)
+    run = open_run(tmp_path / "s")
+    assert [t["epoch"] for t in callback.timings] == run.epochs == [0, 1]
+    for timing in callback.timings:
+        assert min(timing["features"], timing["boundary"], timing["write"]) >= 0
+        passes, forwarded = timing["boundary_passes"], timing["boundary_forwarded"]
+        # 30 points wanted: <= 3 rounds of <= 120 candidates, 8 steps of <= 2 passes of 64
+        assert (passes > 0) == (forwarded > 0)
+        assert forwarded <= 64 * passes <= 64 * 3 * 8 * 2
+    assert run.boundary(1) is not None and callback.timings[1]["boundary_passes"] >= 1
+
+
 def test_explicit_datasets_and_class_names(tmp_path):
     train, test = digits_datasets()
     names = [f"digit {i}" for i in range(10)]

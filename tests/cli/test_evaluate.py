@@ -250,6 +250,14 @@ def test_bad_requests_are_input_errors(fitted, kwargs, message):
         evaluate(run, loaded, **request)
 
 
+def test_temporal_k_counting_every_other_epoch_is_flagged(fitted, caplog):
+    run, loaded = fitted
+    with caplog.at_level("WARNING", logger="timevis_cli.evaluate"):
+        result = evaluate(run, loaded, loaded.epochs, k=K, temporal_k=len(loaded.epochs) - 1)
+    assert "every map scores 1" in caplog.text and "--temporal-k 2" in caplog.text
+    assert result.value("temp_l", "train") == pytest.approx(1.0)
+
+
 def test_epochs_outside_the_fit_say_to_refit(fitted):
     run, loaded = fitted
     narrow = LoadedFit(loaded.model, loaded.config, loaded.run_id, [0, 1, 2], loaded.path)

@@ -114,6 +114,13 @@ def test_one_class_run_fits_without_boundary_points(tmp_path, caplog):
     assert any("one class" in r.getMessage() for r in caplog.records)
 
 
+def test_temporal_weight_sets_the_temporal_rate(fitted):
+    result = invoke("fit", fitted, "--overwrite", *sum((["--set", o] for o in FAST), []),
+                    "--temporal-weight", "40")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_config(fitted / "fit" / "config.toml").complex.rate_temporal == 40.0
+
+
 def test_an_existing_fit_is_kept_unless_overwrite(fitted):
     before = (fitted / "fit" / "embedding.h5").read_bytes()
     result = invoke("fit", fitted, "--set", FAST[0])
@@ -138,6 +145,7 @@ def test_a_failed_fit_leaves_the_previous_one_intact(fitted):
         (["--device", "cuda"], "no CUDA GPU"),
         (["--set", "trainig.lr=0.1"], "did you mean 'training.lr'"),
         (["--preset", "imagenet"], "imagenet"),
+        (["--temporal-weight", "0"], "complex.rate_temporal"),
     ],
 )
 def test_bad_fit_requests_are_one_line_errors(fitted, args, message, monkeypatch):
@@ -163,6 +171,24 @@ def test_nan_features_are_refused_naming_the_epoch(tmp_path):
         f["features"][...] = data
     with pytest.raises(InputError, match="epoch 2 has 3 samples with NaN"):
         fit(open_run(store), load_config(overrides=FAST))
+
+
+def test_linear_head_attention_is_stored_once_per_class_pair():
+    from timevis_callback.head import Head
+    from timevis_cli.fit import vertex_attention
+    from timevis_cli.losses import attention_weights
+
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(size=(5, 8)), rng.normal(size=5)
+    head = Head([{"type": "Linear", "in_features": 8, "out_features": 5, "bias": True}],
+                {"0.weight": weight.astype(np.float32), "0.bias": bias.astype(np.float32)})  # fmt: skip
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    table, index = vertex_attention(x, head, 0.05)
+    dense = attention_weights(
+        torch.from_numpy(x), torch.from_numpy(head(x)), torch.from_numpy(weight).float(), 0.05
+    ).numpy()
+    assert len(table) <= 10 < len(x)  # at most C(5, 2) distinct class pairs
+    np.testing.assert_allclose(table[index], dense, rtol=1e-6, atol=1e-7)
 
 
 def test_not_a_store(tmp_path):

@@ -54,6 +54,13 @@ class SyntheticFrames:
         return _frame(epoch=epoch, seed=epoch, n=self.n)
 
 
+class FramesFromInputs:
+    """A picklable frame builder whose frames depend on the per-epoch input only."""
+
+    def __call__(self, epoch: int, seed: int) -> EpochFrame:
+        return _frame(epoch=epoch, seed=seed, n=150)
+
+
 @pytest.fixture(scope="module")
 def renderer() -> FrameRenderer:
     return FrameRenderer(NAMES, show_test=True)
@@ -126,9 +133,11 @@ def test_points_are_coloured_and_misclassified_drawn_as_ring_around_dot(renderer
     assert (between == 255).all()  # white background between dot and ring
     row, col = _pixel(big, -0.5, 0.5)
     assert np.abs(image[row, col] - colours[2]).max() <= 3  # a correct point: label colour
-    ring_artist, dot_artist = big._train.ring, big._train.dot
-    np.testing.assert_allclose(ring_artist.get_edgecolor()[0, :3], colours[0] / 255)
-    np.testing.assert_allclose(dot_artist.get_facecolor()[0, :3], colours[1] / 255)
+    ring_artist, dot_artist = big._train.ring.lines[0], big._train.dot.lines[1]
+    np.testing.assert_allclose(ring_artist.get_markeredgecolor()[:3], colours[0] / 255)
+    assert ring_artist.get_markerfacecolor() == "none"
+    np.testing.assert_allclose(dot_artist.get_markerfacecolor()[:3], colours[1] / 255)
+    assert set(big._train.ring.lines) == {0} and set(big._train.dot.lines) == {1}
 
 
 def test_reusing_the_renderer_updates_in_place_without_leaking_figures(renderer):
@@ -140,7 +149,10 @@ def test_reusing_the_renderer_updates_in_place_without_leaking_figures(renderer)
     fresh = FrameRenderer(NAMES, show_test=True)
     np.testing.assert_array_equal(fresh.render(_frame(seed=2)), second)  # nothing stale
     assert plt.get_fignums() == figures
-    assert len(renderer.figure.axes) == 1 and len(renderer.axes.collections) == 6
+    assert len(renderer.figure.axes) == 1 and not renderer.axes.collections
+    lines = len(renderer.axes.lines)  # marker artists: per split, role and class, reused
+    renderer.render(_frame(seed=4, with_test=True))
+    assert len(renderer.axes.lines) == lines <= 2 * 3 * len(NAMES)
 
 
 def test_canvas_shape_change_redraws_the_static_part(renderer):
@@ -176,6 +188,35 @@ def test_render_epochs_in_a_pool_writes_frames_in_epoch_order(tmp_path):
         render_epochs(SyntheticFrames(), [1], tmp_path, options, jobs=0)
     with pytest.raises(InputError, match="worker processes"):
         render_epochs(lambda epoch: _frame(epoch), [1, 2], tmp_path, options, jobs=2)
+
+
+def test_render_epochs_streams_per_epoch_inputs_to_the_workers(tmp_path):
+    epochs = [4, 2, 9, 7, 1]
+    seeds = [11, 12, 13, 14, 15]
+    consumed = []
+
+    def produce():  # runs in this process, while the workers draw
+        for seed in seeds:
+            consumed.append(seed)
+            yield seed
+
+    options = {"class_names": NAMES, "size_px": (200, 200)}
+    pooled = render_epochs(FramesFromInputs(), epochs, tmp_path / "pool", options, jobs=2,
+                           inputs=produce())  # fmt: skip
+    assert consumed == seeds
+    single = render_epochs(FramesFromInputs(), epochs, tmp_path / "one", options, jobs=1,
+                           inputs=iter(seeds))  # fmt: skip
+    for a, b in zip(pooled, single, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    by_seed = render_epochs(SyntheticFrames(150), [11], tmp_path / "seed", options)
+    np.testing.assert_array_equal(  # the frame of epoch 4 was built from input 11
+        np.asarray(Image.open(pooled[0]))[100:], np.asarray(Image.open(by_seed[0]))[100:]
+    )
+    for jobs in (1, 2):
+        with pytest.raises(InputError, match="gave 2 values for 5 epochs"):
+            render_epochs(FramesFromInputs(), epochs, tmp_path, options, jobs=jobs, inputs=[1, 2])
+        with pytest.raises(InputError, match="more values than the 5 epochs"):
+            render_epochs(FramesFromInputs(), epochs, tmp_path, options, jobs=jobs, inputs=range(6))
 
 
 # --- animations ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from timevis_cli.errors import InputError
 from timevis_cli.losses import find_ab_params, reconstruction_loss, umap_loss
 from timevis_cli.projector import Projector
 from timevis_cli.trainer import (
+    SharedRows,
     TrainParams,
     _batch_losses,
     edges_per_epoch,
@@ -104,6 +105,14 @@ def test_bad_params_are_refused_by_name(name, value):
 # --------------------------------------------------------------------------- sampling
 
 
+def test_edges_per_epoch_minimum_is_capped_at_the_method_factor():
+    weight = np.array([2.0, 1.0, 1.0])  # p sums to 2: METHOD.md's factor 5 draws 10
+    assert edges_per_epoch(weight, 0.5, minimum=0) == 1
+    assert edges_per_epoch(weight, 0.5, minimum=6) == 6
+    assert edges_per_epoch(weight, 0.5, minimum=1000) == 10
+    assert edges_per_epoch(weight, 8.0, minimum=6) == 16
+
+
 def test_edges_per_epoch_is_floor_of_factor_times_normalised_mass():
     assert edges_per_epoch(np.array([2.0, 1.0, 1.0], np.float32), 5) == 10
     assert edges_per_epoch(np.array([3.0, 1.0], np.float32), 5) == 6
@@ -182,6 +191,23 @@ def test_batch_losses_over_distinct_vertices_equal_both_ends_of_each_edge():
     assert recon.item() == pytest.approx(naive_recon.item(), rel=1e-12)
     assert umap.item() == pytest.approx(naive_umap.item(), rel=1e-12)
     assert total.item() == pytest.approx(naive_umap.item() + 2.0 * naive_recon.item(), rel=1e-12)
+
+
+def test_shared_attention_rows_train_exactly_as_the_dense_matrix(blobs):
+    x, _, edges = blobs
+    features = torch.from_numpy(x)
+    table = torch.rand(3, x.shape[1])
+    index = torch.from_numpy(np.random.default_rng(0).integers(0, 3, len(x)))
+    params = TrainParams(**{**FAST, "max_epochs": 2})
+    dense, _ = fit_projector(features, table[index], edges, params, "cpu", 3)
+    shared, _ = fit_projector(features, SharedRows(table, index), edges, params, "cpu", 3)
+    for key, value in dense.state_dict().items():
+        assert torch.equal(value, shared.state_dict()[key]), key
+
+
+def test_shared_rows_refuse_an_index_outside_the_table():
+    with pytest.raises(InputError, match=r"index must lie in \[0, 2\)"):
+        SharedRows(torch.zeros(2, 4), torch.tensor([0, 2]))
 
 
 # --------------------------------------------------------------------------- end to end

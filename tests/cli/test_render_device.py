@@ -1,0 +1,216 @@
+"""The landscape on a torch device (render.device / --device): it equals the numpy reference on
+the CPU, it is computed once in the parent process, and render workers never import torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from stores import drifting_clusters
+
+from timevis_callback import open_run
+from timevis_callback.head import Head
+from timevis_cli.cli import main
+from timevis_cli.config import load_config
+from timevis_cli.errors import InputError
+from timevis_cli.fit_io import load_fit
+from timevis_cli.landscape import (
+    Bounds,
+    class_dtype,
+    classify_grid,
+    classify_grid_torch,
+    decode_grid,
+    decode_grid_torch,
+)
+from timevis_cli.playback import FrameBuilder, GridLandscapes, frame_inputs, plan_render
+from timevis_cli.render import render_epochs
+
+CUDA = torch.cuda.is_available()
+UNIT = Bounds(-2.0, 2.0, -1.5, 2.5)
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _mlp_head(rng: np.random.Generator, dim: int = 6, classes: int = 5) -> Head:
+    spec = [
+        {"type": "Linear", "in_features": dim, "out_features": 8, "bias": True},
+        {"type": "GELU"},
+        {"type": "Linear", "in_features": 8, "out_features": classes, "bias": True},
+    ]
+    state = {
+        "0.weight": rng.normal(size=(8, dim)),
+        "0.bias": rng.normal(size=8),
+        "2.weight": rng.normal(size=(classes, 8)),
+        "2.bias": rng.normal(size=classes),
+    }
+    return Head(spec, state)
+
+
+def _decoder(dim: int = 6) -> torch.nn.Module:
+    torch.manual_seed(0)
+    decoder = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, dim))
+    with torch.no_grad():
+        for parameter in decoder.parameters():
+            parameter.mul_(4.0)  # features that vary enough over the canvas to cross classes
+    return decoder
+
+
+# --- the functions ---------------------------------------------------------------------------
+
+
+def test_decode_and_classify_on_the_cpu_equal_the_numpy_path():
+    rng = np.random.default_rng(0)
+    decoder, head = _decoder(), _mlp_head(rng)
+
+    def numpy_decode(points: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return decoder(torch.from_numpy(points)).numpy()
+
+    reference = decode_grid(numpy_decode, UNIT, resolution=30, batch_size=128)
+    decoded = decode_grid_torch(decoder, UNIT, resolution=30, device="cpu", batch_size=77)
+    assert decoded.dtype == torch.float32 and tuple(decoded.shape) == (900, 6)
+    np.testing.assert_allclose(decoded.numpy(), reference, rtol=1e-6, atol=1e-6)
+
+    classes_ref, margins_ref = classify_grid(reference, head)
+    classes, margins = classify_grid_torch(decoded, head, batch_size=100)
+    assert classes.shape == margins.shape == (30, 30)
+    assert classes.dtype == np.uint8 and margins.dtype == np.float32
+    assert len(np.unique(classes)) >= 2, "the test grid should cross a class boundary"
+    np.testing.assert_array_equal(classes, classes_ref)
+    np.testing.assert_allclose(margins, margins_ref, rtol=0, atol=1e-5)
+
+
+def test_classify_grid_torch_checks_its_input():
+    head = _mlp_head(np.random.default_rng(1))
+    with pytest.raises(InputError, match="square grid"):
+        classify_grid_torch(torch.zeros(35, 6), head)
+    with pytest.raises(InputError, match="NaN"):
+        decode_grid_torch(lambda p: p * torch.nan, UNIT, 4, "cpu")
+    with pytest.raises(InputError, match="decode returned shape"):
+        decode_grid_torch(lambda p: p[:-1], UNIT, 4, "cpu")
+
+
+def test_class_dtype_is_the_smallest_that_holds_every_class():
+    assert class_dtype(10) == np.uint8 and class_dtype(256) == np.uint8
+    assert class_dtype(257) == np.int16 and class_dtype(2**15) == np.int16
+    assert class_dtype(2**15 + 1) == np.int32
+
+
+# --- GridLandscapes on a fitted store --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = drifting_clusters(
+        tmp_path_factory.mktemp("device") / "store", n_train=120, n_test=20, classes=4, epochs=4
+    )
+    result = invoke(
+        "-q", "fit", path, "--set", "training.max_epochs=1", "--set", "reduction.init_size=50",
+        "--set", "projector.hidden=32", "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def _plan(store, **settings):
+    run = open_run(store)
+    fit = load_fit(run)
+    overrides = [f"render.{key}={value}" for key, value in settings.items()]
+    return run, fit, plan_render(run, fit, load_config(overrides=overrides).render)
+
+
+@pytest.mark.parametrize("bounds", ["global", "per-epoch"])
+def test_grid_landscapes_on_cpu_equal_the_numpy_reference(store, bounds):
+    run, fit, plan = _plan(store, resolution=24, bounds=bounds)
+    landscapes = GridLandscapes(run, fit, plan, torch.device("cpu"))
+    for epoch in plan.epochs:
+        classes, margins = landscapes.grid(epoch)
+        decoded = decode_grid(fit.model.inverse_transform, plan.bounds[epoch], plan.resolution)
+        classes_ref, margins_ref = classify_grid(decoded, run.head(epoch))
+        np.testing.assert_array_equal(classes, classes_ref)
+        np.testing.assert_allclose(margins, margins_ref, rtol=0, atol=1e-5)
+    assert set(landscapes.seconds) == {"decode", "heads"}
+
+
+def test_the_grid_is_decoded_once_with_global_bounds(store, monkeypatch):
+    run, fit, plan = _plan(store, resolution=16)
+    calls = []
+    real = GridLandscapes.decoded
+
+    def counting(self, bounds):
+        if self._decoded is None or self._decoded[0] != bounds:
+            calls.append(bounds)
+        return real(self, bounds)
+
+    monkeypatch.setattr(GridLandscapes, "decoded", counting)
+    inputs = list(frame_inputs(GridLandscapes(run, fit, plan, torch.device("cpu")), fit))
+    assert len(calls) == 1 and len(inputs) == len(plan.epochs)
+    for epoch, given in zip(plan.epochs, inputs, strict=True):
+        np.testing.assert_array_equal(given.train_points, fit.embedding(epoch)["train"])
+        assert given.classes.shape == given.margins.shape == (16, 16)
+
+
+def test_workers_build_frames_without_torch(store, tmp_path):
+    run, fit, plan = _plan(store, resolution=16, epochs="1-2", split="both")
+    inputs = list(frame_inputs(GridLandscapes(run, fit, plan, torch.device("cpu")), fit))
+    frame = FrameBuilder(plan)(plan.epochs[0], inputs[0])
+    assert frame.background.shape == (16, 16, 3) and frame.background.dtype == np.uint8
+    assert len(frame.test_points) == len(plan.test_rows) > 0
+    options = {"class_names": run.class_names, "size_px": (200, 200)}
+    paths = render_epochs(FrameBuilder(plan), plan.epochs, tmp_path, options, jobs=1, inputs=inputs)
+    assert [p.name for p in paths] == ["epoch_0001.png", "epoch_0002.png"]
+    # what a spawned render worker imports: no torch, so no CUDA either
+    code = (
+        "import sys, timevis_cli.playback, timevis_cli.render; "
+        "assert 'torch' not in sys.modules, 'a render worker imports torch'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+def test_render_device_cpu_through_the_cli(store):
+    result = invoke("render", store, "--epochs", "0-1", "--resolution", "16", "--no-gif",
+                    "--jobs", "1", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert 'device = "cpu"' in (store / "render" / "config.toml").read_text()
+
+
+def test_render_device_cuda_without_a_gpu_is_one_line(store, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    before = sorted(p.name for p in (store / "render").glob("*"))
+    result = invoke("-q", "render", store, "--device", "cuda", "--resolution", "16")
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert "device='cuda'" in lines[0] and "no CUDA GPU is available" in lines[0]
+    assert sorted(p.name for p in (store / "render").glob("*")) == before
+
+
+def test_render_device_unknown_names_the_choices(store):
+    result = invoke("-q", "render", store, "--device", "tpu")
+    assert result.exit_code == 1
+    assert 'render.device = "tpu"' in result.output and "cuda:<i>" in result.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_grid_landscapes_on_cuda_match_the_cpu(store):
+    run, fit, plan = _plan(store, resolution=64)
+    cpu = GridLandscapes(run, fit, plan, torch.device("cpu"))
+    gpu = GridLandscapes(run, fit, plan, torch.device("cuda"))
+    on_cpu = [cpu.grid(epoch) for epoch in plan.epochs]
+    on_gpu = [gpu.grid(epoch) for epoch in plan.epochs]
+    for (classes_cpu, margins_cpu), (classes_gpu, margins_gpu) in zip(on_cpu, on_gpu, strict=True):
+        same = (classes_cpu == classes_gpu).mean()
+        assert same >= 0.999, f"only {same:.4f} of the grid has the same class on the GPU"
+        agree = classes_cpu == classes_gpu
+        np.testing.assert_allclose(margins_gpu[agree], margins_cpu[agree], rtol=0, atol=1e-4)
+    assert fit.model.device.type == "cpu"  # the fit itself was not moved
