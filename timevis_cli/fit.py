@@ -40,7 +40,7 @@ from timevis_cli.complex import (
 from timevis_cli.config import Config
 from timevis_cli.device import resolve_device
 from timevis_cli.errors import InputError
-from timevis_cli.losses import attention_weights_autograd, class_pair_attention
+from timevis_cli.losses import attention_weights_autograd, class_pair_attention, top2_classes
 from timevis_cli.neighbors import KNNBackend, resolve_backend
 from timevis_cli.projector import Projector
 from timevis_cli.ranges import parse_range
@@ -176,14 +176,11 @@ def vertex_attention(
     if _is_linear(head):
         layer = next(i for i, layer in enumerate(head.spec) if layer["type"] == "Linear")
         weight = torch.from_numpy(head.state[f"{layer}.weight"].astype(np.float32))
-        z = head(features) if logits is None else np.asarray(logits)
-        if z.ndim != 2 or z.shape[1] < 2 or z.shape[0] != len(x):
-            raise InputError(f"logits must have shape ({len(x)}, C >= 2), got {z.shape}")
-        top2 = np.sort(np.argsort(-z, axis=1, kind="stable")[:, :2], axis=1)
-        pairs, index = np.unique(top2, axis=0, return_inverse=True)
-        pairs = torch.from_numpy(pairs.astype(np.int64))
+        z = torch.from_numpy(head(features) if logits is None else np.asarray(logits))
+        top2 = torch.sort(torch.stack(top2_classes(z), dim=1), dim=1).values
+        pairs, index = torch.unique(top2, dim=0, return_inverse=True)
         table = class_pair_attention(weight, pairs[:, 0], pairs[:, 1], temperature)
-        return table.numpy(), index.reshape(-1).astype(np.int64)
+        return table.numpy(), index.numpy().astype(np.int64)
     module = head.to_torch()
     rows = attention_weights_autograd(x, module, temperature).numpy()
     return rows, np.arange(len(rows), dtype=np.int64)

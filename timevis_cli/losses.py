@@ -32,6 +32,7 @@ __all__ = [
     "attention_weights_autograd",
     "class_pair_attention",
     "find_ab_params",
+    "top2_classes",
     "reconstruction_loss",
     "sample_negatives",
     "total_loss",
@@ -246,7 +247,8 @@ def total_loss(umap: Tensor, recon: Tensor, recon_weight: float = 1.0) -> Tensor
 # --------------------------------------------------------------------------- attention
 
 
-def _top2(logits: Tensor) -> tuple[Tensor, Tensor]:
+def top2_classes(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's largest and second-largest class ids, int64 [n] each, of logits [n, C >= 2]."""
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise InputError(f"logits must have shape (n, C) with C >= 2, got {tuple(logits.shape)}")
     top = torch.topk(logits, 2, dim=1).indices
@@ -272,7 +274,7 @@ def attention_weights(
     dimensions. This is the closed form of the reference's per-sample gradients ``|∂z_c1/∂x| +
     |∂z_c2/∂x|``. Returns [n, D] in the dtype of ``head_weight``; rows sum to 1.
     """
-    c1, c2 = _top2(logits)
+    c1, c2 = top2_classes(logits)
     if head_weight.ndim != 2 or features.ndim != 2 or head_weight.shape[1] != features.shape[1]:
         raise InputError(
             f"head_weight must have shape (C, D) matching features (n, D), got "
@@ -326,7 +328,7 @@ def attention_weights_autograd(
                     f"head_fn must map ({chunk.shape[0]}, D) to ({chunk.shape[0]}, C), got "
                     f"{tuple(logits.shape)}"
                 )
-            c1, c2 = _top2(logits.detach())
+            c1, c2 = top2_classes(logits.detach())
             first = logits.gather(1, c1[:, None]).sum()
             second = logits.gather(1, c2[:, None]).sum()
             (grad1,) = torch.autograd.grad(first, chunk, retain_graph=True)
