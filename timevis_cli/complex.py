@@ -102,6 +102,11 @@ class EdgeSet:
         for name, array in arrays.items():
             object.__setattr__(self, name, array)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the four arrays."""
+        return sum(a.nbytes for a in (self.head, self.tail, self.weight, self.kind))
+
     def __len__(self) -> int:
         return int(self.head.shape[0])
 

@@ -12,6 +12,8 @@ Features are read one epoch at a time; what stays in memory is the reduced compl
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 import resource
@@ -128,6 +130,20 @@ def _peak_memory_mb() -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap pages that building the complex freed back to the OS (glibc only).
+
+    Without it glibc keeps them mapped, the training's allocations land elsewhere, and the
+    peak grows with the epochs by the size of the build's temporaries. A no-op elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 @contextmanager
 def _timed(stats: dict[str, Any], stage: str) -> Iterator[None]:
     started = time.perf_counter()
@@ -221,7 +237,7 @@ class _EpochPart:
     epoch: int
     offset: int
     n_train: int
-    features: np.ndarray  # float32 [n_train + n_boundary, D]
+    features: np.ndarray  # float32 [n_train + n_boundary, D]; the boundary rows only once trained
     attention: np.ndarray  # float32 [A, D]: distinct attention rows of this epoch's vertices
     attention_index: np.ndarray  # int64 [same as features]: each vertex's row of attention
     boundary_pair: np.ndarray
@@ -355,12 +371,14 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
         edge_sets.append(temporal_edges(vertices, config.complex.temporal_neighbors, window))
     with _timed(stats, "mixing"):
         joined = EdgeSet.concat(edge_sets)
+        del edge_sets
         rates = {
             "spatial": config.complex.rate_spatial,
             "boundary": config.complex.rate_boundary,
             "temporal": config.complex.rate_temporal,
         }
         mixed = mix_edges(joined, rates=rates, prune_offset=config.complex.prune_offset)
+    premixed_bytes = joined.nbytes
     stats["complex"] = {
         "vertices": offset,
         "selected_per_epoch": {str(p.epoch): p.n_train for p in parts},
@@ -376,7 +394,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
         len(mixed),
         ", ".join(f"{k} {v}" for k, v in stats["complex"]["edges"].items()),
     )
-    del vertices, edge_sets, joined
+    del vertices, joined
 
     features = torch.from_numpy(np.concatenate([p.features for p in parts]))
     row_offsets = np.cumsum([0] + [len(p.attention) for p in parts[:-1]])
@@ -386,6 +404,15 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
             np.concatenate([p.attention_index + o for p, o in zip(parts, row_offsets, strict=True)])
         ),
     )
+    for part in parts:  # the complex's features live once, in `features`; keep the boundary's
+        part.features = part.features[part.n_train :].copy()
+    _return_freed_memory()
+    stats["complex"]["bytes"] = {
+        "features": features.nbytes,
+        "attention": attention.table.nbytes + attention.index.nbytes,
+        "edges_before_mixing": premixed_bytes,  # alive with the mixed ones while mixing
+        "edges": mixed.nbytes,
+    }
     t = config.training
     params = TrainParams(
         hidden=config.projector.hidden,
@@ -430,7 +457,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
         for i, (epoch, part) in enumerate(zip(epochs, parts, strict=True)):
             points = model.transform(run.features(epoch))
             train_pos[i], test_pos[i] = points[train_mask], points[test_mask]
-            boundary = part.features[part.n_train :]
+            boundary = part.features  # the boundary rows only, since training
             boundary_points.append(model.transform(boundary) if len(boundary) else np.zeros((0, 2), np.float32))
             boundary_features.append(boundary.astype(np.float16))
             reporter.advance(epoch=epoch)

@@ -50,6 +50,11 @@ def test_fit_writes_every_output(fitted):
     assert report["complex"]["edges"]["temporal"] > 0
     assert report["complex"]["boundary_source"]["3"] == "feature"
     assert report["peak_memory_mb"] > 0
+    held = report["complex"]["bytes"]  # the complex's features held once, float32
+    assert held["features"] == report["complex"]["vertices"] * 16 * 4
+    n_edges = sum(report["complex"]["edges"].values())
+    assert held["edges"] == n_edges * (8 + 8 + 4 + 1)
+    assert held["edges_before_mixing"] >= held["edges"]
     assert load_config(fit_dir / "config.toml").training.max_epochs == 6
 
 
