@@ -15,6 +15,9 @@ batches of the callback's batch size, without hooks. Per sample, times the sampl
 forwards (tracked + bisection), it is the ratio's denominator. Those bare passes are subtracted
 from the "with callback" epoch time. Shared machines: pass ``--threads 1`` and read the load
 column; on an oversubscribed machine every pass costs more, and partial passes far more.
+
+``measure(data, epochs, threads)`` runs the benchmark and returns its measurements as a dict
+(``scripts/bench.py`` puts them in its one table); ``table_rows`` formats this script's table.
 """
 
 from __future__ import annotations
@@ -123,21 +126,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="mnist", choices=["mnist", "digits"])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def measure(data: str = "mnist", epochs: int = 3, threads: int = 0) -> dict:
+    """Run the benchmark (both trainings, in this process); its measurements as a plain dict.
+
+    Seconds are medians over the recorded epochs after the first; ``ratio`` is the callback's
+    own time over the bare forward cost it cannot avoid (target: <= 1.25).
+    """
+    if threads:
+        torch.set_num_threads(threads)
     load_start = os.getloadavg()
 
-    train_set, test_set, _ = load_data(args.data)
+    train_set, test_set, _ = load_data(data)
     inputs = torch.cat([train_set.tensors[0], test_set.tensors[0]])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        bare, load_bare = train(args.data, args.epochs, [], root / "bare")
+        bare, load_bare = train(data, epochs, [], root / "bare")
         callback = TimeVisCallback(root / "store", max_train_samples=10_000, max_test_samples=2_000)
         brackets: list[tuple[int, float]] = []
         around = [
@@ -145,7 +148,7 @@ def main() -> None:
             callback,
             BareForward(inputs, callback.batch_size, brackets),
         ]
-        with_cb, load_with = train(args.data, args.epochs, around, root / "with")
+        with_cb, load_with = train(data, epochs, around, root / "with")
         n_tracked = sum(len(t.ids) for t in callback._tracked)
         store_mb = sum(p.stat().st_size for p in (root / "store").rglob("*.h5")) / 1e6
     if n_tracked != len(inputs):
@@ -160,36 +163,71 @@ def main() -> None:
         bare_costs.append(per_sample * (n_tracked + t["boundary_forwarded"]))
         ratios.append((t["features"] + t["boundary"] + t["write"]) / bare_costs[-1])
     med = {k: statistics.median(t[k] for t in per_epoch) for k in per_epoch[0] if k != "epoch"}
-    own = med["features"] + med["boundary"] + med["write"]
     # epoch i of the timer ends with the snapshot of recorded epoch i + 1 and its two bare passes
     in_run = [s - sum(b for k, b in brackets if k == i + 1) for i, s in enumerate(with_cb)]
-    epoch_bare = statistics.median(bare[1:] or bare)
-    epoch_with = statistics.median(in_run[1:] or in_run)
-    loads = load_bare + load_with
-    threads = torch.get_num_threads()
+    return {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_start": load_start[0],
+        "load_during": load_bare + load_with,
+        "load_end": os.getloadavg()[0],
+        "data": data,
+        "epochs": epochs,
+        "n_tracked": n_tracked,
+        "n_inputs": len(inputs),
+        "batch_size": callback.batch_size,
+        "epoch_bare_s": statistics.median(bare[1:] or bare),
+        "epoch_with_s": statistics.median(in_run[1:] or in_run),
+        "callback_s": {k: med[k] for k in ("features", "boundary", "write")},
+        "callback_total_s": med["features"] + med["boundary"] + med["write"],
+        "boundary_forwarded": med["boundary_forwarded"],
+        "boundary_passes": med["boundary_passes"],
+        "bare_per_sample_s": bare_per_sample,
+        "bare_cost_s": statistics.median(bare_costs),
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "store_mb": store_mb,
+        "recorded_epochs": len(callback.timings),
+    }
 
-    rows = [
-        ("machine", f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+
+def table_rows(r: dict) -> list[tuple[str, str]]:
+    """The (measure, value) rows of this script's table, from :func:`measure`'s dict."""
+    threads, own, med = r["threads"], r["callback_total_s"], r["callback_s"]
+    epoch_bare, epoch_with, loads = r["epoch_bare_s"], r["epoch_with_s"], r["load_during"]
+    return [
+        ("machine", f"{r['cpu']}, {r['cpu_count']} cores, torch {r['torch']}, "
          f"{threads} thread{'s' if threads > 1 else ''}"),
-        ("load average (1 min)", f"{load_start[0]:.1f} at start, {min(loads):.1f}-{max(loads):.1f} "
-         f"during the runs, {os.getloadavg()[0]:.1f} at the end"),
-        ("data / tracked samples", f"{args.data} / {n_tracked} of {len(inputs)}, 512-d features, "
-         f"batch {callback.batch_size}, {args.epochs} epochs (medians over the epochs)"),
+        ("load average (1 min)", f"{r['load_start']:.1f} at start, {min(loads):.1f}-"
+         f"{max(loads):.1f} during the runs, {r['load_end']:.1f} at the end"),
+        ("data / tracked samples", f"{r['data']} / {r['n_tracked']} of {r['n_inputs']}, 512-d "
+         f"features, batch {r['batch_size']}, {r['epochs']} epochs (medians over the epochs)"),
         ("epoch without callback", f"{epoch_bare:.2f} s"),
         ("epoch with callback", f"{epoch_with:.2f} s (+{epoch_with - epoch_bare:.2f} s, "
          f"+{100 * (epoch_with / epoch_bare - 1):.0f}%)"),
-        ("callback: feature pass", f"{med['features']:.2f} s ({n_tracked} samples)"),
-        ("callback: boundary points", f"{med['boundary']:.2f} s ({med['boundary_forwarded']:.0f} "
-         f"samples forwarded in {med['boundary_passes']:.0f} passes)"),
+        ("callback: feature pass", f"{med['features']:.2f} s ({r['n_tracked']} samples)"),
+        ("callback: boundary points", f"{med['boundary']:.2f} s ({r['boundary_forwarded']:.0f} "
+         f"samples forwarded in {r['boundary_passes']:.0f} passes)"),
         ("callback: writing", f"{med['write']:.3f} s"),
         ("callback total per epoch", f"{own:.2f} s"),
-        ("bare forward, in run", f"{1e3 * bare_per_sample:.3f} ms/sample (no_grad, eval, batch "
-         f"{callback.batch_size}, same model, around each snapshot)"),
-        ("bare forward cost (tracked + bisection)", f"{statistics.median(bare_costs):.2f} s"),
-        ("ratio callback / bare forward (target <= 1.25)", f"{statistics.median(ratios):.2f} "
-         f"(per epoch: {', '.join(f'{r:.2f}' for r in ratios)})"),
-        ("store size", f"{store_mb:.1f} MB for {len(callback.timings)} epochs"),
-    ]
+        ("bare forward, in run", f"{1e3 * r['bare_per_sample_s']:.3f} ms/sample (no_grad, eval, "
+         f"batch {r['batch_size']}, same model, around each snapshot)"),
+        ("bare forward cost (tracked + bisection)", f"{r['bare_cost_s']:.2f} s"),
+        ("ratio callback / bare forward (target <= 1.25)", f"{r['ratio']:.2f} "
+         f"(per epoch: {', '.join(f'{x:.2f}' for x in r['ratios'])})"),
+        ("store size", f"{r['store_mb']:.1f} MB for {r['recorded_epochs']} epochs"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="mnist", choices=["mnist", "digits"])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = parser.parse_args()
+    rows = table_rows(measure(args.data, args.epochs, args.threads))
     width = max(len(k) for k, _ in rows)
     print(f"| {'measure'.ljust(width)} | value |")
     print(f"| {'-' * width} | ----- |")

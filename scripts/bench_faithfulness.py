@@ -30,7 +30,7 @@ train, temp_l(tk) train, temp_g train, temppv train, ppr train/test}. ppr is the
 epochs from ``--ppr-from`` on (default 3: the MNIST run's classifier is past 85% accuracy there),
 with the worst such epoch in brackets. Spatial metrics are averaged over all epochs; the temporal
 ones are over the whole run (the eval convention). "fit s" is, for timevis, reduction + complex
-+ temporal + mixing + training (the fit-time target; embedding every sample is left out), for
++ temporal + mixing + training + refine (the fit-time target; embedding every sample is left out), for
 the baselines the time to fit and embed the training samples.
 
 Baselines are measurement only: umap-learn is a dev dependency, never imported by timevis_cli.
@@ -62,7 +62,7 @@ LABELS = {
     "umap": "per-epoch UMAP",
     "aligned": "AlignedUMAP",
 }
-TIMEVIS_FIT_STAGES = ("reduction", "complex", "temporal", "mixing", "training")
+TIMEVIS_FIT_STAGES = ("reduction", "complex", "temporal", "mixing", "training", "refine")
 
 
 # --------------------------------------------------------------------------- method adapters

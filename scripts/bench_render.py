@@ -27,7 +27,8 @@ process, ``FrameBuilder`` + ``render_epochs`` in workers, ``write_gif``), it tim
 and prints one markdown table against the targets: <= 0.3 s per frame per core, and 200 epochs
 in under a minute on 2 cores (frames + GIF; projected from the per-frame cost when fewer epochs
 or other core counts are run). The load average at the start and at the end is in the table:
-other jobs on the machine inflate the timings.
+other jobs on the machine inflate the timings. ``benchmark(...)`` (the same arguments) runs it and
+returns the measurements as a dict, this table's rows included (``scripts/bench.py`` uses it).
 """
 
 from __future__ import annotations
@@ -127,6 +128,66 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def benchmark(
+    epochs: int = 200,
+    points: int = 10_000,
+    dim: int = 512,
+    classes: int = 10,
+    size: int = 800,
+    resolution: int = 200,
+    jobs: int = 0,
+    device: str = "auto",
+    repeats: int = 5,
+    workdir: Path | None = None,
+    fit_set: list[str] | tuple[str, ...] = (),
+    threads: int = 0,
+    seed: int = 0,
+) -> dict:
+    """Run the benchmark (the arguments are the command line's); its measurements as a plain
+    dict: ``per_frame_s`` (steady state, per frame per core), ``animation_s`` (measured, or
+    projected to 200 epochs on 2 cores), their verdicts, ... and ``head`` + ``rows``, this
+    script's table."""
+    args = argparse.Namespace(
+        epochs=epochs, points=points, dim=dim, classes=classes, size=size, resolution=resolution,
+        jobs=jobs, device=device, repeats=repeats, workdir=workdir, fit_set=list(fit_set),
+        threads=threads, seed=seed,
+    )  # fmt: skip
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    jobs = args.jobs or os.cpu_count() or 1
+
+    with tempfile.TemporaryDirectory(prefix="bench_render_") as tmp:
+        workdir = args.workdir or Path(tmp)
+        spec = SyntheticSpec(
+            n_train=args.points, epochs=args.epochs, dim=args.dim, classes=args.classes,
+            seed=args.seed,
+        )  # fmt: skip
+        store = workdir / f"synthetic_{spec.n_train}x{spec.epochs}x{spec.dim}_s{spec.seed}"
+        started = time.perf_counter()
+        store, reused = ensure_store(store, spec)
+        store_s = None if reused else time.perf_counter() - started
+        fit_s, fit_stats = ensure_fit(store, [*QUICK_FIT, *args.fit_set])
+        result = measure(args, store, jobs)
+
+    import torch
+
+    made = "reused" if store_s is None else f"written in {store_s:.0f} s"
+    fitted = "reused" if fit_s is None else f"fitted in {fit_s:.0f} s"
+    result["head"] = [
+        ["machine", machine_description(f"torch {torch.__version__}")],
+        ["store", f"{spec.describe()} ({made})"],
+        ["fit (not timed here)", f"QUICK: {' '.join([*QUICK_FIT, *args.fit_set])}, "
+         f"{fit_stats['complex']['vertices']:,} complex vertices ({fitted}); times rendering, "
+         "not fit quality"],
+        ["frame", f"{args.size} x {args.size} px, landscape grid {args.resolution} x "
+         f"{args.resolution}, {args.points:,} training points drawn"],
+    ]  # fmt: skip
+    result["store"] = spec.describe()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=200, help="epochs in the store (all rendered)")
@@ -147,42 +208,11 @@ def main() -> None:
                         help="torch threads of the quick fit (0: torch's default; rendering uses 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    jobs = args.jobs or os.cpu_count() or 1
-
-    with tempfile.TemporaryDirectory(prefix="bench_render_") as tmp:
-        workdir = args.workdir or Path(tmp)
-        spec = SyntheticSpec(
-            n_train=args.points, epochs=args.epochs, dim=args.dim, classes=args.classes,
-            seed=args.seed,
-        )  # fmt: skip
-        store = workdir / f"synthetic_{spec.n_train}x{spec.epochs}x{spec.dim}_s{spec.seed}"
-        started = time.perf_counter()
-        store, reused = ensure_store(store, spec)
-        store_s = None if reused else time.perf_counter() - started
-        fit_s, fit_stats = ensure_fit(store, [*QUICK_FIT, *args.fit_set])
-        rows = measure(args, store, jobs)
-
-    import torch
-
-    made = "reused" if store_s is None else f"written in {store_s:.0f} s"
-    fitted = "reused" if fit_s is None else f"fitted in {fit_s:.0f} s"
-    head = [
-        ["machine", machine_description(f"torch {torch.__version__}")],
-        ["store", f"{spec.describe()} ({made})"],
-        ["fit (not timed here)", f"QUICK: {' '.join([*QUICK_FIT, *args.fit_set])}, "
-         f"{fit_stats['complex']['vertices']:,} complex vertices ({fitted}); times rendering, "
-         "not fit quality"],
-        ["frame", f"{args.size} x {args.size} px, landscape grid {args.resolution} x "
-         f"{args.resolution}, {args.points:,} training points drawn"],
-    ]  # fmt: skip
-    print(markdown_table(["measure", "value"], head + rows))
+    result = benchmark(**vars(args))
+    print(markdown_table(["measure", "value"], result["head"] + result["rows"]))
 
 
-def measure(args: argparse.Namespace, store: Path, jobs: int) -> list[list[str]]:
+def measure(args: argparse.Namespace, store: Path, jobs: int) -> dict:
     import numpy as np
     import torch
 
@@ -293,7 +323,7 @@ def measure(args: argparse.Namespace, store: Path, jobs: int) -> list[list[str]]
     frame_cpu_met = "met" if per_frame_cpu <= FRAME_TARGET_S else "MISSED"
     png_mb = sum(p.stat().st_size for p in paths) / 2**20
     where = "shares the cores with the workers" if on_cpu else "off the CPU cores"
-    return [
+    rows = [
         ["timings", "wall-clock seconds; (CPU s) = this process's CPU time, what an idle core "
          "would take"],
         ["device (grid decode + heads, parent)", f"{device} ({args.device}){memory}"],
@@ -329,6 +359,27 @@ def measure(args: argparse.Namespace, store: Path, jobs: int) -> list[list[str]]
           f"workers: steady-state per-frame cost x {TARGET_EPOCHS} / {TARGET_CORES} + this run's "
           "pool overhead + GIF per frame)") + f"; {idle_total:.1f} s on idle cores ({idle_met})"],
     ]  # fmt: skip
+    return {
+        "device": str(device),
+        "epochs": len(epochs),
+        "workers": workers,
+        "size_px": args.size,
+        "resolution": args.resolution,
+        "points": args.points,
+        "per_frame_s": per_frame,
+        "per_frame_cpu_s": per_frame_cpu,
+        "frame_met": frame_met == "met",
+        "pool_s": pool_s,
+        "pool_per_frame_core_s": pool_per_frame_core,
+        "gif_s": gif_s,
+        "total_s": total,
+        "animation_measured": exact,
+        "animation_s": total if exact else projected,
+        "animation_met": met == "met",
+        "idle_total_s": idle_total,
+        "load_end": end_load,
+        "rows": rows,
+    }
 
 
 if __name__ == "__main__":

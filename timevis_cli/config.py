@@ -251,6 +251,44 @@ class TrainingConfig(_Section):
 
 
 @dataclass(frozen=True)
+class RefineConfig(_Section):
+    """Refining every tracked sample's 2-D position after training (``[refine]``)."""
+
+    enabled: bool = _setting(
+        False,
+        "after training, move every tracked sample's and boundary point's 2-D position with "
+        "UMAP's layout optimisation on each epoch's kNN graph plus temporal edges, then fit the "
+        "decoder to the moved positions (false: the projector's positions as they are)",
+    )
+    epochs: int = _setting(50, "optimisation epochs of the layout", _at_least(0))
+    learning_rate: float = _setting(
+        0.1, "initial step of the layout optimisation (decays linearly to 0)", _above(0)
+    )
+    negative_rate: int = _setting(5, "negative samples per sampled edge", _at_least(0))
+    temporal_neighbors: int = _setting(
+        2, "nearest copies of a sample in nearby epochs linked by temporal edges", _at_least(1)
+    )
+    temporal_window: int = _setting(
+        4, "temporal window in recorded-epoch steps (copies within t +- W/2)", _at_least(2)
+    )
+    temporal_factor: float = _setting(
+        1.0,
+        "weight of the refinement's temporal edges, in units of complex.rate_temporal",
+        _above(0),
+    )
+    keep_motion: bool = _setting(
+        True,
+        "temporal edges keep the projector's step between a sample's copies (false: pull the "
+        "copies together, as in the complex)",
+    )
+    decoder_steps: int = _setting(
+        100, "Adam steps fitting the decoder to the refined positions", _at_least(0)
+    )
+    decoder_batch: int = _setting(2000, "vertices per decoder step", _at_least(1))
+    decoder_lr: float = _setting(0.001, "Adam learning rate of the decoder fit", _above(0))
+
+
+@dataclass(frozen=True)
 class FitConfig(_Section):
     """What ``timevis fit`` runs on (``[fit]``)."""
 
@@ -275,7 +313,7 @@ class RenderConfig(_Section):
     resolution: int = _setting(200, "landscape grid is resolution x resolution", _within(16, 2048))
     bounds: str = _setting(
         "global",
-        "canvas bounds: global (the same in every frame) or per-epoch",
+        "canvas bounds: global (one for all frames but epochs lying far apart) or per-epoch",
         _one_of("global", "per-epoch"),
     )
     split: str = _setting(
@@ -319,6 +357,7 @@ class Config:
     reduction: ReductionConfig = field(default_factory=ReductionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -42,12 +42,18 @@ from timevis_cli.complex import (
 from timevis_cli.config import Config
 from timevis_cli.device import resolve_device
 from timevis_cli.errors import InputError
-from timevis_cli.losses import attention_weights_autograd, class_pair_attention, top2_classes
+from timevis_cli.losses import (
+    attention_weights_autograd,
+    class_pair_attention,
+    find_ab_params,
+    top2_classes,
+)
 from timevis_cli.neighbors import KNNBackend, resolve_backend
 from timevis_cli.projector import Projector
 from timevis_cli.ranges import parse_range
 from timevis_cli.reduction import select_epochs
-from timevis_cli.trainer import SharedRows, TrainParams, TrainReport, fit_projector
+from timevis_cli.refine import EpochPoints, LayoutGraph, layout_graph, refine_layout
+from timevis_cli.trainer import SharedRows, TrainParams, TrainReport, fit_decoder, fit_projector
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +243,7 @@ class _EpochPart:
     epoch: int
     offset: int
     n_train: int
+    train_rows: np.ndarray  # int64 [n_train]: rows of the epoch's train split in the complex
     features: np.ndarray  # float32 [n_train + n_boundary, D]; the boundary rows only once trained
     attention: np.ndarray  # float32 [A, D]: distinct attention rows of this epoch's vertices
     attention_index: np.ndarray  # int64 [same as features]: each vertex's row of attention
@@ -291,7 +298,9 @@ def _epoch_part(
     attention, attention_index = vertex_attention(
         vertices, head, config.training.attention_temperature, logits
     )
-    part = _EpochPart(epoch, offset, len(feats), vertices, attention, attention_index, pair, used)
+    part = _EpochPart(
+        epoch, offset, len(feats), train_rows, vertices, attention, attention_index, pair, used
+    )
     ids = run.samples.id[run.samples.mask("train")][train_rows]
     epoch_vertices = EpochVertices(
         sample_ids=ids,
@@ -301,6 +310,118 @@ def _epoch_part(
         rho=spatial.rho,
     )
     return part, epoch_vertices, edges
+
+
+def _layout_graph(
+    run: Run,
+    epochs: list[int],
+    parts: list[_EpochPart],
+    model: FitModel,
+    config: Config,
+    backend: KNNBackend,
+    reporter: Reporter,
+) -> LayoutGraph:
+    """The refinement's graph over every tracked sample and boundary point of every epoch,
+    starting from the projector's positions; features are read one epoch at a time."""
+    ids = np.arange(len(run.samples.id))  # a sample's row is its identity across epochs
+    reporter.start("refinement graph", len(epochs))
+
+    def points() -> Iterator[EpochPoints]:
+        for epoch, part in zip(epochs, parts, strict=True):
+            features = np.concatenate([run.features(epoch), part.features]).astype(np.float32)
+            yield EpochPoints(ids, features, model.transform(features))
+            reporter.advance(epoch=epoch)
+
+    r, c = config.refine, config.complex
+    graph = layout_graph(
+        points(),
+        backend,
+        n_neighbors=config.knn.n_neighbors,
+        temporal_neighbors=r.temporal_neighbors,
+        temporal_window=r.temporal_window,
+        rates={"spatial": c.rate_spatial, "temporal": c.rate_temporal * r.temporal_factor},
+        prune_offset=c.prune_offset,
+    )
+    reporter.finish()
+    return graph
+
+
+def _refine(
+    graph: LayoutGraph,
+    parts: list[_EpochPart],
+    features: torch.Tensor,
+    attention: SharedRows,
+    model: FitModel,
+    run: Run,
+    config: Config,
+    device: torch.device,
+    reporter: Reporter,
+    stats: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Refine the layout, fit the decoder to it; train [E, n_train, 2], test, boundary per epoch."""
+    r, t = config.refine, config.training
+    a, b = find_ab_params(t.spread, t.min_dist)
+    started = time.perf_counter()
+    reporter.start("refinement", r.epochs)
+    positions = refine_layout(
+        graph,
+        n_epochs=r.epochs,
+        learning_rate=r.learning_rate,
+        negative_rate=r.negative_rate,
+        a=a,
+        b=b,
+        device=device,
+        seed=config.fit.seed,
+        keep_motion=r.keep_motion,
+        progress=lambda epoch: reporter.advance(epoch=epoch),
+    )
+    reporter.finish()
+    layout_seconds = time.perf_counter() - started
+    train_rows = np.flatnonzero(run.samples.mask("train"))
+    test_rows = np.flatnonzero(run.samples.mask("test"))
+    starts, tracked = graph.offsets[:-1], graph.n_tracked
+    # each vertex of the complex (an epoch's selected train samples, then its boundary points)
+    # is one point of the layout: the decoder learns the complex's features at their positions
+    layout_row = np.concatenate(
+        [
+            np.concatenate(
+                [
+                    start + train_rows[part.train_rows],
+                    start + n + np.arange(len(part.features)),
+                ]
+            )
+            for part, start, n in zip(parts, starts, tracked, strict=True)
+        ]
+    )
+    reporter.start("decoder", r.decoder_steps)
+    losses = fit_decoder(
+        model.projector,
+        torch.from_numpy(positions[layout_row]),
+        features,
+        attention,
+        steps=r.decoder_steps,
+        batch_size=r.decoder_batch,
+        lr=r.decoder_lr,
+        seed=config.fit.seed,
+        progress=lambda step, loss: reporter.advance(step=step, loss=round(loss, 5)),
+    )
+    reporter.finish()
+    stats["refine"] = {
+        "points": int(graph.offsets[-1]),
+        "edges": {
+            "spatial": int((graph.edges.kind == EdgeKind.SPATIAL).sum()),
+            "temporal": int((graph.edges.kind == EdgeKind.TEMPORAL).sum()),
+        },
+        "decoder_loss": [round(losses[0], 6), round(losses[-1], 6)] if losses else [],
+        "seconds": {
+            "layout": round(layout_seconds, 3),
+            "decoder": round(time.perf_counter() - started - layout_seconds, 3),
+        },
+    }
+    train = np.stack([positions[s + train_rows] for s in starts])
+    test = np.stack([positions[s + test_rows] for s in starts])
+    boundary = [positions[s + n : e] for s, n, e in zip(starts, tracked, graph.offsets[1:], strict=True)]
+    return train, test, boundary
 
 
 def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult:
@@ -445,23 +566,33 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
             progress=lambda info: reporter.advance(**{k: _short(v) for k, v in info.items()}),
         )
         reporter.finish()
-    del features, attention
     model = FitModel(projector, device)
-
-    with _timed(stats, "embedding"):
-        reporter.start("embedding", len(epochs))
-        test_mask = run.samples.mask("test")
-        train_pos = np.zeros((len(epochs), int(train_mask.sum()), 2), np.float32)
-        test_pos = np.zeros((len(epochs), int(test_mask.sum()), 2), np.float32)
-        boundary_points, boundary_features = [], []
-        for i, (epoch, part) in enumerate(zip(epochs, parts, strict=True)):
-            points = model.transform(run.features(epoch))
-            train_pos[i], test_pos[i] = points[train_mask], points[test_mask]
-            boundary = part.features  # the boundary rows only, since training
-            boundary_points.append(model.transform(boundary) if len(boundary) else np.zeros((0, 2), np.float32))
-            boundary_features.append(boundary.astype(np.float16))
-            reporter.advance(epoch=epoch)
-        reporter.finish()
+    test_mask = run.samples.mask("test")
+    if config.refine.enabled:
+        with _timed(stats, "refine"):
+            graph = _layout_graph(run, epochs, parts, model, config, backend, reporter)
+            train_pos, test_pos, boundary_points = _refine(
+                graph, parts, features, attention, model, run, config, device, reporter, stats
+            )
+        del features, attention
+        boundary_features = [p.features.astype(np.float16) for p in parts]
+    else:
+        del features, attention
+        with _timed(stats, "embedding"):
+            reporter.start("embedding", len(epochs))
+            train_pos = np.zeros((len(epochs), int(train_mask.sum()), 2), np.float32)
+            test_pos = np.zeros((len(epochs), int(test_mask.sum()), 2), np.float32)
+            boundary_points, boundary_features = [], []
+            for i, (epoch, part) in enumerate(zip(epochs, parts, strict=True)):
+                points = model.transform(run.features(epoch))
+                train_pos[i], test_pos[i] = points[train_mask], points[test_mask]
+                boundary = part.features  # the boundary rows only, since training
+                boundary_points.append(
+                    model.transform(boundary) if len(boundary) else np.zeros((0, 2), np.float32)
+                )
+                boundary_features.append(boundary.astype(np.float16))
+                reporter.advance(epoch=epoch)
+            reporter.finish()
     stats["peak_memory_mb"] = round(_peak_memory_mb(), 1)
     if device.type == "cuda":
         stats["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)

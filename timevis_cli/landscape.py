@@ -1,6 +1,7 @@
 """The decision landscape behind each frame (METHOD.md section 6).
 
-A square canvas is laid over the 2-D embedding (:func:`canvas_bounds`), sampled as an ``R x R``
+A square canvas is laid over the 2-D embedding (:func:`canvas_bounds`; shared by all epochs but
+those lying far apart, :func:`shared_canvas_bounds`), sampled as an ``R x R``
 grid of pixel centres (:func:`grid_points`), decoded once into feature space with the inverse
 projection (:func:`decode_grid`) and classified with one epoch's head (:func:`classify_grid`).
 :func:`landscape_image` turns classes and margins into an RGB image with the fixed
@@ -19,7 +20,7 @@ from __future__ import annotations
 import colorsys
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from numbers import Integral
 from typing import TYPE_CHECKING
@@ -46,6 +47,7 @@ __all__ = [
     "landscape_alpha",
     "landscape_image",
     "palette",
+    "shared_canvas_bounds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,13 @@ _TAB20_LIGHT = (
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _EXTRA_SATURATION = (0.75, 0.55, 0.9)
 _EXTRA_VALUE = (0.8, 0.6, 0.7)
+#: Robust box of one epoch's points: these quantiles of x and of y (stray points ignored).
+EPOCH_BOX_QUANTILE = 0.01
+#: An epoch lies apart when the gap between its robust box and the median box exceeds this many
+#: median box sides (on either axis) ...
+APART_GAP = 0.5
+#: ... or when its robust box is this many times larger than the median box.
+APART_SIZE = 4.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,64 @@ def canvas_bounds(points_per_epoch: Iterable[np.ndarray] | np.ndarray, pad: floa
         ymin=float(center[1] - half),
         ymax=float(center[1] + half),
     )
+
+
+def _epoch_box(points: np.ndarray, t: object) -> np.ndarray | None:
+    """``[xlo, ylo, xhi, yhi]``: the robust box of one epoch's points (None when empty)."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise InputError(f"epoch {t}: points of shape {points.shape} must be (n, 2)")
+    if len(points) == 0:
+        return None
+    if not np.isfinite(points).all():
+        raise InputError(f"epoch {t}: the 2-D points contain NaN or infinity")
+    low = np.quantile(points, EPOCH_BOX_QUANTILE, axis=0)
+    high = np.quantile(points, 1.0 - EPOCH_BOX_QUANTILE, axis=0)
+    return np.concatenate([low, high])
+
+
+def shared_canvas_bounds(
+    points_by_epoch: Mapping[int, np.ndarray], pad: float = 0.1
+) -> tuple[Bounds, list[int]]:
+    """One canvas for all epochs but those lying far apart: ``(bounds, epochs left out)``.
+
+    Each epoch gets a robust box (the :data:`EPOCH_BOX_QUANTILE` and ``1 -`` that quantiles of
+    its x and y); the median box is the per-side median of those boxes, its side the larger of
+    its spans. An epoch lies apart when the gap between its box and the median box exceeds
+    :data:`APART_GAP` median sides on either axis, or its box's larger span is over
+    :data:`APART_SIZE` times the median side. Typical case: epoch 0 of an untrained network,
+    whose samples all have nearly the same features, embedded as a blob far from every trained
+    epoch; covering it would shrink every other frame to a fraction of the canvas.
+
+    The shared bounds are :func:`canvas_bounds` over ALL points of the epochs kept, so an
+    ordinary run (no epoch apart) gets exactly the bounds covering every point. Epochs apart are
+    returned (sorted) and logged at INFO; the caller gives them their own canvas. With fewer
+    than 3 epochs, or a degenerate median box, no epoch is left out.
+    """
+    epochs = list(points_by_epoch)
+    boxes = {t: _epoch_box(points_by_epoch[t], t) for t in epochs}
+    present = {t: box for t, box in boxes.items() if box is not None}
+    apart: list[int] = []
+    if len(present) >= 3:
+        stacked = np.stack(list(present.values()))
+        median = np.median(stacked, axis=0)
+        side = float((median[2:] - median[:2]).max())
+        if side > 0 and math.isfinite(side):
+            for t, box in present.items():
+                gap = np.maximum(median[:2] - box[2:], box[:2] - median[2:]).max()
+                span = float((box[2:] - box[:2]).max())
+                if gap > APART_GAP * side or span > APART_SIZE * side:
+                    apart.append(t)
+        if len(apart) * 2 >= len(present):  # no bulk to speak of: keep them all
+            apart = []
+    kept = [points_by_epoch[t] for t in epochs if t not in apart]
+    if apart:
+        logger.info(
+            "epoch(s) %s lie far from the other epochs' points: left out of the shared canvas "
+            "bounds, each drawn on its own canvas",
+            ", ".join(str(t) for t in sorted(apart)),
+        )
+    return canvas_bounds(kept, pad=pad), sorted(apart)
 
 
 def grid_points(bounds: Bounds, resolution: int) -> np.ndarray:

@@ -72,7 +72,8 @@ resolution_option = click.option(
 bounds_option = click.option(
     "--bounds",
     type=click.Choice(["global", "per-epoch"]),
-    help="Canvas: one for all rendered epochs (default, no 'breathing') or one per epoch.",
+    help="Canvas: one for all rendered epochs (default, no 'breathing'; an epoch lying far from "
+    "the rest, such as an untrained epoch 0, gets its own) or one per epoch.",
 )
 gif_option = click.option("--gif/--no-gif", default=None, help="Write render/training.gif.")
 mp4_option = click.option(

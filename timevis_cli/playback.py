@@ -35,6 +35,7 @@ from timevis_cli.landscape import (
     decode_grid_torch,
     landscape_image,
     palette,
+    shared_canvas_bounds,
 )
 from timevis_cli.ranges import parse_range
 from timevis_cli.render import EpochFrame
@@ -56,16 +57,26 @@ class RenderPlan:
 
     run_dir: Path
     epochs: list[int]
-    bounds: dict[int, Bounds]  # epoch -> canvas (all equal when global)
+    bounds: dict[int, Bounds]  # epoch -> canvas (global: shared, but for epochs_apart)
     train_rows: np.ndarray  # rows within the train split that are drawn
     test_rows: np.ndarray  # rows within the test split that are drawn (empty: none)
     resolution: int
     global_bounds: bool
     class_names: list[str] = field(default_factory=list)
+    #: global bounds: epochs lying far from the rest, each on its own canvas (not the shared one)
+    epochs_apart: list[int] = field(default_factory=list)
 
 
 def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
-    """Epochs (must be fitted), canvas bounds, and a fixed subsample of at most max_points."""
+    """Epochs (must be fitted), canvas bounds, and a fixed subsample of at most max_points.
+
+    Bounds (from the training samples' positions): ``per-epoch``, each epoch's own canvas;
+    ``global``, one canvas shared by every epoch except those lying far from the rest
+    (:func:`~timevis_cli.landscape.shared_canvas_bounds`, e.g. the untrained epoch 0 embedded as
+    a distant blob): the shared canvas covers every point of the other epochs, and each epoch
+    apart is drawn on its own canvas (as with ``per-epoch``) rather than shrinking every other
+    frame or being clipped away; they are logged at INFO and kept in ``epochs_apart``.
+    """
     if settings.split not in SPLITS:
         raise InputError(f"split={settings.split!r} must be one of {', '.join(SPLITS)}")
     if settings.bounds not in BOUNDS:
@@ -88,9 +99,12 @@ def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
             total,
         )
     positions = {epoch: fit.embedding(epoch)["train"] for epoch in epochs}
+    apart: list[int] = []
     if settings.bounds == "global":
-        shared = canvas_bounds(list(positions.values()))
-        bounds = dict.fromkeys(epochs, shared)
+        shared, apart = shared_canvas_bounds(positions)
+        bounds = {
+            epoch: canvas_bounds(positions[epoch]) if epoch in apart else shared for epoch in epochs
+        }
     else:
         bounds = {epoch: canvas_bounds(points) for epoch, points in positions.items()}
     return RenderPlan(
@@ -102,6 +116,7 @@ def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
         resolution=settings.resolution,
         global_bounds=settings.bounds == "global",
         class_names=run.class_names,
+        epochs_apart=apart,
     )
 
 
@@ -290,10 +305,15 @@ def export_viewer(
     from timevis_cli.render import title_text
     from timevis_cli.viewer import write_viewer
 
-    if not plan.global_bounds:
-        log.info("the HTML page uses one canvas for all epochs (--bounds per-epoch is for PNGs)")
+    if not plan.global_bounds or plan.epochs_apart:
+        log.info(
+            "the HTML page uses one canvas covering all epochs (--bounds per-epoch and the own "
+            "canvases of epochs far from the rest are for PNGs)"
+        )
         shared = canvas_bounds([fit.embedding(e)["train"] for e in plan.epochs])
-        plan = replace(plan, bounds=dict.fromkeys(plan.epochs, shared), global_bounds=True)
+        plan = replace(
+            plan, bounds=dict.fromkeys(plan.epochs, shared), global_bounds=True, epochs_apart=[]
+        )
         landscapes = None
     if landscapes is None:
         landscapes = GridLandscapes(run, fit, plan, device)

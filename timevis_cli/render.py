@@ -64,7 +64,11 @@ PNG_COMPRESS_LEVEL = 3
 MAX_LEGEND_CLASSES = 40
 
 _TITLE_PX = 44  # height of the title band at the top
+_TITLE_FONTSIZE = 14.0  # points; shrunk (or the title wrapped) when it does not fit the band
+_TITLE_ONE_LINE_MIN = 10.5  # below this a one-line title is wrapped onto two lines if larger then
+_TITLE_SEPARATOR = " · "
 _PAD_PX = 8  # free space around the canvas
+_MIN_CANVAS_PX = 32  # smallest canvas height left under the title and above the legend
 _RING_SCALE = 3.2  # ring marker area / dot marker area
 _EDGE_COLOUR = (0.12, 0.12, 0.12, 1.0)  # thin outline that keeps a dot visible on its own colour
 _NEUTRAL = (0.45, 0.45, 0.45, 1.0)  # marker legend entries
@@ -275,6 +279,14 @@ class FrameRenderer:
         self.figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
         self._canvas = FigureCanvasAgg(self.figure)
         legend_px = self._build_legend(show_test)
+        canvas_px = height - (legend_px + _TITLE_PX + 2 * _PAD_PX)
+        if canvas_px < _MIN_CANVAS_PX:
+            larger = int(math.ceil((height + _MIN_CANVAS_PX - canvas_px) / 40.0) * 40)
+            raise InputError(
+                f"size_px={size_px!r} leaves {canvas_px:.0f} px of height for the canvas under "
+                f"the title and the legend of {num_classes} classes; use a larger frame (e.g. "
+                f"render.size_px={larger})"
+            )
         self.axes = self.figure.add_axes(
             (
                 _PAD_PX / width,
@@ -297,8 +309,10 @@ class FrameRenderer:
         self._train = _PointLayer(ax, "o", zorder=2)
         self._test = _PointLayer(ax, "^", zorder=5)
         self._title = self.figure.text(
-            0.5, 1.0 - (_TITLE_PX / 2) / height, "", ha="center", va="center", fontsize=14
-        )
+            0.5, 1.0 - (_TITLE_PX / 2) / height, "", ha="center", va="center",
+            fontsize=_TITLE_FONTSIZE, multialignment="center",
+        )  # fmt: skip
+        self._title_shown: str | None = None
         # Drawn per frame over a cached picture of the rest (legend, frame of the axes); the
         # point layers' markers are created animated.
         for artist in (self._image, self._title):
@@ -387,9 +401,44 @@ class FrameRenderer:
             frame.train_points, frame.train_labels, frame.train_preds, self._rgba, size
         )
         self._test.update(frame.test_points, frame.test_labels, frame.test_preds, self._rgba, size)
-        self._title.set_text(frame.title)
+        self._set_title(frame.title)
         self._draw((b.xmax - b.xmin) / (b.ymax - b.ymin))
         return np.asarray(self._canvas.buffer_rgba())[..., :3].copy()
+
+    def _set_title(self, text: str) -> None:
+        """Show ``text`` as the title, fitted to the figure's width and the title band.
+
+        At the full font size when it fits; otherwise on one line at a smaller size, or, when
+        that would go below ``_TITLE_ONE_LINE_MIN`` points, on two lines (split at the
+        `` · `` nearest the middle) if that allows a larger size. Measured with the canvas's
+        renderer (so any ``size_px`` and ``dpi``)."""
+        if text == self._title_shown:
+            return
+        self._title_shown = text
+        renderer = self._canvas.get_renderer()
+        room = (self.size_px[0] - 2 * _PAD_PX, _TITLE_PX - _PAD_PX / 2)
+
+        def fitted(candidate: str) -> float:
+            self._title.set_text(candidate)
+            self._title.set_fontsize(_TITLE_FONTSIZE)
+            extent = self._title.get_window_extent(renderer)
+            scale = min(1.0, room[0] / max(extent.width, 1.0), room[1] / max(extent.height, 1.0))
+            return _TITLE_FONTSIZE * scale
+
+        chosen, size = text, fitted(text)
+        if size < _TITLE_ONE_LINE_MIN and _TITLE_SEPARATOR in text:
+            wrapped = _two_lines(text)
+            wrapped_size = fitted(wrapped)
+            if wrapped_size > size:
+                chosen, size = wrapped, wrapped_size
+        self._title.set_text(chosen)
+        # text extents are not exactly proportional to the font size (hinting): check and shrink
+        for _ in range(20):
+            self._title.set_fontsize(size)
+            extent = self._title.get_window_extent(renderer)
+            if (extent.width <= room[0] and extent.height <= room[1]) or size <= 1.0:
+                break
+            size *= 0.95
 
     def _draw(self, aspect: float) -> None:
         """Restore the cached static picture (redrawn when the canvas shape changes), then draw
@@ -419,6 +468,18 @@ class FrameRenderer:
     def close(self) -> None:
         """Release the figure's artists (the renderer cannot draw afterwards)."""
         self.figure.clear()
+
+
+def _two_lines(text: str) -> str:
+    """``text`` broken at the `` · `` separator nearest its middle."""
+    parts = text.split(_TITLE_SEPARATOR)
+    best = min(
+        range(1, len(parts)),
+        key=lambda i: abs(
+            len(_TITLE_SEPARATOR.join(parts[:i])) - len(_TITLE_SEPARATOR.join(parts[i:]))
+        ),
+    )
+    return _TITLE_SEPARATOR.join(parts[:best]) + "\n" + _TITLE_SEPARATOR.join(parts[best:])
 
 
 def _marker(marker: str, face: Any, edge: Any, size: float, edge_width: float = 0.5) -> Line2D:

@@ -30,6 +30,7 @@ __all__ = [
     "TrainParams",
     "TrainReport",
     "edges_per_epoch",
+    "fit_decoder",
     "fit_projector",
     "sample_edges",
 ]
@@ -503,3 +504,57 @@ def fit_projector(
         " (stopped early)" if stopped_early else "",
     )
     return projector, report
+
+
+def fit_decoder(
+    projector: Projector,
+    positions: Tensor,
+    features: Tensor,
+    attention: Tensor | SharedRows,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Fit the projector's decoder to map ``positions`` [V, 2] back to ``features`` [V, D].
+
+    After refinement moves the tracked samples, the decoder (the landscape and ppr) must follow
+    them: ``steps`` Adam steps on batches of ``batch_size`` vertices drawn uniformly, with the
+    attention-weighted reconstruction loss of training (``attention``: [V, D] or shared rows).
+    The encoder is left as it is. Seeded; runs on the projector's device. Returns the loss of
+    every step; ``progress(step, loss)`` is called every 10 steps and at the end.
+    """
+    if positions.ndim != 2 or positions.shape[1] != 2 or positions.shape[0] != features.shape[0]:
+        raise InputError(
+            f"positions must have shape ({features.shape[0]}, 2), got {tuple(positions.shape)}"
+        )
+    if steps < 0 or batch_size < 1:
+        raise InputError(f"steps={steps} must be >= 0 and batch_size={batch_size} >= 1")
+    device = next(projector.parameters()).device
+    positions = positions.to(device=device, dtype=torch.float32)
+    features = features.to(device=device, dtype=torch.float32)
+    if isinstance(attention, Tensor):
+        attention = SharedRows.dense(attention)
+    attention = attention.to(device, torch.float32)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_seeds(seed)[1] ^ 0x5EED)
+    optimizer = torch.optim.Adam(projector.decoder.parameters(), lr=lr)
+    projector.decoder.train()
+    losses: list[float] = []
+    for step in range(1, steps + 1):
+        rows = torch.randint(
+            features.shape[0], (min(batch_size, features.shape[0]),), generator=generator, device=device
+        )
+        loss = reconstruction_loss(features[rows], projector.decode(positions[rows]), attention[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if progress is not None and (step % 10 == 0 or step == steps):
+            progress(step, losses[-1])
+    projector.eval()
+    if losses and not math.isfinite(losses[-1]):
+        raise InputError(f"the decoder's loss became {losses[-1]}; lower refine.decoder_lr={lr}")
+    return losses

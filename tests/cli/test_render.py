@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,8 +13,10 @@ import pytest
 from PIL import Image
 
 from timevis_cli.animate import MissingVideoDependencyError, write_gif, write_mp4
+from timevis_cli.config import load_config
 from timevis_cli.errors import InputError
-from timevis_cli.landscape import Bounds, palette
+from timevis_cli.landscape import Bounds, canvas_bounds, palette, shared_canvas_bounds
+from timevis_cli.playback import plan_render
 from timevis_cli.render import EpochFrame, FrameRenderer, render_epochs, title_text
 
 NAMES = ["zero", "one", "two"]
@@ -81,6 +85,33 @@ def test_title_text():
     )
     assert title_text(3) == "epoch 3"
     assert _frame(epoch=7).title.startswith("epoch 7 · val_acc 0.931")
+
+
+@pytest.mark.parametrize("size", [320, 480])
+def test_a_long_title_fits_the_frame_width(size):
+    frame = dataclasses.replace(
+        _frame(epoch=123),
+        metrics={"val_acc": 0.9312, "val_loss": 0.2101, "train_loss": 0.123456},
+    )
+    small = FrameRenderer(NAMES, size_px=(size, size), show_test=True)
+    small.render(frame)
+    title = small._title
+    assert title.get_text().replace("\n", " · ") == frame.title  # nothing dropped
+    extent = title.get_window_extent(small._canvas.get_renderer())
+    assert 0 <= extent.x0 and extent.x1 <= size, (extent, title.get_fontsize())
+    assert 0 <= extent.y0 and extent.y1 <= size, (extent, title.get_fontsize())
+    assert title.get_fontsize() >= 9  # still legible
+    default = FrameRenderer(NAMES, size_px=(800, 800))
+    default.render(frame)
+    assert default._title.get_fontsize() == 14 and "\n" not in default._title.get_text()
+
+
+def test_a_frame_too_small_for_its_legend_says_which_size_fits():
+    names = [f"class {c}" for c in range(10)]
+    with pytest.raises(InputError, match=r"size_px=\(200, 200\) leaves .* render\.size_px=") as info:
+        FrameRenderer(names, size_px=(200, 200), show_test=True)
+    larger = int(str(info.value).rsplit("=", 1)[1].rstrip(")"))
+    FrameRenderer(names, size_px=(larger, larger), show_test=True).render(_frame())
 
 
 def test_epoch_frame_validates_its_arrays():
@@ -162,6 +193,67 @@ def test_canvas_shape_change_redraws_the_static_part(renderer):
     renderer.render(frame)
     reused = renderer.render(frame_wide)
     np.testing.assert_array_equal(FrameRenderer(NAMES, show_test=True).render(frame_wide), reused)
+
+
+# --- canvas bounds shared by the frames -------------------------------------------------------
+
+
+def _drifting_epochs(n_epochs: int = 8, n: int = 300) -> dict[int, np.ndarray]:
+    """Epochs of a spread-out map that drifts and grows a little from one epoch to the next."""
+    rng = np.random.default_rng(5)
+    return {
+        t: rng.normal(size=(n, 2)) * (2.0 + 0.1 * t) + np.array([0.3 * t, -0.2 * t])
+        for t in range(n_epochs)
+    }
+
+
+def test_global_bounds_leave_out_an_epoch_far_from_the_others(caplog):
+    epochs = _drifting_epochs()
+    rng = np.random.default_rng(6)
+    epochs[0] = rng.normal(size=(300, 2)) * 0.3 + np.array([-30.0, 4.0])  # the untrained blob
+    with caplog.at_level(logging.INFO, logger="timevis_cli.landscape"):
+        bounds, apart = shared_canvas_bounds(epochs)
+    assert apart == [0]
+    assert "0" in caplog.text and "own canvas" in caplog.text
+    others = [points for t, points in epochs.items() if t != 0]
+    assert bounds == canvas_bounds(others)  # covers the others, all of their points
+    assert bounds.xmin > -10.0  # not stretched out to the blob
+    for points in others:
+        assert (points[:, 0] > bounds.xmin).all() and (points[:, 0] < bounds.xmax).all()
+        assert (points[:, 1] > bounds.ymin).all() and (points[:, 1] < bounds.ymax).all()
+    huge = {**epochs, 9: rng.normal(size=(300, 2)) * 80.0}  # an exploded epoch
+    assert shared_canvas_bounds(huge)[1] == [0, 9]
+
+
+def test_global_bounds_of_an_ordinary_run_cover_every_point():
+    epochs = _drifting_epochs()
+    epochs[3] = np.concatenate([epochs[3], [[25.0, -20.0]]])  # one stray point is not an epoch
+    bounds, apart = shared_canvas_bounds(epochs)
+    assert apart == []
+    assert bounds == canvas_bounds(list(epochs.values()))
+    everything = np.concatenate(list(epochs.values()))
+    assert (everything[:, 0] > bounds.xmin).all() and (everything[:, 0] < bounds.xmax).all()
+    assert (everything[:, 1] > bounds.ymin).all() and (everything[:, 1] < bounds.ymax).all()
+    # too few epochs to tell a bulk from an outlier: nothing is left out
+    far = {0: epochs[1] + 100.0, 1: epochs[1]}
+    assert shared_canvas_bounds(far) == (canvas_bounds(list(far.values())), [])
+
+
+def test_plan_render_draws_an_epoch_apart_on_its_own_canvas(tmp_path):
+    epochs = _drifting_epochs(n_epochs=6, n=40)
+    epochs[0] = np.full((40, 2), [-30.0, 4.0]) + np.random.default_rng(1).normal(size=(40, 2)) * 0.1
+    split = np.array(["train"] * 40)
+    run = SimpleNamespace(
+        path=tmp_path, class_names=NAMES, samples=SimpleNamespace(mask=lambda s: split == s)
+    )
+    fit = SimpleNamespace(epochs=list(epochs), embedding=lambda t: {"train": epochs[t]})
+    plan = plan_render(run, fit, load_config().render)
+    assert plan.global_bounds and plan.epochs_apart == [0]
+    shared = canvas_bounds([epochs[t] for t in range(1, 6)])
+    assert all(plan.bounds[t] == shared for t in range(1, 6))
+    assert plan.bounds[0] == canvas_bounds(epochs[0])  # its points are on its own canvas
+    per_epoch = plan_render(run, fit, load_config(overrides=["render.bounds=per-epoch"]).render)
+    assert per_epoch.epochs_apart == [] and per_epoch.bounds[3] == canvas_bounds(epochs[3])
 
 
 def test_renderer_rejects_unknown_classes(renderer):
