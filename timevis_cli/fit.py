@@ -328,7 +328,9 @@ def _layout_graph(
 
     def points() -> Iterator[EpochPoints]:
         for epoch, part in zip(epochs, parts, strict=True):
-            features = np.concatenate([run.features(epoch), part.features]).astype(np.float32)
+            tracked = run.features(epoch)  # train AND test: the test rows are checked here
+            _check_finite(tracked, epoch)
+            features = np.concatenate([tracked, part.features]).astype(np.float32)
             yield EpochPoints(ids, features, model.transform(features))
             reporter.advance(epoch=epoch)
 
@@ -584,7 +586,9 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
             test_pos = np.zeros((len(epochs), int(test_mask.sum()), 2), np.float32)
             boundary_points, boundary_features = [], []
             for i, (epoch, part) in enumerate(zip(epochs, parts, strict=True)):
-                points = model.transform(run.features(epoch))
+                tracked = run.features(epoch)  # train AND test: the test rows are checked here
+                _check_finite(tracked, epoch)
+                points = model.transform(tracked)
                 train_pos[i], test_pos[i] = points[train_mask], points[test_mask]
                 boundary = part.features  # the boundary rows only, since training
                 boundary_points.append(

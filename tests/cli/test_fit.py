@@ -205,6 +205,21 @@ def test_nan_features_are_refused_naming_the_epoch(tmp_path):
         fit(open_run(store), load_config(overrides=FAST))
 
 
+@pytest.mark.parametrize("refine", ["true", "false"])
+def test_nan_in_a_test_sample_is_refused_naming_the_epoch(tmp_path, refine):
+    store = drifting_clusters(tmp_path / "s", n_train=50, n_test=10, epochs=3)
+    import h5py
+
+    test_row = int(np.flatnonzero(open_run(store).samples.mask("test"))[0])
+    with h5py.File(store / "epochs" / "epoch_0001.h5", "r+") as f:
+        data = f["features"][...]
+        data[test_row, 0] = np.inf
+        f["features"][...] = data
+    overrides = FAST + ["training.max_epochs=1", f"refine.enabled={refine}"]
+    with pytest.raises(InputError, match="epoch 1 has 1 samples with NaN or inf"):
+        fit(open_run(store), load_config(overrides=overrides))
+
+
 def test_linear_head_attention_is_stored_once_per_class_pair():
     from timevis_callback.head import Head
     from timevis_cli.fit import vertex_attention
