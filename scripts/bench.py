@@ -47,16 +47,19 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_fit import MNIST_TARGET_S, STAGES, TARGET_STAGES  # noqa: E402
 
 DEFAULT_RUN_DIR = Path("/work/runs/mnist")
 AREAS = ("callback", "fit", "render", "faithfulness")
 HEADER = ["area", "measure", "value", "target", "met"]
 CALLBACK_TARGET = 1.25  # callback time / bare forward cost
-FIT_TARGET_S = 60.0  # complex + training, MNIST-5k, 2 cores
+FIT_TARGET_S = MNIST_TARGET_S  # complex + training + refinement, MNIST-5k, 2 cores
 FRAME_TARGET_S = 0.3  # per frame per core
 ANIMATION_TARGET_S = 60.0  # 200 epochs on 2 cores
-BUILD_STAGES = ("reduction", "complex", "temporal", "mixing", "training", "refine")  # the target's
-FIT_STAGES = (*BUILD_STAGES, "embedding")
+BUILD_STAGES = TARGET_STAGES  # what the fit target times
+FIT_STAGES = STAGES
 EVAL_FILE = Path("eval") / "metrics.json"
 FAITHFULNESS_DOC = "docs/faithfulness.md"
 PPR_FROM = 3  # ppr: mean over epochs >= this (the MNIST run's classifier is past 85% there)
@@ -70,25 +73,14 @@ RENDER_RUNS = {False: {}, True: {"epochs": 20, "points": 2_000, "repeats": 3}}
 def machine_info() -> dict:
     """What the machine line states (this process's view)."""
     import torch
+    from make_synthetic_store import cpu_model, ram_gib
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        ram_gib = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_count": os.cpu_count(),
-        "ram_gib": ram_gib,
+        "ram_gib": ram_gib(),
         "gpu": gpu,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -417,7 +409,6 @@ def main() -> None:
     if "fit" in args.skip:
         rows += recorded_fit_rows(store or find_store(args.run_dir) or args.run_dir)
     else:
-        sys.path.insert(0, str(HERE))
         import bench_fit
 
         result = bench_fit.benchmark(store, device=args.device, preset=preset, threads=args.threads)

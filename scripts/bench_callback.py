@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo_train import SmallResNet, load_data  # noqa: E402
+from make_synthetic_store import cpu_model  # noqa: E402
 
 from timevis_callback import TimeVisCallback  # noqa: E402
 
@@ -116,16 +116,6 @@ def train(
     return timer.epoch_seconds(), timer.load
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure(data: str = "mnist", epochs: int = 3, threads: int = 0) -> dict:
     """Run the benchmark (both trainings, in this process); its measurements as a plain dict.
 
@@ -166,7 +156,7 @@ def measure(data: str = "mnist", epochs: int = 3, threads: int = 0) -> dict:
     # epoch i of the timer ends with the snapshot of recorded epoch i + 1 and its two bare passes
     in_run = [s - sum(b for k, b in brackets if k == i + 1) for i, s in enumerate(with_cb)]
     return {
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -325,24 +325,34 @@ def ensure_store(path: str | Path, spec: SyntheticSpec, progress: bool = True) -
 # --- shared by the benchmarks: machine description, memory figures, the markdown table ---------
 
 
-def machine_description(extra: str = "") -> str:
-    """CPU model, cores, RAM and the load average when the benchmark started (timing noise)."""
-    model = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def ram_gib() -> float | None:
+    """Physical memory in GiB (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def machine_description(extra: str = "") -> str:
+    """CPU model, cores, RAM and the load average when the benchmark started (timing noise)."""
     cores = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    text = f"{model}, {cores} cores" + (f" ({usable} usable)" if usable != cores else "")
-    try:
-        text += f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
-    except (ValueError, OSError, AttributeError):
-        pass
+    text = f"{cpu_model()}, {cores} cores" + (f" ({usable} usable)" if usable != cores else "")
+    ram = ram_gib()
+    if ram is not None:
+        text += f", {ram:.0f} GiB RAM"
     if extra:
         text += f", {extra}"
     if START_LOAD is not None:

@@ -166,6 +166,13 @@ def _check_finite(features: np.ndarray, epoch: int) -> None:
         )
 
 
+def _tracked_features(run: Run, epoch: int) -> np.ndarray:
+    """Every tracked sample's features at ``epoch`` (train AND test rows), checked finite."""
+    features = run.features(epoch)
+    _check_finite(features, epoch)
+    return features
+
+
 def select_fit_epochs(run: Run, text: str) -> list[int]:
     """The recorded epochs named by ``text``; at least two (time travel needs two)."""
     if not run.epochs:
@@ -328,9 +335,8 @@ def _layout_graph(
 
     def points() -> Iterator[EpochPoints]:
         for epoch, part in zip(epochs, parts, strict=True):
-            tracked = run.features(epoch)  # train AND test: the test rows are checked here
-            _check_finite(tracked, epoch)
-            features = np.concatenate([tracked, part.features]).astype(np.float32)
+            features = np.concatenate([_tracked_features(run, epoch), part.features])
+            features = features.astype(np.float32, copy=False)
             yield EpochPoints(ids, features, model.transform(features))
             reporter.advance(epoch=epoch)
 
@@ -586,9 +592,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
             test_pos = np.zeros((len(epochs), int(test_mask.sum()), 2), np.float32)
             boundary_points, boundary_features = [], []
             for i, (epoch, part) in enumerate(zip(epochs, parts, strict=True)):
-                tracked = run.features(epoch)  # train AND test: the test rows are checked here
-                _check_finite(tracked, epoch)
-                points = model.transform(tracked)
+                points = model.transform(_tracked_features(run, epoch))
                 train_pos[i], test_pos[i] = points[train_mask], points[test_mask]
                 boundary = part.features  # the boundary rows only, since training
                 boundary_points.append(

@@ -542,7 +542,7 @@ def fit_decoder(
     generator.manual_seed(_seeds(seed)[1] ^ 0x5EED)
     optimizer = torch.optim.Adam(projector.decoder.parameters(), lr=lr)
     projector.decoder.train()
-    losses: list[float] = []
+    history = torch.zeros(steps, dtype=torch.float32, device=device)  # one transfer at the end
     for step in range(1, steps + 1):
         rows = torch.randint(
             features.shape[0], (min(batch_size, features.shape[0]),), generator=generator, device=device
@@ -551,10 +551,11 @@ def fit_decoder(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss.detach()))
+        history[step - 1] = loss.detach()
         if progress is not None and (step % 10 == 0 or step == steps):
-            progress(step, losses[-1])
+            progress(step, float(history[step - 1]))
     projector.eval()
+    losses = history.tolist()
     if losses and not math.isfinite(losses[-1]):
         raise InputError(f"the decoder's loss became {losses[-1]}; lower refine.decoder_lr={lr}")
     return losses
