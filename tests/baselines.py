@@ -41,7 +41,7 @@ class LinearMap:
     def transform(self, x: np.ndarray) -> np.ndarray:
         return ((np.asarray(x, np.float64) - self.mean) @ self.forward.T).astype(np.float32)
 
-    def inverse_transform(self, y: np.ndarray) -> np.ndarray:
+    def inverse_transform(self, y: np.ndarray, epoch: int | None = None) -> np.ndarray:
         return (np.asarray(y, np.float64) @ self.backward.T + self.mean).astype(np.float32)
 
 

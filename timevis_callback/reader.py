@@ -261,6 +261,38 @@ class Run:
             data = self._dataset(f, schema.FEATURES, rows, width=self.feature_dim)
             return np.asarray(data, dtype=dtype)
 
+    def feature_rows(self, epochs: list[int], rows: np.ndarray) -> np.ndarray:
+        """Features float32 [len(epochs), len(rows), D] of the given store rows (ascending) at
+        every listed epoch: one sample block's trajectories, read without loading whole epochs.
+
+        Each epoch file is sliced by h5py: the contiguous span of the rows when it is at most
+        twice as long as the block, else the rows themselves.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(epochs), len(rows), self.feature_dim), np.float32)
+        if len(rows) == 0:
+            return out
+        first, last = int(rows[0]), int(rows[-1]) + 1
+        contiguous = last - first <= 2 * len(rows)
+        for index, epoch in enumerate(epochs):
+            with self._open_epoch(epoch) as f:
+                if schema.FEATURES not in f:
+                    raise StoreError(f"{f.filename}: dataset {schema.FEATURES!r} is missing")
+                data = f[schema.FEATURES]
+                if data.shape != (len(self.samples), self.feature_dim):
+                    raise StoreError(
+                        f"{f.filename}: dataset {schema.FEATURES!r} has shape {data.shape}, "
+                        f"expected ({len(self.samples)}, {self.feature_dim}) from "
+                        f"{self.run_file.name}; the epoch file is corrupted or belongs to another run"
+                    )
+                try:
+                    out[index] = data[first:last][rows - first] if contiguous else data[rows]
+                except OSError as exc:
+                    raise StoreError(
+                        f"{f.filename}: dataset {schema.FEATURES!r} cannot be read: {exc}"
+                    ) from exc
+        return out
+
     def logits(self, epoch: int, split: str | None = None) -> np.ndarray:
         """Logits float32 (n, num_classes) of one epoch."""
         rows = None if split is None else self.samples.mask(split)

@@ -144,7 +144,7 @@ def fit(
             "fit.device": device,
             "knn.backend": knn,
             "fit.seed": seed,
-            "complex.rate_temporal": temporal_weight,
+            "refine.trajectory_weight": temporal_weight,
         },
     )
     run = open_run(run_dir)

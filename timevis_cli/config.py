@@ -222,7 +222,7 @@ class TrainingConfig(_Section):
     min_improvement: float = _setting(
         0.01, "relative loss improvement that resets the patience", _at_least(0)
     )
-    max_epochs: int = _setting(6, "most training epochs", _at_least(1))
+    max_epochs: int = _setting(2, "most training epochs", _at_least(1))
     edges_per_epoch_factor: float = _setting(
         0.8, "edges sampled per training epoch: floor(factor * sum(w / max w))", _above(0)
     )
@@ -255,37 +255,46 @@ class RefineConfig(_Section):
     """Refining every tracked sample's 2-D position after training (``[refine]``)."""
 
     enabled: bool = _setting(
-        False,
+        True,
         "after training, move every tracked sample's and boundary point's 2-D position with "
-        "UMAP's layout optimisation on each epoch's kNN graph plus temporal edges, then fit the "
-        "decoder to the moved positions (false: the projector's positions as they are)",
+        "UMAP's layout optimisation on each epoch's kNN graph while keeping each sample's "
+        "trajectory shaped like its feature-space path, then fit the decoder to the moved "
+        "positions (false: the projector's positions as they are)",
     )
-    epochs: int = _setting(50, "optimisation epochs of the layout", _at_least(0))
+    epochs: int = _setting(100, "optimisation epochs of the layout", _at_least(0))
     learning_rate: float = _setting(
         0.1, "initial step of the layout optimisation (decays linearly to 0)", _above(0)
     )
     negative_rate: int = _setting(5, "negative samples per sampled edge", _at_least(0))
-    temporal_neighbors: int = _setting(
-        2, "nearest copies of a sample in nearby epochs linked by temporal edges", _at_least(1)
+    trajectory_weight: float = _setting(
+        0.5,
+        "the one knob between space and time: strength of the trajectory stress that keeps each "
+        "sample's 2-D path shaped like its feature-space path (0: per-epoch layouts only, best "
+        "neighbours, worst time; 1: smoother in time, fewer neighbours kept)",
+        _at_least(0),
     )
-    temporal_window: int = _setting(
-        4, "temporal window in recorded-epoch steps (copies within t +- W/2)", _at_least(2)
-    )
-    temporal_factor: float = _setting(
-        1.0,
-        "weight of the refinement's temporal edges, in units of complex.rate_temporal",
+    trajectory_scale: float = _setting(
+        2.0,
+        "size of a sample's 2-D trajectory relative to the projector's (its distances between "
+        "epochs, least-squares fitted to the feature-space ones)",
         _above(0),
     )
-    keep_motion: bool = _setting(
+    trajectory_lags: int = _setting(
+        32,
+        "epoch lags per sample in the trajectory stress: every lag when the run has at most "
+        "this many + 1 epochs, else this many spaced geometrically",
+        _at_least(1),
+    )
+    epoch_decoder: bool = _setting(
         True,
-        "temporal edges keep the projector's step between a sample's copies (false: pull the "
-        "copies together, as in the complex)",
+        "the decoder fitted to the refined positions gets one bias per epoch, so one 2-D point "
+        "can decode to different features at different epochs (false: one decoder for all)",
     )
     decoder_steps: int = _setting(
-        100, "Adam steps fitting the decoder to the refined positions", _at_least(0)
+        150, "Adam steps fitting the decoder to the refined positions", _at_least(0)
     )
     decoder_batch: int = _setting(2000, "vertices per decoder step", _at_least(1))
-    decoder_lr: float = _setting(0.001, "Adam learning rate of the decoder fit", _above(0))
+    decoder_lr: float = _setting(0.01, "Adam learning rate of the decoder fit", _above(0))
 
 
 @dataclass(frozen=True)

@@ -44,12 +44,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
-import h5py
 import numpy as np
 
-from timevis_callback import schema
 from timevis_callback.reader import Run, format_epochs
-from timevis_cli.errors import InputError, StoreError
+from timevis_cli.errors import InputError
 from timevis_cli.fit_io import LoadedFit
 from timevis_cli.metrics import (
     HIGHER_IS_BETTER,
@@ -669,7 +667,7 @@ class _SpatialPass:
                     for c in CONVENTIONS
                 },
             }
-            recon = self.fit.model.inverse_transform(y)
+            recon = self.fit.model.inverse_transform(y, epoch=epoch)
             kept = ppr(head(x).argmax(axis=1), head(recon).argmax(axis=1))
             error = recon_error(x, recon)
             values["ppr"] = dict.fromkeys(CONVENTIONS, kept)
@@ -776,28 +774,13 @@ def _temporal_pass(
 
 
 def _read_rows(run: Run, epochs: list[int], rows: np.ndarray) -> np.ndarray:
-    """Features float32 [T, len(rows), D] of the given store rows (ascending) at every epoch.
-
-    Each epoch file is sliced by h5py: the contiguous span of the rows when it is at most twice
-    as long as the block, else the rows themselves, so no epoch is read whole.
-    """
-    out = np.empty((len(epochs), len(rows), run.feature_dim), np.float32)
-    first, last = int(rows[0]), int(rows[-1]) + 1
-    contiguous = last - first <= 2 * len(rows)
-    for index, epoch in enumerate(epochs):
-        path = run.epoch_path(epoch)
-        try:
-            with h5py.File(path, "r") as f:
-                data = f[schema.FEATURES]
-                out[index] = data[first:last][rows - first] if contiguous else data[rows]
-        except KeyError as exc:
-            raise StoreError(f"{path}: dataset {schema.FEATURES!r} is missing") from exc
-        except OSError as exc:
-            raise StoreError(f"{path}: dataset {schema.FEATURES!r} cannot be read: {exc}") from exc
+    """Features float32 [T, len(rows), D] of the given store rows (ascending) at every epoch,
+    checked finite."""
+    out = run.feature_rows(epochs, rows)
     if not np.isfinite(out).all():
         raise InputError(
-            f"{run.path}: NaN or inf features among store rows {first}-{last - 1}; the metrics "
-            "need finite features"
+            f"{run.path}: NaN or inf features among store rows {int(rows[0])}-{int(rows[-1])}; "
+            "the metrics need finite features"
         )
     return out
 

@@ -29,7 +29,7 @@ import torch
 
 from timevis_callback.boundary import bisect, select_pairs
 from timevis_callback.head import Head
-from timevis_callback.reader import Run
+from timevis_callback.reader import Run, format_epochs
 from timevis_cli.complex import (
     EdgeKind,
     EdgeSet,
@@ -52,7 +52,15 @@ from timevis_cli.neighbors import KNNBackend, resolve_backend
 from timevis_cli.projector import Projector
 from timevis_cli.ranges import parse_range
 from timevis_cli.reduction import select_epochs
-from timevis_cli.refine import EpochPoints, LayoutGraph, layout_graph, refine_layout
+from timevis_cli.refine import (
+    EpochPoints,
+    LayoutGraph,
+    layout_graph,
+    refine_layout,
+    trajectory_distances,
+    trajectory_pairs,
+    trajectory_term,
+)
 from timevis_cli.trainer import SharedRows, TrainParams, TrainReport, fit_decoder, fit_projector
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,7 @@ log = logging.getLogger(__name__)
 FEATURE_BOUNDARY_FRACTION = 0.1  # feature-space boundary points per epoch, of the train samples
 _LINEAR_EQUIVALENT = {"Linear", "Flatten", "Identity", "Dropout"}
 _BATCH = 8192
+_TRAJECTORY_BLOCK_ELEMENTS = 1 << 24  # features [epochs, samples, D] read per block (64 MB)
 
 
 class Reporter:
@@ -82,6 +91,7 @@ class FitModel:
 
     projector: Projector
     device: torch.device
+    epochs: list[int] = field(default_factory=list)  # fitted epochs, in the decoder's order
 
     @torch.no_grad()
     def transform(self, features: np.ndarray) -> np.ndarray:
@@ -89,9 +99,22 @@ class FitModel:
         return self._apply(self.projector.encode, features)
 
     @torch.no_grad()
-    def inverse_transform(self, points: np.ndarray) -> np.ndarray:
-        """Features float32 [n, D] decoded from 2-D points [n, 2]."""
-        return self._apply(self.projector.decode, points)
+    def inverse_transform(self, points: np.ndarray, epoch: int | None = None) -> np.ndarray:
+        """Features float32 [n, D] decoded from 2-D points [n, 2] (at recorded ``epoch``, for a
+        decoder with per-epoch biases; see :meth:`decode_index`)."""
+        index = self.decode_index(epoch)
+        return self._apply(lambda y: self.projector.decode(y, index), points)
+
+    def decode_index(self, epoch: int | None) -> int | None:
+        """The decoder's index of recorded ``epoch`` (None when the decoder is shared by all
+        epochs, or no epoch is given)."""
+        if epoch is None or self.projector.epoch_bias is None:
+            return None
+        if epoch not in self.epochs:
+            raise InputError(
+                f"epoch {epoch} was not fitted; the decoder knows epochs {format_epochs(self.epochs)}"
+            )
+        return self.epochs.index(epoch)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> np.ndarray:
         self.projector.eval()
@@ -330,32 +353,52 @@ def _layout_graph(
 ) -> LayoutGraph:
     """The refinement's graph over every tracked sample and boundary point of every epoch,
     starting from the projector's positions; features are read one epoch at a time."""
-    ids = np.arange(len(run.samples.id))  # a sample's row is its identity across epochs
+    n_tracked = len(run.samples.id)  # a sample's row is its identity across epochs
     reporter.start("refinement graph", len(epochs))
 
     def points() -> Iterator[EpochPoints]:
         for epoch, part in zip(epochs, parts, strict=True):
             features = np.concatenate([_tracked_features(run, epoch), part.features])
             features = features.astype(np.float32, copy=False)
-            yield EpochPoints(ids, features, model.transform(features))
+            yield EpochPoints(features, model.transform(features), n_tracked)
             reporter.advance(epoch=epoch)
 
-    r, c = config.refine, config.complex
     graph = layout_graph(
         points(),
         backend,
         n_neighbors=config.knn.n_neighbors,
-        temporal_neighbors=r.temporal_neighbors,
-        temporal_window=r.temporal_window,
-        rates={"spatial": c.rate_spatial, "temporal": c.rate_temporal * r.temporal_factor},
-        prune_offset=c.prune_offset,
+        rate=config.complex.rate_spatial,
+        prune_offset=config.complex.prune_offset,
     )
     reporter.finish()
     return graph
 
 
+def _trajectories(
+    run: Run, epochs: list[int], graph: LayoutGraph, config: Config, reporter: Reporter
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The trajectory stress's pairs and targets: every sample's feature-space distances between
+    its epochs, read in blocks of samples (every epoch of a block at a time)."""
+    r = config.refine
+    first, second = trajectory_pairs(len(epochs), r.trajectory_lags)
+    n = len(run.samples.id)
+    block = max(1, _TRAJECTORY_BLOCK_ELEMENTS // max(1, len(epochs) * run.feature_dim))
+    reporter.start("trajectories", n)
+
+    def blocks() -> Iterator[np.ndarray]:
+        for start in range(0, n, block):
+            rows = np.arange(start, min(start + block, n))
+            yield run.feature_rows(epochs, rows)
+            reporter.advance(samples=int(rows[-1]) + 1)
+
+    distance = trajectory_distances(blocks(), first, second)
+    reporter.finish()
+    return trajectory_term(graph, first, second, distance, r.trajectory_weight, r.trajectory_scale)
+
+
 def _refine(
     graph: LayoutGraph,
+    trajectory: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
     parts: list[_EpochPart],
     features: torch.Tensor,
     attention: SharedRows,
@@ -380,7 +423,8 @@ def _refine(
         b=b,
         device=device,
         seed=config.fit.seed,
-        keep_motion=r.keep_motion,
+        trajectory=trajectory,
+        trajectory_weight=r.trajectory_weight,
         progress=lambda epoch: reporter.advance(epoch=epoch),
     )
     reporter.finish()
@@ -401,6 +445,9 @@ def _refine(
             for part, start, n in zip(parts, starts, tracked, strict=True)
         ]
     )
+    epoch_index = np.repeat(
+        np.arange(len(parts)), [len(part.train_rows) + len(part.features) for part in parts]
+    )
     reporter.start("decoder", r.decoder_steps)
     losses = fit_decoder(
         model.projector,
@@ -411,15 +458,14 @@ def _refine(
         batch_size=r.decoder_batch,
         lr=r.decoder_lr,
         seed=config.fit.seed,
+        epoch_index=torch.from_numpy(epoch_index) if r.epoch_decoder else None,
         progress=lambda step, loss: reporter.advance(step=step, loss=round(loss, 5)),
     )
     reporter.finish()
     stats["refine"] = {
         "points": int(graph.offsets[-1]),
-        "edges": {
-            "spatial": int((graph.edges.kind == EdgeKind.SPATIAL).sum()),
-            "temporal": int((graph.edges.kind == EdgeKind.TEMPORAL).sum()),
-        },
+        "edges": int(len(graph.edges)),
+        "trajectory_pairs": int(len(trajectory[0])) if trajectory is not None else 0,
         "decoder_loss": [round(losses[0], 6), round(losses[-1], 6)] if losses else [],
         "seconds": {
             "layout": round(layout_seconds, 3),
@@ -574,14 +620,22 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
             progress=lambda info: reporter.advance(**{k: _short(v) for k, v in info.items()}),
         )
         reporter.finish()
-    model = FitModel(projector, device)
+    model = FitModel(projector, device, list(epochs))
     test_mask = run.samples.mask("test")
     if config.refine.enabled:
         with _timed(stats, "refine"):
+            prepared = time.perf_counter()
             graph = _layout_graph(run, epochs, parts, model, config, backend, reporter)
-            train_pos, test_pos, boundary_points = _refine(
-                graph, parts, features, attention, model, run, config, device, reporter, stats
+            trajectory = (
+                _trajectories(run, epochs, graph, config, reporter)
+                if config.refine.trajectory_weight > 0
+                else None
             )
+            prepared = time.perf_counter() - prepared
+            train_pos, test_pos, boundary_points = _refine(
+                graph, trajectory, parts, features, attention, model, run, config, device, reporter, stats
+            )
+            stats["refine"]["seconds"]["graph"] = round(prepared, 3)
         del features, attention
         boundary_features = [p.features.astype(np.float16) for p in parts]
     else:

@@ -200,7 +200,7 @@ def load_fit(run: Run, device: torch.device | None = None) -> LoadedFit:
     device = device or torch.device("cpu")
     projector = Projector.from_checkpoint(saved["projector"], map_location=device)
     return LoadedFit(
-        model=FitModel(projector.eval(), device),
+        model=FitModel(projector.eval(), device, list(epochs)),
         config=Config.from_dict(saved["config"], source=str(path / PROJECTOR_FILE)),
         run_id=run_id,
         epochs=epochs,

@@ -53,8 +53,9 @@ knn_option = click.option(
 temporal_weight_option = click.option(
     "--temporal-weight",
     type=float,
-    help="complex.rate_temporal: higher keeps samples stiller over epochs, lower keeps "
-    "neighbours (default 5; METHOD.md's published 100).",
+    help="refine.trajectory_weight, the one knob between space and time: higher keeps each "
+    "sample's path on the canvas shaped like its path in the network, lower keeps more "
+    "neighbours per epoch (default 0.5; 0: per-epoch layouts only).",
 )
 seed_option = click.option("--seed", type=int, help="Seed of every random choice.")
 overwrite_option = click.option(

@@ -129,7 +129,8 @@ class GridLandscapes:
 
     The fit's decoder is used on ``device`` (a copy when the fit was loaded elsewhere; the fit
     itself is left as it is). The canvas grid is decoded once per distinct bounds (once in all
-    with global bounds), and only the latest is kept, on the device (float32 (R*R, D)); each
+    with global bounds; once per epoch for a decoder with per-epoch biases), and only the latest
+    is kept, on the device (float32 (R*R, D)); each
     epoch's head is rebuilt from the store (``Head.to_torch()``) and applied there.
     ``seconds`` accumulates the time of the ``"decode"`` and ``"heads"`` stages.
     """
@@ -144,26 +145,32 @@ class GridLandscapes:
         if next(projector.parameters()).device != self.device:
             projector = copy.deepcopy(projector).to(self.device)
         self._decode = projector.eval().decode
-        self._decoded: tuple[Bounds, torch.Tensor] | None = None
+        self._decode_index = fit.model.decode_index
+        self._decoded: tuple[tuple[Bounds, int | None], torch.Tensor] | None = None
         self.seconds = {"decode": 0.0, "heads": 0.0}
 
-    def decoded(self, bounds: Bounds) -> torch.Tensor:
-        """The grid of ``bounds`` decoded on the device (only the latest canvas is kept)."""
+    def decoded(self, bounds: Bounds, epoch: int | None = None) -> torch.Tensor:
+        """The grid of ``bounds`` decoded on the device at ``epoch`` (which matters for a decoder
+        with per-epoch biases only; only the latest grid is kept)."""
         import torch
 
-        if self._decoded is None or self._decoded[0] != bounds:
+        index = self._decode_index(epoch)
+        key = (bounds, index)
+        if self._decoded is None or self._decoded[0] != key:
             self._decoded = None  # free the previous canvas first
             started = time.perf_counter()
-            decoded = decode_grid_torch(self._decode, bounds, self.plan.resolution, self.device)
+            decoded = decode_grid_torch(
+                lambda y: self._decode(y, index), bounds, self.plan.resolution, self.device
+            )
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.seconds["decode"] += time.perf_counter() - started
-            self._decoded = (bounds, decoded)
+            self._decoded = (key, decoded)
         return self._decoded[1]
 
     def grid(self, epoch: int) -> Grid:
         """The epoch's grid classes and margins (numpy, on the CPU)."""
-        decoded = self.decoded(self.plan.bounds[epoch])
+        decoded = self.decoded(self.plan.bounds[epoch], epoch)
         started = time.perf_counter()
         grid = classify_grid_torch(decoded, self.run.head(epoch))
         self.seconds["heads"] += time.perf_counter() - started

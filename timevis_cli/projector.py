@@ -26,7 +26,7 @@ DEFAULT_HIDDEN = 256
 """Width of every hidden layer (the reference's ``units``)."""
 DEFAULT_DEPTH = 3
 """Hidden-to-hidden layers in each of encoder and decoder (the reference's ``hidden_layer``)."""
-_CONFIG_KEYS = ("input_dim", "hidden", "depth")
+_CONFIG_KEYS = ("input_dim", "hidden", "depth", "epochs")
 _PCA_RIDGE = 1e-2
 """Ridge of :meth:`Projector.init_pca`'s least squares, relative to the mean diagonal."""
 
@@ -69,7 +69,11 @@ class Projector(nn.Module):
     """
 
     def __init__(
-        self, input_dim: int, hidden: int = DEFAULT_HIDDEN, depth: int = DEFAULT_DEPTH
+        self,
+        input_dim: int,
+        hidden: int = DEFAULT_HIDDEN,
+        depth: int = DEFAULT_DEPTH,
+        epochs: int = 0,
     ) -> None:
         super().__init__()
         self.input_dim = _check_positive_int("input_dim", input_dim, 1)
@@ -78,14 +82,39 @@ class Projector(nn.Module):
         inner = [hidden] * (depth + 1)
         self.encoder = _mlp([input_dim, *inner, EMBEDDING_DIM])
         self.decoder = _mlp([EMBEDDING_DIM, *inner, input_dim])
+        self.epochs = 0
+        self.epoch_bias: nn.Parameter | None = None
+        self.add_epoch_bias(epochs)
+
+    def add_epoch_bias(self, epochs: int) -> None:
+        """Give the decoder one bias per fitted epoch (index ``0 .. epochs - 1``), added to its
+        first layer's output: ``ψ(y, e)`` can then decode one 2-D point to different features
+        at different epochs, which a layout moved away from the encoder needs (refinement).
+        Zero at the start (ψ unchanged); 0 epochs: none. Replaces any previous biases."""
+        self.epochs = _check_positive_int("epochs", epochs, 0)
+        if epochs:
+            weight = self.decoder[0].weight
+            self.epoch_bias = nn.Parameter(
+                torch.zeros(epochs, self.hidden, dtype=weight.dtype, device=weight.device)
+            )
+        else:
+            self.epoch_bias = None
 
     def encode(self, x: Tensor) -> Tensor:
         """φ: features [n, input_dim] → embedding [n, 2]."""
         return self.encoder(x)
 
-    def decode(self, y: Tensor) -> Tensor:
-        """ψ: embedding [n, 2] → features [n, input_dim]."""
-        return self.decoder(y)
+    def decode(self, y: Tensor, epoch: Tensor | int | None = None) -> Tensor:
+        """ψ: embedding [n, 2] → features [n, input_dim].
+
+        ``epoch``: the fitted-epoch index (an int, or int64 [n]) whose bias the decoder adds
+        when it has per-epoch biases (:meth:`add_epoch_bias`); otherwise ignored.
+        """
+        if epoch is None or self.epoch_bias is None:
+            return self.decoder(y)
+        if isinstance(epoch, int) and not 0 <= epoch < self.epochs:
+            raise InputError(f"epoch index {epoch} is outside the decoder's 0..{self.epochs - 1}")
+        return self.decoder[1:](self.decoder[0](y) + self.epoch_bias[epoch])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(φ(x), ψ(φ(x)))``: embedding [n, 2] and reconstruction [n, input_dim]."""
@@ -93,8 +122,13 @@ class Projector(nn.Module):
         return embedding, self.decoder(embedding)
 
     def config(self) -> dict[str, int]:
-        """The constructor arguments, as plain ints."""
-        return {"input_dim": self.input_dim, "hidden": self.hidden, "depth": self.depth}
+        """The constructor arguments, as plain ints (``epochs``: the decoder's per-epoch biases)."""
+        return {
+            "input_dim": self.input_dim,
+            "hidden": self.hidden,
+            "depth": self.depth,
+            "epochs": self.epochs,
+        }
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Projector:

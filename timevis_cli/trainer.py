@@ -516,6 +516,7 @@ def fit_decoder(
     batch_size: int,
     lr: float,
     seed: int,
+    epoch_index: Tensor | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Fit the projector's decoder to map ``positions`` [V, 2] back to ``features`` [V, D].
@@ -523,8 +524,11 @@ def fit_decoder(
     After refinement moves the tracked samples, the decoder (the landscape and ppr) must follow
     them: ``steps`` Adam steps on batches of ``batch_size`` vertices drawn uniformly, with the
     attention-weighted reconstruction loss of training (``attention``: [V, D] or shared rows).
-    The encoder is left as it is. Seeded; runs on the projector's device. Returns the loss of
-    every step; ``progress(step, loss)`` is called every 10 steps and at the end.
+    ``epoch_index`` int64 [V]: each vertex's fitted-epoch index; the decoder then gets one bias
+    per epoch (:meth:`Projector.add_epoch_bias`), fitted with it, since a refined layout may
+    place different epochs' features at one 2-D point. The encoder is left as it is. Seeded;
+    runs on the projector's device. Returns the loss of every step; ``progress(step, loss)`` is
+    called every 10 steps and at the end.
     """
     if positions.ndim != 2 or positions.shape[1] != 2 or positions.shape[0] != features.shape[0]:
         raise InputError(
@@ -538,16 +542,27 @@ def fit_decoder(
     if isinstance(attention, Tensor):
         attention = SharedRows.dense(attention)
     attention = attention.to(device, torch.float32)
+    if epoch_index is not None:
+        if epoch_index.shape != (features.shape[0],) or (epoch_index.numel() and int(epoch_index.min()) < 0):
+            raise InputError(
+                f"epoch_index must be {features.shape[0]} indices >= 0, got shape {tuple(epoch_index.shape)}"
+            )
+        epoch_index = epoch_index.to(device=device, dtype=torch.int64)
+        projector.add_epoch_bias(int(epoch_index.max()) + 1 if epoch_index.numel() else 0)
     generator = torch.Generator(device=device)
     generator.manual_seed(_seeds(seed)[1] ^ 0x5EED)
-    optimizer = torch.optim.Adam(projector.decoder.parameters(), lr=lr)
+    parameters = list(projector.decoder.parameters())
+    if projector.epoch_bias is not None:
+        parameters.append(projector.epoch_bias)
+    optimizer = torch.optim.Adam(parameters, lr=lr)
     projector.decoder.train()
     history = torch.zeros(steps, dtype=torch.float32, device=device)  # one transfer at the end
     for step in range(1, steps + 1):
         rows = torch.randint(
             features.shape[0], (min(batch_size, features.shape[0]),), generator=generator, device=device
         )
-        loss = reconstruction_loss(features[rows], projector.decode(positions[rows]), attention[rows])
+        decoded = projector.decode(positions[rows], None if epoch_index is None else epoch_index[rows])
+        loss = reconstruction_loss(features[rows], decoded, attention[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

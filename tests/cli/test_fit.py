@@ -28,7 +28,7 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     store = drifting_clusters(tmp_path_factory.mktemp("fit") / "store")
-    result = invoke("fit", store, "--set", FAST[0], "--set", FAST[1], "--set", "refine.enabled=true")
+    result = invoke("fit", store, "--set", FAST[0], "--set", FAST[1])  # refinement is the default
     assert result.exit_code == 0, result.output
     return store
 
@@ -48,7 +48,10 @@ def test_fit_writes_every_output(fitted):
     assert report["epochs"] == [0, 1, 2, 3, 4]
     assert set(report["seconds"]) >= {"reduction", "complex", "temporal", "training", "refine"}
     assert report["refine"]["points"] == 5 * 360 + sum(report["complex"]["boundary_per_epoch"].values())
-    assert report["refine"]["edges"]["temporal"] > 0
+    assert report["refine"]["edges"] > 0
+    assert report["refine"]["trajectory_pairs"] == 360 * 10  # every sample, every epoch pair
+    assert set(report["refine"]["seconds"]) == {"graph", "layout", "decoder"}
+    assert saved["projector"]["config"]["epochs"] == 5  # the decoder's per-epoch biases
     assert report["complex"]["edges"]["temporal"] > 0
     assert report["complex"]["boundary_source"]["3"] == "feature"
     assert report["peak_memory_mb"] > 0
@@ -146,11 +149,11 @@ def test_one_class_run_fits_without_boundary_points(tmp_path, caplog):
     assert any("one class" in r.getMessage() for r in caplog.records)
 
 
-def test_temporal_weight_sets_the_temporal_rate(fitted):
+def test_temporal_weight_sets_the_trajectory_weight(fitted):
     result = invoke("fit", fitted, "--overwrite", *sum((["--set", o] for o in FAST), []),
-                    "--temporal-weight", "40")  # fmt: skip
+                    "--temporal-weight", "2.5")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert load_config(fitted / "fit" / "config.toml").complex.rate_temporal == 40.0
+    assert load_config(fitted / "fit" / "config.toml").refine.trajectory_weight == 2.5
 
 
 def test_an_existing_fit_is_kept_unless_overwrite(fitted):
@@ -177,7 +180,7 @@ def test_a_failed_fit_leaves_the_previous_one_intact(fitted):
         (["--device", "cuda"], "no CUDA GPU"),
         (["--set", "trainig.lr=0.1"], "did you mean 'training.lr'"),
         (["--preset", "imagenet"], "imagenet"),
-        (["--temporal-weight", "0"], "complex.rate_temporal"),
+        (["--temporal-weight", "-1"], "refine.trajectory_weight"),
     ],
 )
 def test_bad_fit_requests_are_one_line_errors(fitted, args, message, monkeypatch):

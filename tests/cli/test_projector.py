@@ -28,7 +28,7 @@ def test_architecture_mirrors(depth):
 
 
 def test_defaults_follow_the_method():
-    assert Projector(512).config() == {"input_dim": 512, "hidden": 256, "depth": 3}
+    assert Projector(512).config() == {"input_dim": 512, "hidden": 256, "depth": 3, "epochs": 0}
 
 
 def test_forward_is_encode_then_decode():
@@ -58,7 +58,10 @@ def test_from_config_round_trip_and_refusals():
         "input_dim": 3,
         "hidden": 4,
         "depth": 0,
+        "epochs": 0,  # a checkpoint from before per-epoch decoder biases still loads
     }
+    with_biases = Projector(3, hidden=4, depth=0, epochs=2)
+    assert Projector.from_checkpoint(with_biases.checkpoint()).epoch_bias.shape == (2, 4)
     with pytest.raises(InputError, match="unknown keys"):
         Projector.from_config({"input_dim": 3, "width": 4})
     with pytest.raises(InputError, match="lacks"):
@@ -70,7 +73,8 @@ def test_from_config_round_trip_and_refusals():
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [({"input_dim": 0}, "input_dim"), ({"input_dim": 3, "hidden": 0}, "hidden"),
-     ({"input_dim": 3, "depth": -1}, "depth"), ({"input_dim": 3.0}, "input_dim")],
+     ({"input_dim": 3, "depth": -1}, "depth"), ({"input_dim": 3.0}, "input_dim"),
+     ({"input_dim": 3, "epochs": -1}, "epochs")],
 )  # fmt: skip
 def test_bad_sizes_are_refused(kwargs, name):
     with pytest.raises(InputError, match=name):

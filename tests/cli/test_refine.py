@@ -6,13 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from timevis_cli.complex import EdgeKind
 from timevis_cli.errors import InputError
 from timevis_cli.losses import find_ab_params
 from timevis_cli.metrics import nnpv
 from timevis_cli.neighbors import TorchExact
 from timevis_cli.projector import Projector
-from timevis_cli.refine import EpochPoints, layout_graph, optimize_layout, refine_layout
+from timevis_cli.refine import (
+    EpochPoints,
+    TrajectoryTerm,
+    layout_graph,
+    optimize_layout,
+    refine_layout,
+    trajectory_distances,
+    trajectory_pairs,
+    trajectory_term,
+)
 from timevis_cli.trainer import fit_decoder
 
 A, B = find_ab_params(1.0, 0.1)
@@ -87,12 +95,10 @@ def test_layout_from_a_random_start_recovers_neighbours_and_is_seeded():
     sheet = rng.uniform(0, 10, size=(200, 2))
     x = (sheet @ rng.normal(size=(2, 10))).astype(np.float32)
     graph = layout_graph(
-        [EpochPoints(np.arange(len(x)), x, np.random.default_rng(1).uniform(0, 10, (len(x), 2)))],
+        [EpochPoints(x, np.random.default_rng(1).uniform(0, 10, (len(x), 2)), len(x))],
         TorchExact(),
         n_neighbors=10,
-        temporal_neighbors=1,
-        temporal_window=2,
-        rates={"spatial": 5.0, "temporal": 5.0},
+        rate=5.0,
         prune_offset=0.0,
     )
     start = graph.positions.copy()
@@ -105,41 +111,45 @@ def test_layout_from_a_random_start_recovers_neighbours_and_is_seeded():
     assert nnpv(x, first, k=10) > 0.5
 
 
-def test_layout_graph_links_a_samples_copies_within_the_window_only():
+def test_layout_graph_joins_each_epochs_knn_graph_and_nothing_across_epochs():
     rng = np.random.default_rng(0)
     n, n_boundary, epochs = 30, 5, 5
-    points = []
-    for _ in range(epochs):
-        feats = rng.normal(size=(n + n_boundary, 6)).astype(np.float32)
-        points.append(EpochPoints(np.arange(n), feats, rng.normal(size=(n + n_boundary, 2))))
-    graph = layout_graph(
-        points,
-        TorchExact(),
-        n_neighbors=5,
-        temporal_neighbors=2,
-        temporal_window=2,
-        rates={"spatial": 5.0, "temporal": 5.0},
-        prune_offset=0.0,
-    )
+    points = [
+        EpochPoints(
+            rng.normal(size=(n + n_boundary, 6)).astype(np.float32),
+            rng.normal(size=(n + n_boundary, 2)),
+            n,
+        )
+        for _ in range(epochs)
+    ]
+    graph = layout_graph(points, TorchExact(), n_neighbors=5, rate=5.0, prune_offset=0.0)
     assert graph.offsets.tolist() == [0, 35, 70, 105, 140, 175]
     assert graph.n_tracked.tolist() == [n] * epochs
-    temporal = graph.edges.of_kind(EdgeKind.TEMPORAL)
     epoch_of = np.searchsorted(graph.offsets, np.arange(175), side="right") - 1
-    row_of = np.arange(175) - graph.offsets[epoch_of]
-    assert len(temporal) > 0
-    assert (row_of[temporal.head] == row_of[temporal.tail]).all()  # the same sample
-    assert (row_of[temporal.head] < n).all()  # boundary points have no copies
-    assert (np.abs(epoch_of[temporal.head] - epoch_of[temporal.tail]) == 1).all()  # W = 2
-    spatial = graph.edges.of_kind(EdgeKind.SPATIAL)
-    assert (epoch_of[spatial.head] == epoch_of[spatial.tail]).all()
+    assert len(graph.edges) > 0
+    assert (epoch_of[graph.edges.head] == epoch_of[graph.edges.tail]).all()
+    assert (graph.edges.head != graph.edges.tail).all()
     start, size = graph.segments()
     assert start[40] == 35 and size[40] == 35
+    rows = graph.tracked_rows()
+    assert rows.shape == (n, epochs)
+    assert rows[3].tolist() == [3, 38, 73, 108, 143]  # sample 3 at every epoch, never a boundary row
 
 
 def test_layout_graph_refuses_an_epoch_too_small_to_have_neighbours():
-    points = [EpochPoints(np.arange(2), np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32))]
+    points = [EpochPoints(np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32), 2)]
     with pytest.raises(InputError, match="refine.enabled=false"):
-        layout_graph(points, TorchExact(), 15, 2, 4, {"spatial": 1.0, "temporal": 1.0}, 0.0)
+        layout_graph(points, TorchExact(), 15, 1.0, 0.0)
+
+
+def test_layout_graph_refuses_epochs_tracking_different_samples():
+    rng = np.random.default_rng(0)
+    points = [
+        EpochPoints(rng.normal(size=(10, 3)).astype(np.float32), np.zeros((10, 2), np.float32), n)
+        for n in (8, 7)
+    ]
+    with pytest.raises(InputError, match="same samples at every epoch"):
+        layout_graph(points, TorchExact(), 3, 1.0, 0.0)
 
 
 def test_optimize_layout_rejects_bad_input():
@@ -173,22 +183,114 @@ def test_fit_decoder_follows_new_positions_and_leaves_the_encoder():
     assert (labels[nearest] == labels).mean() > 0.95
 
 
-def test_keep_motion_keeps_the_projectors_step_between_copies():
-    # one sample in two epochs, far from each other at the start, linked by a temporal edge
+def test_fit_decoder_with_epoch_biases_decodes_one_point_per_epoch():
+    # the same 2-D positions at two epochs stand for different features: one shared decoder
+    # can only average them, per-epoch biases tell them apart
+    torch.manual_seed(0)
+    x, labels = _blobs(n=200, dim=8)
+    centres = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0], [5.0, 5.0]])
+    positions = centres[torch.from_numpy(labels)] + 0.3 * torch.randn(len(x), 2)
+    features = torch.from_numpy(np.concatenate([x, -x]))
+    both = torch.cat([positions, positions])
+    epoch = torch.cat([torch.zeros(len(x), dtype=torch.int64), torch.ones(len(x), dtype=torch.int64)])
+    errors = {}
+    for name, index in (("shared", None), ("per-epoch", epoch)):
+        torch.manual_seed(0)
+        projector = Projector(8, hidden=32, depth=1)
+        fit_decoder(
+            projector, both, features, torch.zeros_like(features),
+            steps=400, batch_size=100, lr=1e-2, seed=0, epoch_index=index,
+        )  # fmt: skip
+        with torch.no_grad():
+            decoded = projector.decode(both, index)
+        errors[name] = float((decoded - features).square().mean())
+    assert projector.epochs == 2 and projector.epoch_bias.shape == (2, 32)
+    assert errors["per-epoch"] < 0.25 * errors["shared"]
+    reloaded = Projector.from_checkpoint(projector.checkpoint())
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.decode(positions, 1), projector.decode(positions, 1))
+    with pytest.raises(InputError, match="outside"):
+        projector.decode(positions, 2)
+
+
+def test_trajectory_pairs_cover_every_lag_or_a_geometric_set():
+    first, second = trajectory_pairs(6, 8)
+    assert sorted(set((second - first).tolist())) == [1, 2, 3, 4, 5]
+    assert len(first) == 15 and (first < second).all() and second.max() == 5
+    first, second = trajectory_pairs(200, 16)
+    lags = sorted(set((second - first).tolist()))
+    assert len(lags) <= 16 and lags[:3] == [1, 2, 3] and lags[-1] == 199
+    for lag in lags:  # every epoch pair at each chosen lag
+        assert ((second - first) == lag).sum() == 200 - lag
+    assert len(trajectory_pairs(1, 4)[0]) == 0
+    with pytest.raises(InputError, match="trajectory_lags"):
+        trajectory_pairs(5, 0)
+
+
+def test_trajectory_distances_equal_brute_force_over_blocks():
     rng = np.random.default_rng(0)
-    feats = rng.normal(size=(20, 4)).astype(np.float32)
-    start = rng.uniform(0, 10, size=(20, 2)).astype(np.float32)
-    start[10:] = start[:10] + 3.0  # epoch 1's copies sit 3 units from epoch 0's
-    graph = layout_graph(
-        [EpochPoints(np.arange(10), feats[:10], start[:10]),
-         EpochPoints(np.arange(10), feats[:10] + 0.01, start[10:])],
-        TorchExact(), n_neighbors=3, temporal_neighbors=1, temporal_window=2,
-        rates={"spatial": 5.0, "temporal": 5.0}, prune_offset=0.0,
+    features = rng.normal(size=(7, 23, 5)).astype(np.float32)  # [E, N, D]
+    first, second = trajectory_pairs(7, 3)
+    blocks = [features[:, start : start + 10] for start in range(0, 23, 10)]
+    got = trajectory_distances(blocks, first, second)
+    expected = np.linalg.norm(
+        features[first].astype(np.float64) - features[second].astype(np.float64), axis=2
+    ).T
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def _one_sample_graph(start: np.ndarray):
+    """A graph of one tracked sample over len(start) epochs (a few other points per epoch)."""
+    rng = np.random.default_rng(0)
+    epochs = []
+    for position in start:
+        features = rng.normal(size=(4, 3)).astype(np.float32)
+        positions = np.concatenate([[position], rng.uniform(20, 30, (3, 2))]).astype(np.float32)
+        epochs.append(EpochPoints(features, positions, 1))
+    return layout_graph(epochs, TorchExact(), 2, 1.0, 0.0)
+
+
+def test_trajectory_term_takes_the_shape_from_features_and_the_size_from_the_start():
+    # a sample whose feature path is a straight line with steps 1, 1, 2; drawn at the start
+    # with steps 1, 3, 1 (total spread similar, shape wrong); a second sample never moves
+    steps = np.array([0.0, 1.0, 2.0, 4.0])
+    graph = _one_sample_graph(np.stack([[0.0, 0.0], [1.0, 0.0], [4.0, 0.0], [5.0, 0.0]]))
+    first, second = trajectory_pairs(4, 8)
+    high = np.abs(steps[first] - steps[second])[None, :].astype(np.float32)
+    f, s, target, unit = trajectory_term(graph, first, second, high, 0.5, 2.0)
+    drawn = np.abs(np.array([0.0, 1.0, 4.0, 5.0])[first] - np.array([0.0, 1.0, 4.0, 5.0])[second])
+    fitted = (drawn * high[0]).sum() / np.square(high[0]).sum()
+    np.testing.assert_allclose(target, 2.0 * fitted * high[0], rtol=1e-6)
+    np.testing.assert_allclose(unit, target.mean(), rtol=1e-6)
+    rows = graph.tracked_rows()[0]
+    assert f.tolist() == rows[first].tolist() and s.tolist() == rows[second].tolist()
+    still = trajectory_term(graph, first, second, np.zeros_like(high), 0.5, 1.0)
+    assert (still[2] == 0).all() and (still[3] == 1).all()
+    with pytest.raises(InputError, match="trajectory_weight"):
+        trajectory_term(graph, first, second, high, -1.0, 1.0)
+    with pytest.raises(InputError, match="shape"):
+        trajectory_term(graph, first, second, high[:, :2], 0.5, 1.0)
+
+
+def test_trajectory_stress_reshapes_a_path_to_its_targets():
+    start = np.array([[0.0, 0.0], [1.0, 0.2], [4.0, -0.2], [5.0, 0.1]], np.float32)
+    graph = _one_sample_graph(start)
+    first, second = trajectory_pairs(4, 8)
+    steps = np.array([0.0, 1.0, 2.0, 4.0])
+    high = np.abs(steps[first] - steps[second])[None, :].astype(np.float32)
+    f, s, target, unit = trajectory_term(graph, first, second, high, 1.0, 1.0)
+    positions = torch.from_numpy(graph.positions.copy())
+    no_edges = torch.zeros(0, dtype=torch.int64)
+    start_t, size_t = (torch.from_numpy(v) for v in graph.segments())
+    term = TrajectoryTerm(*(torch.from_numpy(v) for v in (f, s, target, unit)), weight=1.0)
+    optimize_layout(
+        positions, no_edges, no_edges, torch.zeros(0), start_t, size_t,
+        n_epochs=300, a=A, b=B, negative_rate=0, learning_rate=0.2, trajectory=term,
     )  # fmt: skip
-    graph.edges = graph.edges.of_kind(EdgeKind.TEMPORAL)
-    kwargs = dict(n_epochs=100, learning_rate=0.5, negative_rate=0, a=A, b=B, device=torch.device("cpu"), seed=0)
-    kept = refine_layout(graph, keep_motion=True, **kwargs)
-    np.testing.assert_allclose(kept, start, atol=1e-4)  # already at the kept step: no pull
-    together = refine_layout(graph, keep_motion=False, **kwargs)
-    gap = np.linalg.norm(together[10:] - together[:10], axis=1)
-    assert gap.max() < 0.5 * np.linalg.norm([3.0, 3.0])  # pulled together
+    moved = positions.numpy()
+    drawn = np.linalg.norm(moved[f] - moved[s], axis=1)
+    before = np.linalg.norm(start[first] - start[second], axis=1)
+    assert np.abs(drawn - target).max() < 0.1 * target.mean()
+    assert np.abs(before - target).max() > 0.5 * target.mean()  # it was wrong at the start
+    others = np.setdiff1d(np.arange(len(moved)), f.tolist() + s.tolist())
+    np.testing.assert_array_equal(moved[others], graph.positions[others])  # only the sample moved

@@ -14,6 +14,7 @@ from stores import drifting_clusters
 
 from timevis_callback import open_run
 from timevis_callback.head import Head
+from timevis_cli import playback
 from timevis_cli.cli import main
 from timevis_cli.config import load_config
 from timevis_cli.errors import InputError
@@ -105,17 +106,26 @@ def test_class_dtype_is_the_smallest_that_holds_every_class():
 # --- GridLandscapes on a fitted store --------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = drifting_clusters(
-        tmp_path_factory.mktemp("device") / "store", n_train=120, n_test=20, classes=4, epochs=4
-    )
+def _fitted_store(folder, *overrides):
+    path = drifting_clusters(folder / "store", n_train=120, n_test=20, classes=4, epochs=4)
     result = invoke(
         "-q", "fit", path, "--set", "training.max_epochs=1", "--set", "reduction.init_size=50",
-        "--set", "projector.hidden=32", "--device", "cpu",
+        "--set", "projector.hidden=32", "--device", "cpu", *overrides,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A default fit: refined, its decoder has one bias per epoch."""
+    return _fitted_store(tmp_path_factory.mktemp("device"))
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    """A fit whose decoder is shared by every epoch (no refinement)."""
+    return _fitted_store(tmp_path_factory.mktemp("shared"), "--set", "refine.enabled=false")
 
 
 def _plan(store, **settings):
@@ -131,26 +141,34 @@ def test_grid_landscapes_on_cpu_equal_the_numpy_reference(store, bounds):
     landscapes = GridLandscapes(run, fit, plan, torch.device("cpu"))
     for epoch in plan.epochs:
         classes, margins = landscapes.grid(epoch)
-        decoded = decode_grid(fit.model.inverse_transform, plan.bounds[epoch], plan.resolution)
+        decoded = decode_grid(
+            lambda points, e=epoch: fit.model.inverse_transform(points, epoch=e),
+            plan.bounds[epoch],
+            plan.resolution,
+        )
         classes_ref, margins_ref = classify_grid(decoded, run.head(epoch))
         np.testing.assert_array_equal(classes, classes_ref)
         np.testing.assert_allclose(margins, margins_ref, rtol=0, atol=1e-5)
     assert set(landscapes.seconds) == {"decode", "heads"}
 
 
-def test_the_grid_is_decoded_once_with_global_bounds(store, monkeypatch):
-    run, fit, plan = _plan(store, resolution=16)
+@pytest.mark.parametrize("decoder", ["shared", "per-epoch"])
+def test_the_grid_is_decoded_once_with_global_bounds_and_a_shared_decoder(
+    store, shared_store, monkeypatch, decoder
+):
+    run, fit, plan = _plan(shared_store if decoder == "shared" else store, resolution=16)
+    assert (fit.model.projector.epochs == 0) == (decoder == "shared")
     calls = []
-    real = GridLandscapes.decoded
+    real = playback.decode_grid_torch
 
-    def counting(self, bounds):
-        if self._decoded is None or self._decoded[0] != bounds:
-            calls.append(bounds)
-        return real(self, bounds)
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(GridLandscapes, "decoded", counting)
+    monkeypatch.setattr(playback, "decode_grid_torch", counting)
     inputs = list(frame_inputs(GridLandscapes(run, fit, plan, torch.device("cpu")), fit))
-    assert len(calls) == 1 and len(inputs) == len(plan.epochs)
+    expected = 1 if decoder == "shared" else len(plan.epochs)  # biases differ per epoch
+    assert len(calls) == expected and len(inputs) == len(plan.epochs)
     for epoch, given in zip(plan.epochs, inputs, strict=True):
         np.testing.assert_array_equal(given.train_points, fit.embedding(epoch)["train"])
         assert given.classes.shape == given.margins.shape == (16, 16)
