@@ -250,8 +250,10 @@ def measure(args: argparse.Namespace, store: Path, jobs: int) -> dict:
 
     # the parent: the landscape on the device
     landscapes = GridLandscapes(run, fit, plan, device)
+    per_epoch_decoder = fit.model.projector.epoch_bias is not None
     decode = Stage()
-    decode(landscapes.decoded, plan.bounds[picks[0]])
+    if not per_epoch_decoder:  # a shared decoder decodes the canvas once; else every epoch
+        decode(landscapes.decoded, plan.bounds[picks[0]])
     landscapes.grid(picks[0])  # warm-up: device context, kernels
     heads, positions = Stage(), Stage()
     inputs = {}
@@ -328,8 +330,12 @@ def measure(args: argparse.Namespace, store: Path, jobs: int) -> dict:
          "would take"],
         ["device (grid decode + heads, parent)", f"{device} ({args.device}){memory}"],
         ["plan_render (epochs, bounds, subset)", f"{plan_s:.3f} s"],
-        ["parent: grid decode on the device (R² points, once)", decode.text()],
-        ["parent: head on the device, per epoch (read head, argmax + margin, to CPU)",
+        ["parent: grid decode on the device (R² points, once)",
+         "per epoch (the fit's decoder has one bias per epoch): in the next row"
+         if per_epoch_decoder else decode.text()],
+        ["parent: per epoch: head on the device (read head, argmax + margin, to CPU)"
+         + (f"; with the landscape decoded on every {plan.landscape_step}th row and column and "
+            "at class borders" if per_epoch_decoder else ""),
          f"{heads.text(4)} (median of {len(picks)}; {where})"],
         ["parent: the epoch's 2-D positions (fit embedding)", positions.text(4)],
         ["worker: open the store (once per worker; no torch)", opening.text()],

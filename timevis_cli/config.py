@@ -320,6 +320,12 @@ class RenderConfig(_Section):
         "all", "fitted epochs to draw (RANGE)", _matching(_RANGE_PATTERN, _RANGE_TEXT)
     )
     resolution: int = _setting(200, "landscape grid is resolution x resolution", _within(16, 2048))
+    landscape_step: int = _setting(
+        2,
+        "for a decoder with one bias per epoch (refined fits): decode every Nth grid row and "
+        "column and, between them, only the pixels at class borders (1: every pixel)",
+        _within(1, 16),
+    )
     bounds: str = _setting(
         "global",
         "canvas bounds: global (one for all frames but epochs lying far apart) or per-epoch",

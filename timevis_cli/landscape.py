@@ -43,6 +43,7 @@ __all__ = [
     "classify_grid_torch",
     "decode_grid",
     "decode_grid_torch",
+    "landscape_coarse_to_fine",
     "grid_points",
     "landscape_alpha",
     "landscape_image",
@@ -378,24 +379,8 @@ def decode_grid_torch(
     parameters are on ``device`` (e.g. ``Projector.decode``). Rows are in :func:`grid_points`
     order, as :func:`decode_grid` returns them; no gradients are tracked.
     """
-    import torch
-
     batch_size = _check_positive_int("batch_size", batch_size)
-    grid = torch.from_numpy(grid_points(bounds, resolution)).to(device)
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(grid), batch_size):
-            batch = grid[start : start + batch_size]
-            out = decode(batch)
-            if out.ndim != 2 or len(out) != len(batch):
-                raise InputError(
-                    f"decode returned shape {tuple(out.shape)} for {len(batch)} points; "
-                    "expected (n, D)"
-                )
-            parts.append(out.float())
-    decoded = torch.cat(parts)
-    if not bool(torch.isfinite(decoded).all()):
-        raise InputError("the decoded grid contains NaN or infinity; check the fitted projector")
+    decoded = _decode_points(decode, grid_points(bounds, resolution), device, batch_size)
     logger.debug(
         "decoded a %dx%d grid to %d features on %s", resolution, resolution, decoded.shape[1],
         decoded.device,
@@ -417,8 +402,6 @@ def classify_grid_torch(
     batch_size: grid rows per head call; small float64 batches (8 MiB at D = 512) stay in the
     CPU's cache, which makes the CPU path about 1.5x faster than 8192-row batches.
     """
-    import torch
-
     from timevis_callback.boundary import margin
 
     batch_size = _check_positive_int("batch_size", batch_size)
@@ -427,6 +410,17 @@ def classify_grid_torch(
         raise InputError(
             f"decoded grid of shape {tuple(decoded.shape)} must be (R*R, D) for a square grid"
         )
+    logits = _head_logits(decoded, head, batch_size)  # one transfer per epoch: (R*R, C)
+    shape = (resolution, resolution)
+    classes = logits.argmax(axis=1).astype(class_dtype(logits.shape[1])).reshape(shape)
+    return classes, margin(logits).astype(np.float32).reshape(shape)
+
+
+def _head_logits(decoded: torch.Tensor, head: Head, batch_size: int) -> np.ndarray:
+    """Logits float32 (n, C) of one epoch's head on decoded features (n, D), on their device:
+    float64 batches rounded to float32, moved to the CPU once (as :func:`classify_grid`)."""
+    import torch
+
     module = head.to_torch().to(device=decoded.device, dtype=torch.float64)
     parts = []
     with torch.no_grad():
@@ -437,7 +431,95 @@ def classify_grid_torch(
                     f"head returned logits of shape {tuple(logits.shape)}; expected (n, C>=2)"
                 )
             parts.append(logits)
-    logits = torch.cat(parts).cpu().numpy()  # one transfer per epoch: (R*R, C) float32
-    shape = (resolution, resolution)
-    classes = logits.argmax(axis=1).astype(class_dtype(logits.shape[1])).reshape(shape)
-    return classes, margin(logits).astype(np.float32).reshape(shape)
+    if not parts:
+        return np.zeros((0, 2), np.float32)
+    return torch.cat(parts).cpu().numpy()
+
+
+def _decode_points(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    points: np.ndarray,
+    device: torch.device | str,
+    batch_size: int,
+) -> torch.Tensor:
+    """``decode`` of 2-D points float32 (n, 2) in batches on ``device``: float32 (n, D) there."""
+    import torch
+
+    grid = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(device)
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(grid), batch_size):
+            batch = grid[start : start + batch_size]
+            out = decode(batch)
+            if out.ndim != 2 or len(out) != len(batch):
+                raise InputError(
+                    f"decode returned shape {tuple(out.shape)} for {len(batch)} points; "
+                    "expected (n, D)"
+                )
+            parts.append(out.float())
+    decoded = torch.cat(parts)
+    if not bool(torch.isfinite(decoded).all()):
+        raise InputError("the decoded grid contains NaN or infinity; check the fitted projector")
+    return decoded
+
+
+def landscape_coarse_to_fine(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    head: Head,
+    bounds: Bounds,
+    resolution: int,
+    device: torch.device | str,
+    step: int = 2,
+    batch_size: int = 16384,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch's landscape (classes, margins; as :func:`classify_grid_torch`) from fewer
+    decoded points: every ``step``-th row and column of the grid (and the last) is decoded and
+    classified; every other pixel takes the class of the (up to four) decoded pixels around it
+    when they agree, with their margins interpolated bilinearly, and is decoded itself where they
+    do not (near class borders). For a decoder that differs per epoch, where the canvas cannot be
+    decoded once for all epochs: about ``1 / step²`` of the decodes plus the borders. A class
+    region narrower than ``step`` pixels that falls between decoded pixels of one other class is
+    not drawn.
+    """
+    from timevis_callback.boundary import margin
+
+    resolution = _check_positive_int("resolution", resolution)
+    step = _check_positive_int("step", step)
+    grid = grid_points(bounds, resolution).reshape(resolution, resolution, 2)
+    lattice = np.unique(np.r_[np.arange(0, resolution, step), resolution - 1])
+    coarse = grid[np.ix_(lattice, lattice)].reshape(-1, 2)
+    logits = _head_logits(_decode_points(decode, coarse, device, batch_size), head, 2048)
+    n_classes = logits.shape[1]
+    size = len(lattice)
+    coarse_classes = logits.argmax(axis=1).reshape(size, size)
+    coarse_margins = margin(logits).astype(np.float32).reshape(size, size)
+    # for every pixel index, the decoded index at or before it, the next one, and the weight
+    index = np.arange(resolution)
+    lo = np.searchsorted(lattice, index, side="right") - 1
+    on = lattice[lo] == index
+    hi = np.where(on, lo, np.minimum(lo + 1, size - 1))
+    span = np.maximum(lattice[hi] - lattice[lo], 1)
+    weight = np.where(on, 0.0, (index - lattice[lo]) / span).astype(np.float32)
+    corners = [(a, b) for a in (lo, hi) for b in (lo, hi)]
+    classes = coarse_classes[np.ix_(lo, lo)]
+    agree = np.ones((resolution, resolution), bool)
+    for a, b in corners[1:]:
+        agree &= coarse_classes[np.ix_(a, b)] == classes
+    wr, wc = weight[:, None], weight[None, :]
+    margins = (
+        (1 - wr) * (1 - wc) * coarse_margins[np.ix_(lo, lo)]
+        + (1 - wr) * wc * coarse_margins[np.ix_(lo, hi)]
+        + wr * (1 - wc) * coarse_margins[np.ix_(hi, lo)]
+        + wr * wc * coarse_margins[np.ix_(hi, hi)]
+    ).astype(np.float32)
+    border = ~agree
+    if border.any():
+        exact = _head_logits(_decode_points(decode, grid[border], device, batch_size), head, 2048)
+        classes = classes.copy()
+        classes[border] = exact.argmax(axis=1)
+        margins[border] = margin(exact).astype(np.float32)
+    logger.debug(
+        "landscape %dx%d: %d decoded on the lattice, %d at class borders",
+        resolution, resolution, len(coarse), int(border.sum()),
+    )  # fmt: skip
+    return classes.astype(class_dtype(n_classes)), margins

@@ -33,6 +33,7 @@ from timevis_cli.landscape import (
     canvas_bounds,
     classify_grid_torch,
     decode_grid_torch,
+    landscape_coarse_to_fine,
     landscape_image,
     palette,
     shared_canvas_bounds,
@@ -65,6 +66,8 @@ class RenderPlan:
     class_names: list[str] = field(default_factory=list)
     #: global bounds: epochs lying far from the rest, each on its own canvas (not the shared one)
     epochs_apart: list[int] = field(default_factory=list)
+    #: a decoder with per-epoch biases: decode every Nth row and column, then the class borders
+    landscape_step: int = 1
 
 
 def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
@@ -114,6 +117,7 @@ def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
         train_rows=train_rows,
         test_rows=test_rows,
         resolution=settings.resolution,
+        landscape_step=settings.landscape_step,
         global_bounds=settings.bounds == "global",
         class_names=run.class_names,
         epochs_apart=apart,
@@ -128,11 +132,11 @@ class GridLandscapes:
     """Every planned epoch's landscape, computed in THIS process on ``device``.
 
     The fit's decoder is used on ``device`` (a copy when the fit was loaded elsewhere; the fit
-    itself is left as it is). The canvas grid is decoded once per distinct bounds (once in all
-    with global bounds; once per epoch for a decoder with per-epoch biases), and only the latest
-    is kept, on the device (float32 (R*R, D)); each
-    epoch's head is rebuilt from the store (``Head.to_torch()``) and applied there.
-    ``seconds`` accumulates the time of the ``"decode"`` and ``"heads"`` stages.
+    itself is left as it is). A decoder shared by every epoch decodes the canvas grid once per
+    distinct bounds (once in all with global bounds), and only the latest is kept, on the device
+    (float32 (R*R, D)); a decoder with one bias per epoch (a refined fit) decodes each epoch
+    (:meth:`grid`). Each epoch's head is rebuilt from the store (``Head.to_torch()``) and applied
+    there. ``seconds`` accumulates the time of the ``"decode"`` and ``"heads"`` stages.
     """
 
     def __init__(self, run: Run, fit: LoadedFit, plan: RenderPlan, device: torch.device):
@@ -146,31 +150,45 @@ class GridLandscapes:
             projector = copy.deepcopy(projector).to(self.device)
         self._decode = projector.eval().decode
         self._decode_index = fit.model.decode_index
-        self._decoded: tuple[tuple[Bounds, int | None], torch.Tensor] | None = None
+        self._decoded: tuple[Bounds, torch.Tensor] | None = None
         self.seconds = {"decode": 0.0, "heads": 0.0}
 
-    def decoded(self, bounds: Bounds, epoch: int | None = None) -> torch.Tensor:
-        """The grid of ``bounds`` decoded on the device at ``epoch`` (which matters for a decoder
-        with per-epoch biases only; only the latest grid is kept)."""
+    def decoded(self, bounds: Bounds) -> torch.Tensor:
+        """The grid of ``bounds`` decoded on the device by a decoder shared by every epoch (only
+        the latest canvas is kept)."""
         import torch
 
-        index = self._decode_index(epoch)
-        key = (bounds, index)
-        if self._decoded is None or self._decoded[0] != key:
+        if self._decoded is None or self._decoded[0] != bounds:
             self._decoded = None  # free the previous canvas first
             started = time.perf_counter()
-            decoded = decode_grid_torch(
-                lambda y: self._decode(y, index), bounds, self.plan.resolution, self.device
-            )
+            decoded = decode_grid_torch(self._decode, bounds, self.plan.resolution, self.device)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.seconds["decode"] += time.perf_counter() - started
-            self._decoded = (key, decoded)
+            self._decoded = (bounds, decoded)
         return self._decoded[1]
 
     def grid(self, epoch: int) -> Grid:
-        """The epoch's grid classes and margins (numpy, on the CPU)."""
-        decoded = self.decoded(self.plan.bounds[epoch], epoch)
+        """The epoch's grid classes and margins (numpy, on the CPU).
+
+        A decoder shared by every epoch decodes each canvas once; a decoder with one bias per
+        epoch decodes every epoch, then on every ``plan.landscape_step``-th row and column
+        and at class borders only (:func:`~timevis_cli.landscape.landscape_coarse_to_fine`).
+        """
+        index = self._decode_index(epoch)
+        if index is not None:
+            started = time.perf_counter()
+            grid = landscape_coarse_to_fine(
+                lambda y: self._decode(y, index),
+                self.run.head(epoch),
+                self.plan.bounds[epoch],
+                self.plan.resolution,
+                self.device,
+                step=self.plan.landscape_step,
+            )
+            self.seconds["decode"] += time.perf_counter() - started
+            return grid
+        decoded = self.decoded(self.plan.bounds[epoch])
         started = time.perf_counter()
         grid = classify_grid_torch(decoded, self.run.head(epoch))
         self.seconds["heads"] += time.perf_counter() - started

@@ -26,6 +26,7 @@ from timevis_cli.landscape import (
     classify_grid_torch,
     decode_grid,
     decode_grid_torch,
+    landscape_coarse_to_fine,
 )
 from timevis_cli.playback import FrameBuilder, GridLandscapes, frame_inputs, plan_render
 from timevis_cli.render import render_epochs
@@ -135,9 +136,12 @@ def _plan(store, **settings):
     return run, fit, plan_render(run, fit, load_config(overrides=overrides).render)
 
 
+@pytest.mark.parametrize("decoder", ["shared", "per-epoch"])
 @pytest.mark.parametrize("bounds", ["global", "per-epoch"])
-def test_grid_landscapes_on_cpu_equal_the_numpy_reference(store, bounds):
-    run, fit, plan = _plan(store, resolution=24, bounds=bounds)
+def test_grid_landscapes_on_cpu_equal_the_numpy_reference(store, shared_store, bounds, decoder):
+    # landscape_step=1: a per-epoch decoder decodes every pixel too, so both are exact
+    path = shared_store if decoder == "shared" else store
+    run, fit, plan = _plan(path, resolution=24, bounds=bounds, landscape_step=1)
     landscapes = GridLandscapes(run, fit, plan, torch.device("cpu"))
     for epoch in plan.epochs:
         classes, margins = landscapes.grid(epoch)
@@ -152,23 +156,57 @@ def test_grid_landscapes_on_cpu_equal_the_numpy_reference(store, bounds):
     assert set(landscapes.seconds) == {"decode", "heads"}
 
 
+def test_coarse_to_fine_landscape_matches_the_full_grid_with_fewer_decodes(store):
+    run, fit, plan = _plan(store, resolution=61)
+    epoch = plan.epochs[-1]
+    index = fit.model.decode_index(epoch)
+    decoded_points = []
+
+    def decode(points):
+        decoded_points.append(len(points))
+        return fit.model.projector.decode(points, index)
+
+    head = run.head(epoch)
+    full = classify_grid_torch(decode_grid_torch(decode, plan.bounds[epoch], 61, "cpu"), head)
+    assert sum(decoded_points) == 61 * 61
+    decoded_points.clear()
+    classes, margins = landscape_coarse_to_fine(decode, head, plan.bounds[epoch], 61, "cpu", step=2)
+    assert sum(decoded_points) < 0.6 * 61 * 61  # the lattice (31 x 31) and the class borders
+    assert classes.dtype == full[0].dtype and classes.shape == margins.shape == (61, 61)
+    assert len(np.unique(full[0])) >= 2  # a landscape with borders to find
+    assert (classes == full[0]).mean() >= 0.99
+    lattice = np.arange(0, 61, 2)
+    np.testing.assert_array_equal(classes[np.ix_(lattice, lattice)], full[0][np.ix_(lattice, lattice)])
+    np.testing.assert_allclose(margins[np.ix_(lattice, lattice)], full[1][np.ix_(lattice, lattice)], atol=1e-5)
+    assert np.abs(margins - full[1]).mean() < 0.02
+    exact = landscape_coarse_to_fine(decode, head, plan.bounds[epoch], 61, "cpu", step=1)
+    np.testing.assert_array_equal(exact[0], full[0])
+
+
 @pytest.mark.parametrize("decoder", ["shared", "per-epoch"])
 def test_the_grid_is_decoded_once_with_global_bounds_and_a_shared_decoder(
     store, shared_store, monkeypatch, decoder
 ):
     run, fit, plan = _plan(shared_store if decoder == "shared" else store, resolution=16)
     assert (fit.model.projector.epochs == 0) == (decoder == "shared")
-    calls = []
-    real = playback.decode_grid_torch
+    calls = {"canvas": 0, "epoch": 0}
+    canvas, per_epoch = playback.decode_grid_torch, playback.landscape_coarse_to_fine
 
-    def counting(*args, **kwargs):
-        calls.append(args[1])
-        return real(*args, **kwargs)
+    def count(kind, real):
+        def counted(*args, **kwargs):
+            calls[kind] += 1
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(playback, "decode_grid_torch", counting)
+        return counted
+
+    monkeypatch.setattr(playback, "decode_grid_torch", count("canvas", canvas))
+    monkeypatch.setattr(playback, "landscape_coarse_to_fine", count("epoch", per_epoch))
     inputs = list(frame_inputs(GridLandscapes(run, fit, plan, torch.device("cpu")), fit))
-    expected = 1 if decoder == "shared" else len(plan.epochs)  # biases differ per epoch
-    assert len(calls) == expected and len(inputs) == len(plan.epochs)
+    if decoder == "shared":
+        assert calls == {"canvas": 1, "epoch": 0}
+    else:  # each epoch has its own decoder bias
+        assert calls == {"canvas": 0, "epoch": len(plan.epochs)}
+    assert len(inputs) == len(plan.epochs)
     for epoch, given in zip(plan.epochs, inputs, strict=True):
         np.testing.assert_array_equal(given.train_points, fit.embedding(epoch)["train"])
         assert given.classes.shape == given.margins.shape == (16, 16)
