@@ -291,7 +291,7 @@ class RefineConfig(_Section):
         "can decode to different features at different epochs (false: one decoder for all)",
     )
     decoder_steps: int = _setting(
-        150, "Adam steps fitting the decoder to the refined positions", _at_least(0)
+        300, "Adam steps fitting the decoder to the refined positions", _at_least(0)
     )
     decoder_batch: int = _setting(2000, "vertices per decoder step", _at_least(1))
     decoder_lr: float = _setting(0.01, "Adam learning rate of the decoder fit", _above(0))

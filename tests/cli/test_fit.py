@@ -88,6 +88,20 @@ def test_without_refinement_the_embedding_is_the_encoders(tmp_path):
     plain = fit(run, load_config(overrides=base + ["refine.enabled=false"]))
     refined = fit(run, load_config(overrides=base + ["refine.enabled=true"]))
     assert "refine" not in plain.stats and "embedding" in plain.stats["seconds"]
+    # a refined fit's decoder has one bias per fitted epoch; a plain one is shared
+    assert plain.model.projector.epochs == 0 and refined.model.projector.epochs == len(refined.epochs)
+    shared = fit(run, load_config(overrides=base + ["refine.epoch_decoder=false"]))
+    assert shared.model.projector.epochs == 0
+    points = refined.train[1][:5]
+    np.testing.assert_array_equal(  # without biases the epoch is ignored
+        shared.model.inverse_transform(points, epoch=plain.epochs[1]), shared.model.inverse_transform(points)
+    )
+    assert not np.allclose(
+        refined.model.inverse_transform(points, epoch=plain.epochs[0]),
+        refined.model.inverse_transform(points, epoch=plain.epochs[-1]),
+    )
+    with pytest.raises(InputError, match="was not fitted"):
+        refined.model.inverse_transform(points, epoch=99)
     for i, epoch in enumerate(plain.epochs):
         high = run.features(epoch, split="train")
         np.testing.assert_allclose(plain.model.transform(high), plain.train[i], atol=1e-5)
