@@ -147,6 +147,11 @@ def fit(
             "refine.trajectory_weight": temporal_weight,
         },
     )
+    if temporal_weight is not None and not config.refine.enabled:
+        raise InputError(
+            f"--temporal-weight {temporal_weight} sets refine.trajectory_weight, which acts only "
+            "with the refinement; drop --temporal-weight or refine.enabled=false"
+        )
     run = open_run(run_dir)
     if (run.path / FIT_DIR).exists() and not overwrite:
         raise InputError(f"{run.path / FIT_DIR} already exists; pass --overwrite to replace it")

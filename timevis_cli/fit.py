@@ -2,8 +2,12 @@
 
 Stages: reduce every epoch to a covering subset (last epoch first), build each epoch's spatial
 and boundary fuzzy graphs, link each sample's copies across epochs (temporal edges), mix the edge
-types, train the projector on the joined complex, and embed every sample of every epoch.
-Features are read one epoch at a time; what stays in memory is the reduced complex.
+types, train the projector on the joined complex, then either embed every sample of every epoch
+with the encoder or (``[refine]``, the default) refine every tracked sample's and boundary
+point's position (:mod:`timevis_cli.refine`) and fit the decoder, with one bias per epoch, to
+the refined positions. Features are read one epoch at a time (the refinement's trajectory
+distances: blocks of samples across epochs); the complex stays bounded, the refinement's layout
+grows with samples x epochs.
 
     >>> from timevis_callback import open_run                        # doctest: +SKIP
     >>> result = fit(open_run("runs/mnist/store"), load_config())     # doctest: +SKIP
@@ -93,6 +97,13 @@ class FitModel:
     device: torch.device
     epochs: list[int] = field(default_factory=list)  # fitted epochs, in the decoder's order
 
+    def __post_init__(self) -> None:
+        if self.projector.epochs not in (0, len(self.epochs)):
+            raise InputError(
+                f"the decoder has {self.projector.epochs} per-epoch biases but {len(self.epochs)} "
+                "fitted epochs are given; load the fit with timevis_cli.fit_io.load_fit"
+            )
+
     @torch.no_grad()
     def transform(self, features: np.ndarray) -> np.ndarray:
         """2-D positions float32 [n, 2] of features [n, D]."""
@@ -100,19 +111,25 @@ class FitModel:
 
     @torch.no_grad()
     def inverse_transform(self, points: np.ndarray, epoch: int | None = None) -> np.ndarray:
-        """Features float32 [n, D] decoded from 2-D points [n, 2] (at recorded ``epoch``, for a
-        decoder with per-epoch biases; see :meth:`decode_index`)."""
+        """Features float32 [n, D] decoded from 2-D points [n, 2] at recorded ``epoch`` (required
+        when the decoder has per-epoch biases, as after refinement; ignored otherwise)."""
         index = self.decode_index(epoch)
         return self._apply(lambda y: self.projector.decode(y, index), points)
 
     def decode_index(self, epoch: int | None) -> int | None:
         """The decoder's index of recorded ``epoch`` (None when the decoder is shared by all
-        epochs, or no epoch is given)."""
-        if epoch is None or self.projector.epoch_bias is None:
+        epochs). A decoder with per-epoch biases needs the epoch."""
+        if self.projector.epoch_bias is None:
             return None
+        if epoch is None:
+            raise InputError(
+                "this fit's decoder has one bias per epoch; pass epoch= (one of "
+                f"{format_epochs(self.epochs)}) to inverse_transform"
+            )
         if epoch not in self.epochs:
             raise InputError(
-                f"epoch {epoch} was not fitted; the decoder knows epochs {format_epochs(self.epochs)}"
+                f"epoch {epoch} was not fitted (fitted: {format_epochs(self.epochs)}); pick one of "
+                f"those, or refit with --epochs including {epoch}"
             )
         return self.epochs.index(epoch)
 
@@ -393,7 +410,7 @@ def _trajectories(
 
     distance = trajectory_distances(blocks(), first, second)
     reporter.finish()
-    return trajectory_term(graph, first, second, distance, r.trajectory_weight, r.trajectory_scale)
+    return trajectory_term(graph, first, second, distance, r.trajectory_scale)
 
 
 def _refine(
@@ -459,6 +476,7 @@ def _refine(
         lr=r.decoder_lr,
         seed=config.fit.seed,
         epoch_index=torch.from_numpy(epoch_index) if r.epoch_decoder else None,
+        n_epochs=len(parts),
         progress=lambda step, loss: reporter.advance(step=step, loss=round(loss, 5)),
     )
     reporter.finish()

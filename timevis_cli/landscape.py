@@ -2,14 +2,17 @@
 
 A square canvas is laid over the 2-D embedding (:func:`canvas_bounds`; shared by all epochs but
 those lying far apart, :func:`shared_canvas_bounds`), sampled as an ``R x R``
-grid of pixel centres (:func:`grid_points`), decoded once into feature space with the inverse
-projection (:func:`decode_grid`) and classified with one epoch's head (:func:`classify_grid`).
+grid of pixel centres (:func:`grid_points`), decoded into feature space with the inverse
+projection (:func:`decode_grid`; once per canvas for a decoder shared by all epochs) and
+classified with one epoch's head (:func:`classify_grid`).
 :func:`landscape_image` turns classes and margins into an RGB image with the fixed
 :func:`palette`, so a class has the same colour in every frame whether or not it is on the grid.
 
 Everything above is numpy. The last section holds the same decode and classification on a torch
-device (:func:`decode_grid_torch`, :func:`classify_grid_torch`, the GPU when there is one); it
-is the only torch code here and imports torch when called: drawing a frame (colours) needs none.
+device (:func:`decode_grid_torch`, :func:`classify_grid_torch`, the GPU when there is one), and
+:func:`landscape_coarse_to_fine` for a decoder with one bias per epoch (a refined fit), which
+decodes every epoch; it is the only torch code here and imports torch when called: drawing a
+frame (colours) needs none.
 
 Image convention everywhere: row 0 is the TOP of the canvas (largest y), column 0 its left
 (smallest x); that is ``imshow(image, origin="upper", extent=bounds.extent)``.

@@ -4,8 +4,9 @@ The work is split between the parent process and the render workers:
 
 - the parent: :func:`plan_render` resolves epochs, bounds and the sample subset once;
   :class:`GridLandscapes` computes every epoch's landscape on one torch device (the GPU when there
-  is one): the grid is decoded once per canvas and each epoch's head, rebuilt from the store,
-  gives the grid's classes and margins; :func:`frame_inputs` pairs them with the epoch's 2-D
+  is one): the grid is decoded once per canvas (per epoch, coarse-to-fine, for a refined fit's
+  decoder with one bias per epoch) and each epoch's head, rebuilt from the store, gives the
+  grid's classes and margins; :func:`frame_inputs` pairs them with the epoch's 2-D
   positions and streams one small :class:`FrameInput` per epoch to the workers;
 - a worker: the picklable :class:`FrameBuilder` reads labels, predictions and metrics from the
   store, colours the grid and hands the frame to the renderer. Workers never decode, never

@@ -8,6 +8,7 @@ ints and tensors, so ``torch.load(path, weights_only=True)`` reads it and
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,8 +113,15 @@ class Projector(nn.Module):
         """
         if epoch is None or self.epoch_bias is None:
             return self.decoder(y)
-        if isinstance(epoch, int) and not 0 <= epoch < self.epochs:
-            raise InputError(f"epoch index {epoch} is outside the decoder's 0..{self.epochs - 1}")
+        if isinstance(epoch, Tensor) and epoch.ndim:
+            low, high = (int(epoch.min()), int(epoch.max())) if epoch.numel() else (0, 0)
+        else:
+            epoch = low = high = operator.index(epoch)
+        if low < 0 or high >= self.epochs:
+            raise InputError(
+                f"epoch index {low if low < 0 else high} is outside the decoder's 0..{self.epochs - 1}; "
+                "pass the position of a fitted epoch (FitModel.inverse_transform maps epoch numbers)"
+            )
         return self.decoder[1:](self.decoder[0](y) + self.epoch_bias[epoch])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,9 +11,10 @@ epoch, and a learning rate decaying to 0.
 
 Time is kept by a trajectory term: for pairs of one sample's epochs, the 2-D distance between
 its two copies is pulled towards their feature-space distance, scaled to the sample's own 2-D
-trajectory (a stress per sample, relative to its mean target). A sample then moves on the canvas
-as much as it moves in the network, and the epochs nearest to each of its epochs stay the
-nearest (temp_l, temp_g); a sample that does not move in feature space is held in place.
+trajectory (a stress per sample, relative to its mean target). A sample's path then takes its
+shape from feature space and its size from the projector, the epochs nearest to each of its
+epochs stay the nearest (temp_l, temp_g), and a sample that does not move in feature space is
+held in place.
 
 All updates of one optimisation epoch are computed from the same positions and summed
 (``index_add_``), the way GPU UMAP implementations run it; edges are drawn each epoch with
@@ -49,7 +50,10 @@ class TrajectoryTerm:
     ``first``, ``second`` int64 [M]: the rows of each pair; ``target`` [M]: the distance the pair
     is pulled towards; ``scale`` [M] > 0: the unit of the error (the sample's mean target), so
     each step moves the pair by ``weight · step · (target - d) / scale`` along the line joining
-    it, clipped as every update is. Coincident copies (d = 0) have no direction and are left.
+    it, but by at most ``|target - d| / (2 · degree)`` (``degree``: the most pairs either end
+    belongs to), so the summed moves of a point's pairs cannot overshoot however small its
+    trajectory; clipped as every update is. Coincident copies (d = 0) have no direction and are
+    left.
     """
 
     first: Tensor
@@ -57,6 +61,12 @@ class TrajectoryTerm:
     target: Tensor
     scale: Tensor
     weight: float
+
+    def limit(self) -> Tensor:
+        """Per pair, ``1 / (2 · degree)``: the largest gain that cannot overshoot."""
+        size = int(max(self.first.max(), self.second.max())) + 1 if self.first.numel() else 0
+        degree = torch.bincount(self.first, minlength=size) + torch.bincount(self.second, minlength=size)
+        return 0.5 / torch.maximum(degree[self.first], degree[self.second]).to(self.target.dtype)
 
 
 def optimize_layout(
@@ -76,7 +86,7 @@ def optimize_layout(
     progress: Callable[[int], None] | None = None,
     trajectory: TrajectoryTerm | None = None,
 ) -> Tensor:
-    """UMAP's SGD on 2-D positions [V, 2] (float32, updated in place and returned).
+    """UMAP's SGD on 2-D positions [V, 2] (float32; written back in place at the end, and returned).
 
     ``head``, ``tail``: int64 [m] vertex ids of directed edges (give both directions of a
     symmetric graph, as umap-learn iterates its symmetric COO); ``weight`` [m] > 0: edge e is
@@ -109,6 +119,7 @@ def optimize_layout(
     edge_first = segment_start[head]
     edge_last = segment_start[head] + segment_size[head] - 1
     edge_size = segment_size[head].to(dtype)
+    limit = trajectory.limit() if trajectory is not None else None
     for epoch in range(n_epochs):
         alpha = learning_rate * (1.0 - epoch / n_epochs)
         clip = GRADIENT_CLIP * alpha
@@ -142,7 +153,7 @@ def optimize_layout(
         move_x.index_add_(0, h, pull_x)
         move_y.index_add_(0, h, pull_y)
         if trajectory is not None:
-            _trajectory_step(x, y, move_x, move_y, trajectory, alpha, clip)
+            _trajectory_step(x, y, move_x, move_y, trajectory, limit, alpha, clip)
         x += move_x
         y += move_y
         if progress is not None:
@@ -152,14 +163,22 @@ def optimize_layout(
 
 
 def _trajectory_step(
-    x: Tensor, y: Tensor, move_x: Tensor, move_y: Tensor, term: TrajectoryTerm, alpha: float, clip: float
+    x: Tensor,
+    y: Tensor,
+    move_x: Tensor,
+    move_y: Tensor,
+    term: TrajectoryTerm,
+    limit: Tensor,
+    alpha: float,
+    clip: float,
 ) -> None:
     """Add the trajectory stress's update to ``move_x``, ``move_y``."""
     dx = x[term.first] - x[term.second]
     dy = y[term.first] - y[term.second]
     d = (dx * dx + dy * dy).sqrt_()
-    # (target - d) / d along (dx, dy): apart when too close, together when too far
-    coeff = ((term.weight * alpha) * (term.target - d) / (term.scale * d)).nan_to_num_(0.0, 0.0, 0.0)
+    # gain · (target - d) / d along (dx, dy): apart when too close, together when too far
+    gain = torch.minimum((term.weight * alpha) / term.scale, limit)
+    coeff = (gain * (term.target - d) / d).nan_to_num_(0.0, 0.0, 0.0)
     step_x, step_y = (coeff * dx).clamp_(-clip, clip), (coeff * dy).clamp_(-clip, clip)
     move_x.index_add_(0, term.first, step_x)
     move_x.index_add_(0, term.second, -step_x)
@@ -190,7 +209,7 @@ def trajectory_pairs(n_epochs: int, max_lags: int) -> tuple[np.ndarray, np.ndarr
         # the most geometrically spaced lags whose rounding leaves at most max_lags distinct
         count = max_lags
         lags = np.unique(np.round(np.geomspace(1, longest, count)).astype(np.int64))
-        while count < longest:
+        while count < 64 * longest:  # ends far sooner: at most `longest` distinct lags exist
             wider = np.unique(np.round(np.geomspace(1, longest, count + 1)).astype(np.int64))
             if len(wider) > max_lags:
                 break
@@ -317,7 +336,6 @@ def trajectory_term(
     first: np.ndarray,
     second: np.ndarray,
     distance: np.ndarray,
-    weight: float,
     scale: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The pairs of rows, targets and units of the trajectory stress, flattened: int64 [M] x 2,
@@ -326,12 +344,10 @@ def trajectory_term(
     Sample n's targets are ``scale · c_n · distance[n]``, where ``c_n`` fits (least squares) the
     feature-space distances of its pairs to the 2-D distances it has at the start: its
     trajectory keeps its size on the canvas (times ``scale``) and takes its shape from feature
-    space. The unit of its error is its mean target, at least a tenth of the mean sample's: a
+    space. The unit of its error is its mean target, at least 5% of the mean sample's: a
     sample that never moves in feature space gets targets 0 and its copies are pulled together
-    firmly. ``weight`` is checked here; it multiplies the stress in :func:`optimize_layout`.
+    firmly. The stress's weight is applied by :func:`refine_layout`.
     """
-    if not weight >= 0:
-        raise InputError(f"refine.trajectory_weight={weight} must be >= 0")
     if not scale > 0:
         raise InputError(f"refine.trajectory_scale={scale} must be > 0")
     rows = graph.tracked_rows()
@@ -347,7 +363,7 @@ def trajectory_term(
     with np.errstate(invalid="ignore", divide="ignore"):
         fitted = np.where(energy > 0, (drawn * high).sum(axis=1) / energy, 0.0)
     target = (scale * fitted[:, None] * high).astype(np.float32)
-    # the unit of a sample's error: its mean target, at least a tenth of the typical one, so a
+    # the unit of a sample's error: its mean target, at least 5% of the typical one, so a
     # sample (nearly) still in feature space is held (nearly) still, not left free
     unit = target.mean(axis=1, keepdims=True) if target.size else np.ones((len(rows), 1))
     floor = _STILL_FRACTION * float(unit.mean()) if unit.size else 0.0

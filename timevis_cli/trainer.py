@@ -517,6 +517,7 @@ def fit_decoder(
     lr: float,
     seed: int,
     epoch_index: Tensor | None = None,
+    n_epochs: int | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Fit the projector's decoder to map ``positions`` [V, 2] back to ``features`` [V, D].
@@ -524,8 +525,8 @@ def fit_decoder(
     After refinement moves the tracked samples, the decoder (the landscape and ppr) must follow
     them: ``steps`` Adam steps on batches of ``batch_size`` vertices drawn uniformly, with the
     attention-weighted reconstruction loss of training (``attention``: [V, D] or shared rows).
-    ``epoch_index`` int64 [V]: each vertex's fitted-epoch index; the decoder then gets one bias
-    per epoch (:meth:`Projector.add_epoch_bias`), fitted with it, since a refined layout may
+    ``epoch_index`` int64 [V]: each vertex's fitted-epoch index (< ``n_epochs``, default: the
+    largest index + 1); the decoder then gets one bias per epoch (:meth:`Projector.add_epoch_bias`), fitted with it, since a refined layout may
     place different epochs' features at one 2-D point. The encoder is left as it is. Seeded;
     runs on the projector's device. Returns the loss of every step; ``progress(step, loss)`` is
     called every 10 steps and at the end.
@@ -548,7 +549,10 @@ def fit_decoder(
                 f"epoch_index must be {features.shape[0]} indices >= 0, got shape {tuple(epoch_index.shape)}"
             )
         epoch_index = epoch_index.to(device=device, dtype=torch.int64)
-        projector.add_epoch_bias(int(epoch_index.max()) + 1 if epoch_index.numel() else 0)
+        largest = int(epoch_index.max()) + 1 if epoch_index.numel() else 0
+        if n_epochs is not None and n_epochs < largest:
+            raise InputError(f"n_epochs={n_epochs} but epoch_index holds index {largest - 1}")
+        projector.add_epoch_bias(largest if n_epochs is None else n_epochs)
     generator = torch.Generator(device=device)
     generator.manual_seed(_seeds(seed)[1] ^ 0x5EED)
     parameters = list(projector.decoder.parameters())

@@ -257,19 +257,19 @@ def test_trajectory_term_takes_the_shape_from_features_and_the_size_from_the_sta
     graph = _one_sample_graph(np.stack([[0.0, 0.0], [1.0, 0.0], [4.0, 0.0], [5.0, 0.0]]))
     first, second = trajectory_pairs(4, 8)
     high = np.abs(steps[first] - steps[second])[None, :].astype(np.float32)
-    f, s, target, unit = trajectory_term(graph, first, second, high, 0.5, 2.0)
+    f, s, target, unit = trajectory_term(graph, first, second, high, 2.0)
     drawn = np.abs(np.array([0.0, 1.0, 4.0, 5.0])[first] - np.array([0.0, 1.0, 4.0, 5.0])[second])
     fitted = (drawn * high[0]).sum() / np.square(high[0]).sum()
     np.testing.assert_allclose(target, 2.0 * fitted * high[0], rtol=1e-6)
     np.testing.assert_allclose(unit, target.mean(), rtol=1e-6)
     rows = graph.tracked_rows()[0]
     assert f.tolist() == rows[first].tolist() and s.tolist() == rows[second].tolist()
-    still = trajectory_term(graph, first, second, np.zeros_like(high), 0.5, 1.0)
+    still = trajectory_term(graph, first, second, np.zeros_like(high), 1.0)
     assert (still[2] == 0).all() and (still[3] == 1).all()
-    with pytest.raises(InputError, match="trajectory_weight"):
-        trajectory_term(graph, first, second, high, -1.0, 1.0)
+    with pytest.raises(InputError, match="trajectory_scale"):
+        trajectory_term(graph, first, second, high, 0.0)
     with pytest.raises(InputError, match="shape"):
-        trajectory_term(graph, first, second, high[:, :2], 0.5, 1.0)
+        trajectory_term(graph, first, second, high[:, :2], 1.0)
 
 
 def test_trajectory_stress_reshapes_a_path_to_its_targets():
@@ -278,7 +278,7 @@ def test_trajectory_stress_reshapes_a_path_to_its_targets():
     first, second = trajectory_pairs(4, 8)
     steps = np.array([0.0, 1.0, 2.0, 4.0])
     high = np.abs(steps[first] - steps[second])[None, :].astype(np.float32)
-    f, s, target, unit = trajectory_term(graph, first, second, high, 1.0, 1.0)
+    f, s, target, unit = trajectory_term(graph, first, second, high, 1.0)
     positions = torch.from_numpy(graph.positions.copy())
     no_edges = torch.zeros(0, dtype=torch.int64)
     start_t, size_t = (torch.from_numpy(v) for v in graph.segments())
@@ -294,3 +294,28 @@ def test_trajectory_stress_reshapes_a_path_to_its_targets():
     assert np.abs(before - target).max() > 0.5 * target.mean()  # it was wrong at the start
     others = np.setdiff1d(np.arange(len(moved)), f.tolist() + s.tolist())
     np.testing.assert_array_equal(moved[others], graph.positions[others])  # only the sample moved
+
+
+@pytest.mark.parametrize("span", [0.5, 2.0])
+def test_trajectory_stress_does_not_overshoot_a_small_path_over_many_epochs(span):
+    # one sample over 60 epochs on a straight feature path, drawn almost on target: the summed
+    # moves of a copy's 59 pairs must not fold the path (they did before the per-pair cap)
+    n_epochs = 60
+    steps = np.linspace(0.0, span, n_epochs)
+    start = np.stack([steps, np.zeros(n_epochs)], axis=1).astype(np.float32)
+    graph = _one_sample_graph(start + 0.001)
+    first, second = trajectory_pairs(n_epochs, 32)
+    high = np.abs(steps[first] - steps[second])[None, :].astype(np.float32)
+    f, s, target, unit = trajectory_term(graph, first, second, high, 1.0)
+    positions = torch.from_numpy(graph.positions.copy())
+    no_edges = torch.zeros(0, dtype=torch.int64)
+    start_t, size_t = (torch.from_numpy(v) for v in graph.segments())
+    term = TrajectoryTerm(*(torch.from_numpy(v) for v in (f, s, target, unit)), weight=0.5)
+    error_before = np.abs(np.linalg.norm(graph.positions[f] - graph.positions[s], axis=1) - target).max()
+    optimize_layout(
+        positions, no_edges, no_edges, torch.zeros(0), start_t, size_t,
+        n_epochs=100, a=A, b=B, negative_rate=0, learning_rate=0.1, trajectory=term,
+    )  # fmt: skip
+    moved = positions.numpy()
+    error_after = np.abs(np.linalg.norm(moved[f] - moved[s], axis=1) - target).max()
+    assert error_after <= max(2 * error_before, 0.01 * span)
