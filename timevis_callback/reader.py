@@ -237,21 +237,23 @@ class Run:
         except OSError as exc:
             raise StoreError(f"{path} cannot be read: {exc}") from exc
 
-    def _dataset(
-        self, f: h5py.File, key: str, rows: np.ndarray | None, width: int | None = None
-    ) -> np.ndarray:
+    def _checked(self, f: h5py.File, key: str, width: int | None = None) -> h5py.Dataset:
+        """The dataset ``key`` of an epoch file, present and (with ``width``) [N, width]."""
         if key not in f:
             raise StoreError(f"{f.filename}: dataset {key!r} is missing")
-        if width is not None and f[key].shape != (len(self.samples), width):
+        data = f[key]
+        if width is not None and data.shape != (len(self.samples), width):
             raise StoreError(
-                f"{f.filename}: dataset {key!r} has shape {f[key].shape}, expected "
+                f"{f.filename}: dataset {key!r} has shape {data.shape}, expected "
                 f"({len(self.samples)}, {width}) from {self.run_file.name}; the epoch file is "
                 "corrupted or belongs to another run"
             )
-        try:
-            data = f[key][...]
-        except OSError as exc:
-            raise StoreError(f"{f.filename}: dataset {key!r} cannot be read: {exc}") from exc
+        return data
+
+    def _dataset(
+        self, f: h5py.File, key: str, rows: np.ndarray | None, width: int | None = None
+    ) -> np.ndarray:
+        data = _read_selection(f, key, self._checked(f, key, width), Ellipsis)
         return data if rows is None else data[rows]
 
     def features(self, epoch: int, split: str | None = None, dtype: Any = np.float32) -> np.ndarray:
@@ -276,21 +278,12 @@ class Run:
         contiguous = last - first <= 2 * len(rows)
         for index, epoch in enumerate(epochs):
             with self._open_epoch(epoch) as f:
-                if schema.FEATURES not in f:
-                    raise StoreError(f"{f.filename}: dataset {schema.FEATURES!r} is missing")
-                data = f[schema.FEATURES]
-                if data.shape != (len(self.samples), self.feature_dim):
-                    raise StoreError(
-                        f"{f.filename}: dataset {schema.FEATURES!r} has shape {data.shape}, "
-                        f"expected ({len(self.samples)}, {self.feature_dim}) from "
-                        f"{self.run_file.name}; the epoch file is corrupted or belongs to another run"
-                    )
-                try:
-                    out[index] = data[first:last][rows - first] if contiguous else data[rows]
-                except OSError as exc:
-                    raise StoreError(
-                        f"{f.filename}: dataset {schema.FEATURES!r} cannot be read: {exc}"
-                    ) from exc
+                data = self._checked(f, schema.FEATURES, self.feature_dim)
+                if contiguous:
+                    span = _read_selection(f, schema.FEATURES, data, slice(first, last))
+                    out[index] = span[rows - first]
+                else:
+                    out[index] = _read_selection(f, schema.FEATURES, data, rows)
         return out
 
     def logits(self, epoch: int, split: str | None = None) -> np.ndarray:
@@ -384,6 +377,14 @@ class Run:
             f"Run({str(self.path)!r}, samples={len(self.samples)}, "
             f"epochs={format_epochs(self.epochs)}, feature_dim={self.feature_dim})"
         )
+
+
+def _read_selection(f: h5py.File, key: str, data: h5py.Dataset, selection: Any) -> np.ndarray:
+    """``data[selection]``, a read failure reported as a StoreError naming the file and key."""
+    try:
+        return data[selection]
+    except OSError as exc:
+        raise StoreError(f"{f.filename}: dataset {key!r} cannot be read: {exc}") from exc
 
 
 def _plain(value: Any) -> Any:
