@@ -451,20 +451,12 @@ def _refine(
     starts, tracked = graph.offsets[:-1], graph.n_tracked
     # each vertex of the complex (an epoch's selected train samples, then its boundary points)
     # is one point of the layout: the decoder learns the complex's features at their positions
-    layout_row = np.concatenate(
-        [
-            np.concatenate(
-                [
-                    start + train_rows[part.train_rows],
-                    start + n + np.arange(len(part.features)),
-                ]
-            )
-            for part, start, n in zip(parts, starts, tracked, strict=True)
-        ]
-    )
-    epoch_index = np.repeat(
-        np.arange(len(parts)), [len(part.train_rows) + len(part.features) for part in parts]
-    )
+    rows_of_part = [
+        np.concatenate([start + train_rows[part.train_rows], start + n + np.arange(len(part.features))])
+        for part, start, n in zip(parts, starts, tracked, strict=True)
+    ]
+    layout_row = np.concatenate(rows_of_part)
+    epoch_index = np.repeat(np.arange(len(parts)), [len(rows) for rows in rows_of_part])
     reporter.start("decoder", r.decoder_steps)
     losses = fit_decoder(
         model.projector,

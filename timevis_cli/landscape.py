@@ -76,6 +76,9 @@ _TAB20_LIGHT = (
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _EXTRA_SATURATION = (0.75, 0.55, 0.9)
 _EXTRA_VALUE = (0.8, 0.6, 0.7)
+#: Grid rows per head call on a torch device: small float64 batches stay in the CPU's cache.
+_HEAD_BATCH = 2048
+
 #: Robust box of one epoch's points: these quantiles of x and of y (stray points ignored).
 EPOCH_BOX_QUANTILE = 0.01
 #: An epoch lies apart when the gap between its robust box and the median box exceeds this many
@@ -392,7 +395,7 @@ def decode_grid_torch(
 
 
 def classify_grid_torch(
-    decoded: torch.Tensor, head: Head, batch_size: int = 2048
+    decoded: torch.Tensor, head: Head, batch_size: int = _HEAD_BATCH
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply one epoch's head to a decoded grid on the grid's device; the results on the CPU.
 
@@ -491,7 +494,7 @@ def landscape_coarse_to_fine(
     grid = grid_points(bounds, resolution).reshape(resolution, resolution, 2)
     lattice = np.unique(np.r_[np.arange(0, resolution, step), resolution - 1])
     coarse = grid[np.ix_(lattice, lattice)].reshape(-1, 2)
-    logits = _head_logits(_decode_points(decode, coarse, device, batch_size), head, 2048)
+    logits = _head_logits(_decode_points(decode, coarse, device, batch_size), head, _HEAD_BATCH)
     n_classes = logits.shape[1]
     size = len(lattice)
     coarse_classes = logits.argmax(axis=1).reshape(size, size)
@@ -517,8 +520,7 @@ def landscape_coarse_to_fine(
     ).astype(np.float32)
     border = ~agree
     if border.any():
-        exact = _head_logits(_decode_points(decode, grid[border], device, batch_size), head, 2048)
-        classes = classes.copy()
+        exact = _head_logits(_decode_points(decode, grid[border], device, batch_size), head, _HEAD_BATCH)
         classes[border] = exact.argmax(axis=1)
         margins[border] = margin(exact).astype(np.float32)
     logger.debug(

@@ -109,19 +109,19 @@ class Projector(nn.Module):
         """ψ: embedding [n, 2] → features [n, input_dim].
 
         ``epoch``: the fitted-epoch index (an int, or int64 [n]) whose bias the decoder adds
-        when it has per-epoch biases (:meth:`add_epoch_bias`); otherwise ignored.
+        when it has per-epoch biases (:meth:`add_epoch_bias`); otherwise ignored. An int is
+        range-checked here; an index tensor is the caller's to check once (as
+        :func:`~timevis_cli.trainer.fit_decoder` does), not on every batch (a device sync).
         """
         if epoch is None or self.epoch_bias is None:
             return self.decoder(y)
-        if isinstance(epoch, Tensor) and epoch.ndim:
-            low, high = (int(epoch.min()), int(epoch.max())) if epoch.numel() else (0, 0)
-        else:
-            epoch = low = high = operator.index(epoch)
-        if low < 0 or high >= self.epochs:
-            raise InputError(
-                f"epoch index {low if low < 0 else high} is outside the decoder's 0..{self.epochs - 1}; "
-                "pass the position of a fitted epoch (FitModel.inverse_transform maps epoch numbers)"
-            )
+        if not isinstance(epoch, Tensor):
+            epoch = operator.index(epoch)
+            if not 0 <= epoch < self.epochs:
+                raise InputError(
+                    f"epoch index {epoch} is outside the decoder's 0..{self.epochs - 1}; pass the "
+                    "position of a fitted epoch (FitModel.inverse_transform maps epoch numbers)"
+                )
         return self.decoder[1:](self.decoder[0](y) + self.epoch_bias[epoch])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

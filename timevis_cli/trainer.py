@@ -526,8 +526,9 @@ def fit_decoder(
     them: ``steps`` Adam steps on batches of ``batch_size`` vertices drawn uniformly, with the
     attention-weighted reconstruction loss of training (``attention``: [V, D] or shared rows).
     ``epoch_index`` int64 [V]: each vertex's fitted-epoch index (< ``n_epochs``, default: the
-    largest index + 1); the decoder then gets one bias per epoch (:meth:`Projector.add_epoch_bias`), fitted with it, since a refined layout may
-    place different epochs' features at one 2-D point. The encoder is left as it is. Seeded;
+    largest index + 1), checked once here; the decoder then gets one bias per epoch
+    (:meth:`Projector.add_epoch_bias`), fitted with it, since a refined layout may place
+    different epochs' features at one 2-D point. The encoder is left as it is. Seeded;
     runs on the projector's device. Returns the loss of every step; ``progress(step, loss)`` is
     called every 10 steps and at the end.
     """

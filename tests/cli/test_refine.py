@@ -272,6 +272,19 @@ def test_trajectory_term_takes_the_shape_from_features_and_the_size_from_the_sta
         trajectory_term(graph, first, second, high[:, :2], 1.0)
 
 
+def _stress_only(graph, pairs, weight, n_epochs, learning_rate):
+    """The graph's positions after ``n_epochs`` of the trajectory stress alone (no edges)."""
+    positions = torch.from_numpy(graph.positions.copy())
+    no_edges = torch.zeros(0, dtype=torch.int64)
+    start_t, size_t = (torch.from_numpy(v) for v in graph.segments())
+    term = TrajectoryTerm(*(torch.from_numpy(v) for v in pairs), weight=weight)
+    optimize_layout(
+        positions, no_edges, no_edges, torch.zeros(0), start_t, size_t, n_epochs=n_epochs,
+        a=A, b=B, negative_rate=0, learning_rate=learning_rate, trajectory=term,
+    )  # fmt: skip
+    return positions.numpy()
+
+
 def test_trajectory_stress_reshapes_a_path_to_its_targets():
     start = np.array([[0.0, 0.0], [1.0, 0.2], [4.0, -0.2], [5.0, 0.1]], np.float32)
     graph = _one_sample_graph(start)
@@ -279,15 +292,7 @@ def test_trajectory_stress_reshapes_a_path_to_its_targets():
     steps = np.array([0.0, 1.0, 2.0, 4.0])
     high = np.abs(steps[first] - steps[second])[None, :].astype(np.float32)
     f, s, target, unit = trajectory_term(graph, first, second, high, 1.0)
-    positions = torch.from_numpy(graph.positions.copy())
-    no_edges = torch.zeros(0, dtype=torch.int64)
-    start_t, size_t = (torch.from_numpy(v) for v in graph.segments())
-    term = TrajectoryTerm(*(torch.from_numpy(v) for v in (f, s, target, unit)), weight=1.0)
-    optimize_layout(
-        positions, no_edges, no_edges, torch.zeros(0), start_t, size_t,
-        n_epochs=300, a=A, b=B, negative_rate=0, learning_rate=0.2, trajectory=term,
-    )  # fmt: skip
-    moved = positions.numpy()
+    moved = _stress_only(graph, (f, s, target, unit), weight=1.0, n_epochs=300, learning_rate=0.2)
     drawn = np.linalg.norm(moved[f] - moved[s], axis=1)
     before = np.linalg.norm(start[first] - start[second], axis=1)
     assert np.abs(drawn - target).max() < 0.1 * target.mean()
@@ -307,15 +312,7 @@ def test_trajectory_stress_does_not_overshoot_a_small_path_over_many_epochs(span
     first, second = trajectory_pairs(n_epochs, 32)
     high = np.abs(steps[first] - steps[second])[None, :].astype(np.float32)
     f, s, target, unit = trajectory_term(graph, first, second, high, 1.0)
-    positions = torch.from_numpy(graph.positions.copy())
-    no_edges = torch.zeros(0, dtype=torch.int64)
-    start_t, size_t = (torch.from_numpy(v) for v in graph.segments())
-    term = TrajectoryTerm(*(torch.from_numpy(v) for v in (f, s, target, unit)), weight=0.5)
     error_before = np.abs(np.linalg.norm(graph.positions[f] - graph.positions[s], axis=1) - target).max()
-    optimize_layout(
-        positions, no_edges, no_edges, torch.zeros(0), start_t, size_t,
-        n_epochs=100, a=A, b=B, negative_rate=0, learning_rate=0.1, trajectory=term,
-    )  # fmt: skip
-    moved = positions.numpy()
+    moved = _stress_only(graph, (f, s, target, unit), weight=0.5, n_epochs=100, learning_rate=0.1)
     error_after = np.abs(np.linalg.norm(moved[f] - moved[s], axis=1) - target).max()
     assert error_after <= max(2 * error_before, 0.01 * span)
