@@ -109,6 +109,7 @@ def run_worker(args: argparse.Namespace) -> None:
         "seconds": stats["seconds"],
         "wall": wall,
         "complex": stats["complex"],
+        "refine": stats.get("refine"),
         "training": {
             "epochs_run": result.report.epochs_run,
             "max_epochs": config.training.max_epochs,
@@ -272,6 +273,9 @@ def store_rows(results: list[dict], config_text: str) -> tuple[list[str], list[l
         row("peak RSS (process high-water mark)", lambda r: _mb(r["peak_rss_mb"])),
         row("peak RSS as fit.json reports it (ru_maxrss)", lambda r: _mb(r["fit_peak_memory_mb"])),
         row("the complex in memory (features, attention, edges pre/post mixing, draws)", lambda r: _mb(_complex_mb(r))),
+        row("refinement: points / edges / trajectory pairs", lambda r: "no refinement" if not r["refine"]
+            else f"{r['refine']['points']:,} / {r['refine']['edges']:,} / {r['refine']['trajectory_pairs']:,}"),
+        row("refinement: edges and trajectory targets (refine.memory_mb)", _blocks),
         row("peak GPU memory allocated / reserved", lambda r: "n/a (CPU)" if r["peak_gpu_mb"] is None
             else f"{_mb(r['peak_gpu_mb'])} / {_mb(r['peak_gpu_reserved_mb'])}"),
         row("all epochs' features, float16 (never loaded at once)",
@@ -298,7 +302,8 @@ def memory_scaling(args: argparse.Namespace, workdir: Path, overrides: list[str]
     extra = f"torch {ok[0][1]['torch']}, {_threads(ok[0][1]['threads'])}" if ok else ""
     header = ["epochs E", "features, all epochs (f16)", "complex vertices", "edges (mixed)",
               "fit s (total)", "RSS before fit", "peak RSS", "peak - before", "complex",
-              "peak - before - complex", "peak GPU"]  # fmt: skip
+              "refinement blocks", "peak - before - complex - blocks in memory",
+              "peak GPU"]  # fmt: skip
     rows = []
     for e, r in results:
         if "error" in r:
@@ -308,7 +313,7 @@ def memory_scaling(args: argparse.Namespace, workdir: Path, overrides: list[str]
             str(e), _mb(r["feature_bytes"] / 2**20), f"{r['complex']['vertices']:,}",
             f"{sum(r['complex']['edges'].values()):,}", _s(r["wall"]), _mb(r["rss_before_mb"]),
             _mb(r["peak_rss_mb"]), _mb(r["peak_rss_mb"] - (r["rss_before_mb"] or 0.0)),
-            _mb(_complex_mb(r)), _mb(_beyond_complex_mb(r)),
+            _mb(_complex_mb(r)), _blocks(r), _mb(_beyond_complex_mb(r)),
             "n/a (CPU)" if r["peak_gpu_mb"] is None else _mb(r["peak_gpu_mb"]),
         ])  # fmt: skip
     print(f"machine: {machine_description(extra)}")
@@ -333,7 +338,9 @@ def memory_scaling(args: argparse.Namespace, workdir: Path, overrides: list[str]
             f"{e1}: peak RSS {a['peak_rss_mb']:,.0f} -> {b['peak_rss_mb']:,.0f} MB (slope "
             f"{slope:.1f} MB per epoch, least squares); the complex itself (vertex features, "
             f"attention, edges before and after mixing, an epoch's draws) {_complex_mb(a):,.0f} -> "
-            f"{_complex_mb(b):,.0f} MB; the rest (peak - RSS before - complex) "
+            f"{_complex_mb(b):,.0f} MB, the refinement's blocks held in memory (bounded by "
+            f"refine.memory_mb) {_resident_blocks_mb(a):,.0f} -> {_resident_blocks_mb(b):,.0f} MB; "
+            f"the rest (peak - RSS before - complex - blocks in memory) "
             f"{' -> '.join(f'{x:,.0f}' for x in beyond)} MB = {growth:+.2f} MB per epoch ({verdict}: "
             f"flat means under {FLAT_SLOPE_OF_EPOCH:g} x one epoch of the store's features as "
             f"float32, {epoch_f32:.1f} MB). Linear projection to 200 epochs: "
@@ -351,8 +358,28 @@ def _complex_mb(result: dict) -> float:
     return (sum(result["complex"].get("bytes", {}).values()) + draws) / 2**20
 
 
+def _resident_blocks_mb(result: dict) -> float:
+    """The refinement's edges and trajectory targets when held in memory (at most
+    refine.memory_mb; 0 when they went to the scratch file or the refinement was off)."""
+    refine = result.get("refine") or {}
+    return 0.0 if refine.get("scratch_file", True) else refine.get("blocks_bytes", 0) / 2**20
+
+
+def _blocks(result: dict) -> str:
+    refine = result.get("refine")
+    if not refine:
+        return "no refinement"
+    where = "scratch file" if refine["scratch_file"] else "in memory"
+    return f"{_mb(refine['blocks_bytes'] / 2**20)} ({where})"
+
+
 def _beyond_complex_mb(result: dict) -> float:
-    return result["peak_rss_mb"] - (result["rss_before_mb"] or 0.0) - _complex_mb(result)
+    return (
+        result["peak_rss_mb"]
+        - (result["rss_before_mb"] or 0.0)
+        - _complex_mb(result)
+        - _resident_blocks_mb(result)
+    )
 
 
 def main() -> None:

@@ -285,6 +285,13 @@ class RefineConfig(_Section):
         "this many + 1 epochs, else this many spaced geometrically",
         _at_least(1),
     )
+    memory_mb: int = _setting(
+        2048,
+        "the refinement's edges and trajectory targets are held in memory (on the fit device) up "
+        "to this many MB; past it they go to a scratch file in RUN_DIR, read back once per layout "
+        "epoch, so memory stays flat in the number of epochs (0: always the file)",
+        _at_least(0),
+    )
     epoch_decoder: bool = _setting(
         True,
         "the decoder fitted to the refined positions gets one bias per epoch, so one 2-D point "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import math
 import resource
@@ -59,6 +60,7 @@ from timevis_cli.reduction import select_epochs
 from timevis_cli.refine import (
     EpochPoints,
     LayoutGraph,
+    Trajectories,
     layout_graph,
     refine_layout,
     trajectory_distances,
@@ -177,17 +179,26 @@ def _peak_memory_mb() -> float:
 
 
 def _return_freed_memory() -> None:
-    """Hand the heap pages that building the complex freed back to the OS (glibc only).
+    """Hand the heap pages freed so far back to the OS (glibc only; a no-op elsewhere).
 
-    Without it glibc keeps them mapped, the training's allocations land elsewhere, and the
-    peak grows with the epochs by the size of the build's temporaries. A no-op elsewhere.
+    Called after each epoch of the streaming stages: glibc keeps freed pages mapped, and when a
+    small array that lives on (an epoch's edges or positions) lands above an epoch's freed
+    temporaries, the heap cannot reuse or return them, so the peak grows with the epochs by the
+    size of the temporaries (measured: +4.6 MB per epoch of 2 400 x 512 features without it,
+    flat with it).
     """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
-        return
+        return None
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    return getattr(libc, "malloc_trim", None)
 
 
 @contextmanager
@@ -378,6 +389,8 @@ def _layout_graph(
             features = np.concatenate([_tracked_features(run, epoch), part.features])
             features = features.astype(np.float32, copy=False)
             yield EpochPoints(features, model.transform(features), n_tracked)
+            del features
+            _return_freed_memory()
             reporter.advance(epoch=epoch)
 
     graph = layout_graph(
@@ -386,16 +399,24 @@ def _layout_graph(
         n_neighbors=config.knn.n_neighbors,
         rate=config.complex.rate_spatial,
         prune_offset=config.complex.prune_offset,
+        budget_bytes=_budget_bytes(config),
+        scratch_dir=run.path,
     )
     reporter.finish()
     return graph
 
 
 def _trajectories(
-    run: Run, epochs: list[int], graph: LayoutGraph, config: Config, reporter: Reporter
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The trajectory stress's pairs and targets: every sample's feature-space distances between
-    its epochs, read in blocks of samples (every epoch of a block at a time)."""
+    run: Run,
+    epochs: list[int],
+    graph: LayoutGraph,
+    config: Config,
+    device: torch.device,
+    reporter: Reporter,
+) -> Trajectories:
+    """The trajectory stress's targets: every sample's feature-space distances between its
+    epochs, read in blocks of samples (every epoch of a block at a time); the targets are kept
+    within what the layout graph left of ``refine.memory_mb``."""
     r = config.refine
     first, second = trajectory_pairs(len(epochs), r.trajectory_lags)
     n = len(run.samples.id)
@@ -406,16 +427,29 @@ def _trajectories(
         for start in range(0, n, block):
             rows = np.arange(start, min(start + block, n))
             yield run.feature_rows(epochs, rows)
+            _return_freed_memory()
             reporter.advance(samples=int(rows[-1]) + 1)
 
-    distance = trajectory_distances(blocks(), first, second)
+    trajectories = trajectory_term(
+        graph,
+        first,
+        second,
+        trajectory_distances(blocks(), first, second, device),
+        r.trajectory_scale,
+        budget_bytes=max(0, _budget_bytes(config) - graph.edges.resident_bytes),
+        scratch_dir=run.path,
+    )
     reporter.finish()
-    return trajectory_term(graph, first, second, distance, r.trajectory_scale)
+    return trajectories
+
+
+def _budget_bytes(config: Config) -> int:
+    return int(config.refine.memory_mb * 2**20)
 
 
 def _refine(
     graph: LayoutGraph,
-    trajectory: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
+    trajectory: Trajectories | None,
     parts: list[_EpochPart],
     features: torch.Tensor,
     attention: SharedRows,
@@ -448,12 +482,12 @@ def _refine(
     layout_seconds = time.perf_counter() - started
     train_rows = np.flatnonzero(run.samples.mask("train"))
     test_rows = np.flatnonzero(run.samples.mask("test"))
-    starts, tracked = graph.offsets[:-1], graph.n_tracked
+    starts, n = graph.offsets[:-1], graph.n_tracked
     # each vertex of the complex (an epoch's selected train samples, then its boundary points)
     # is one point of the layout: the decoder learns the complex's features at their positions
     rows_of_part = [
         np.concatenate([start + train_rows[part.train_rows], start + n + np.arange(len(part.features))])
-        for part, start, n in zip(parts, starts, tracked, strict=True)
+        for part, start in zip(parts, starts, strict=True)
     ]
     layout_row = np.concatenate(rows_of_part)
     epoch_index = np.repeat(np.arange(len(parts)), [len(rows) for rows in rows_of_part])
@@ -474,8 +508,11 @@ def _refine(
     reporter.finish()
     stats["refine"] = {
         "points": int(graph.offsets[-1]),
-        "edges": int(len(graph.edges)),
-        "trajectory_pairs": int(len(trajectory[0])) if trajectory is not None else 0,
+        "edges": graph.n_edges,
+        "trajectory_pairs": trajectory.n_pairs if trajectory is not None else 0,
+        # edges and trajectory targets: held in memory, or in a scratch file past refine.memory_mb
+        "blocks_bytes": graph.edges.nbytes + (trajectory.targets.nbytes if trajectory else 0),
+        "scratch_file": graph.edges.spilled or bool(trajectory and trajectory.targets.spilled),
         "decoder_loss": [round(losses[0], 6), round(losses[-1], 6)] if losses else [],
         "seconds": {
             "layout": round(layout_seconds, 3),
@@ -484,7 +521,7 @@ def _refine(
     }
     train = np.stack([positions[s + train_rows] for s in starts])
     test = np.stack([positions[s + test_rows] for s in starts])
-    boundary = [positions[s + n : e] for s, n, e in zip(starts, tracked, graph.offsets[1:], strict=True)]
+    boundary = [positions[s + n : e] for s, e in zip(starts, graph.offsets[1:], strict=True)]
     return train, test, boundary
 
 
@@ -511,6 +548,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
             reporter.start("reduction", len(epochs))
 
             def load(epoch: int) -> np.ndarray:
+                _return_freed_memory()  # the previous epoch's
                 features = run.features(epoch, split="train")
                 _check_finite(features, epoch)
                 reporter.advance(epoch=epoch)
@@ -549,6 +587,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
             vertices.append(epoch_vertices)
             edge_sets.extend(edges)
             offset += len(part.features)
+            _return_freed_memory()
             reporter.advance(epoch=epoch, vertices=len(part.features))
         reporter.finish()
     with _timed(stats, "temporal"):
@@ -636,15 +675,18 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
         with _timed(stats, "refine"):
             prepared = time.perf_counter()
             graph = _layout_graph(run, epochs, parts, model, config, backend, reporter)
-            trajectory = (
-                _trajectories(run, epochs, graph, config, reporter)
-                if config.refine.trajectory_weight > 0
-                else None
-            )
-            prepared = time.perf_counter() - prepared
-            train_pos, test_pos, boundary_points = _refine(
-                graph, trajectory, parts, features, attention, model, run, config, device, reporter, stats
-            )
+            trajectory = None
+            try:
+                if config.refine.trajectory_weight > 0:
+                    trajectory = _trajectories(run, epochs, graph, config, device, reporter)
+                prepared = time.perf_counter() - prepared
+                train_pos, test_pos, boundary_points = _refine(
+                    graph, trajectory, parts, features, attention, model, run, config, device, reporter, stats
+                )
+            finally:
+                graph.close()
+                if trajectory is not None:
+                    trajectory.close()
             stats["refine"]["seconds"]["graph"] = round(prepared, 3)
         del features, attention
         boundary_features = [p.features.astype(np.float16) for p in parts]

@@ -46,7 +46,7 @@ KNN_BACKENDS: tuple[str, ...] = ("auto", "faiss-gpu", "faiss-cpu", "torch", "pyn
 FAISS_GPU_MAX_K = 2048
 """Largest k that FAISS's GPU selection kernels support."""
 
-_REFINE_BLOCK_ELEMENTS = 2**24
+_REFINE_BLOCK_ELEMENTS = 2**22  # candidates x features per block of the exact re-ranking (16 MB)
 """Bound on the elements of the ``[rows, k, n_features]`` block used to recompute distances."""
 
 

@@ -16,6 +16,12 @@ shape from feature space and its size from the projector, the epochs nearest to 
 epochs stay the nearest (temp_l, temp_g), and a sample that does not move in feature space is
 held in place.
 
+Memory stays flat in the number of epochs: only the positions of every (sample, epoch) point are
+held (the output itself); each epoch's edges and each block of samples' trajectory targets sit
+in a :class:`~timevis_cli.blocks.BlockStore`, in memory up to a budget, past it in a scratch
+file read back block by block once per optimisation epoch (the same blocks in the same order,
+so the same result).
+
 All updates of one optimisation epoch are computed from the same positions and summed
 (``index_add_``), the way GPU UMAP implementations run it; edges are drawn each epoch with
 probability ``w / max(w)`` (umap-learn visits edge e every ``max(w) / w_e`` epochs: the same
@@ -25,14 +31,17 @@ expectation).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from timevis_cli.complex import EdgeSet, mix_edges, spatial_edges
+from timevis_cli.blocks import BlockStore
+from timevis_cli.complex import mix_edges, spatial_edges
 from timevis_cli.errors import InputError
 from timevis_cli.neighbors import KNNBackend
 
@@ -42,40 +51,82 @@ GRADIENT_CLIP = 4.0  # umap-learn's per-coordinate clip of every update
 _REPULSION_EPS = 0.001  # umap-learn's offset of d² in the repulsive gradient
 _STILL_FRACTION = 0.05  # smallest unit of the trajectory stress, of the mean sample's
 
+_T = TypeVar("_T")
+
+
+EDGE_FIELDS = {"head": np.int32, "tail": np.int32, "weight": np.float32}  # one epoch's edges
+TARGET_FIELDS = {"target": np.float32}  # a block of samples' trajectory targets [B, P]
+_PAIRS_PER_BLOCK = 1 << 20  # trajectory pairs per block (its step's temporaries: ~40 B a pair)
+
 
 @dataclass(frozen=True)
-class TrajectoryTerm:
-    """The trajectory stress of :func:`optimize_layout`, on pairs of points (a sample's copies).
+class EdgeBlock:
+    """The edges of one segment of the layout (one epoch's points, rows ``start`` to
+    ``start + size - 1``) for :func:`optimize_layout`.
 
-    ``first``, ``second`` int64 [M]: the rows of each pair; ``target`` [M]: the distance the pair
-    is pulled towards; ``scale`` [M] > 0: the unit of the error (the sample's mean target), so
-    each step moves the pair by ``weight · step · (target - d) / scale`` along the line joining
-    it, but by at most ``|target - d| / (2 · degree)`` (``degree``: the most pairs either end
-    belongs to), so the summed moves of a point's pairs cannot overshoot however small its
-    trajectory; clipped as every update is. Coincident copies (d = 0) have no direction and are
-    left.
+    ``head``, ``tail``: int32 or int64 [m] rows counted from ``start``; ``probability`` [m]: the
+    chance the edge is used in an optimisation epoch (``w / max(w)``). An edge's negatives are
+    drawn from its segment.
+    """
+
+    head: Tensor
+    tail: Tensor
+    probability: Tensor
+    start: int
+    size: int
+
+    def __post_init__(self) -> None:
+        shapes = {tuple(v.shape) for v in (self.head, self.tail, self.probability)}
+        if len(shapes) != 1 or self.head.ndim != 1:
+            raise InputError(
+                f"head, tail and probability must be 1-D of one length, got {tuple(self.head.shape)}, "
+                f"{tuple(self.tail.shape)}, {tuple(self.probability.shape)}"
+            )
+        if self.start < 0 or self.size < 1:
+            raise InputError(f"a segment needs start >= 0 and size >= 1, got {self.start}, {self.size}")
+
+
+@dataclass(frozen=True)
+class PairBlock:
+    """The trajectory stress of a block of tracked samples for :func:`optimize_layout`.
+
+    Every sample has the same pairs of epochs: sample ``sample + i``'s pair p joins rows
+    ``first[p] + sample + i`` and ``second[p] + sample + i`` (``first``, ``second`` int64 [P]:
+    the rows of sample 0 at the pair's two epochs). ``target`` [B, P]: the distance each pair is
+    pulled towards; ``unit`` [B] > 0: each sample's unit of error; ``limit`` [P]: the largest
+    gain that cannot overshoot, ``1 / (2 · degree)`` with ``degree`` the most pairs either end
+    belongs to. Each step moves a pair by ``weight · step · (target - d) / unit`` along the line
+    joining it, at most ``limit · |target - d|``, clipped as every update is; coincident copies
+    (d = 0) have no direction and are left.
     """
 
     first: Tensor
     second: Tensor
+    limit: Tensor
+    sample: int
     target: Tensor
-    scale: Tensor
-    weight: float
+    unit: Tensor
 
-    def limit(self) -> Tensor:
-        """Per pair, ``1 / (2 · degree)``: the largest gain that cannot overshoot."""
-        size = int(max(self.first.max(), self.second.max())) + 1 if self.first.numel() else 0
-        degree = torch.bincount(self.first, minlength=size) + torch.bincount(self.second, minlength=size)
-        return 0.5 / torch.maximum(degree[self.first], degree[self.second]).to(self.target.dtype)
+    def __post_init__(self) -> None:
+        p = tuple(self.first.shape)
+        if len(p) != 1 or tuple(self.second.shape) != p or tuple(self.limit.shape) != p:
+            raise InputError(f"first, second and limit must be 1-D of one length, got {p}")
+        if self.target.ndim != 2 or self.target.shape[1] != p[0] or tuple(self.unit.shape) != self.target.shape[:1]:
+            raise InputError(
+                f"target must be [B, {p[0]}] and unit [B], got {tuple(self.target.shape)}, {tuple(self.unit.shape)}"
+            )
+
+
+def pair_limit(first: np.ndarray, second: np.ndarray, n_epochs: int) -> np.ndarray:
+    """Per pair of epochs, ``1 / (2 · degree)``: ``degree`` is the most pairs either epoch of the
+    pair belongs to, so a copy's summed moves over its pairs stay within its error. float32 [P]."""
+    degree = np.bincount(first, minlength=n_epochs) + np.bincount(second, minlength=n_epochs)
+    return (0.5 / np.maximum(degree[first], degree[second])).astype(np.float32)
 
 
 def optimize_layout(
     positions: Tensor,
-    head: Tensor,
-    tail: Tensor,
-    weight: Tensor,
-    segment_start: Tensor,
-    segment_size: Tensor,
+    edges: Iterable[EdgeBlock],
     *,
     n_epochs: int,
     a: float,
@@ -84,76 +135,40 @@ def optimize_layout(
     learning_rate: float = 1.0,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
-    trajectory: TrajectoryTerm | None = None,
+    trajectory: Iterable[PairBlock] | None = None,
+    trajectory_weight: float = 0.0,
 ) -> Tensor:
     """UMAP's SGD on 2-D positions [V, 2] (float32; written back in place at the end, and returned).
 
-    ``head``, ``tail``: int64 [m] vertex ids of directed edges (give both directions of a
-    symmetric graph, as umap-learn iterates its symmetric COO); ``weight`` [m] > 0: edge e is
-    used in an epoch with probability ``weight[e] / max(weight)``. Used edges pull both ends
-    together; each also pushes its head away from ``negative_rate`` vertices drawn uniformly from
-    the head's segment ``[segment_start[v], segment_start[v] + segment_size[v])`` (its epoch),
-    [V] int64 each (a vertex drawn as its own negative is not pushed). The step is
-    ``learning_rate · (1 - epoch / n_epochs)``; every update is clipped to ±4 per coordinate.
-    ``trajectory`` adds its stress to every epoch's update. ``progress`` is called with the
-    epoch number after each.
+    ``edges``: blocks of directed edges (give both directions of a symmetric graph, as umap-learn
+    iterates its symmetric COO); an edge is used in an epoch with its block's probability. Used
+    edges pull both ends together; each also pushes its head away from ``negative_rate`` rows
+    drawn uniformly from its block's segment (a row drawn as its own negative is not pushed). The
+    step is ``learning_rate · (1 - epoch / n_epochs)``; every update is clipped to ±4 per
+    coordinate. ``trajectory`` adds its stress, times ``trajectory_weight``, to every epoch's
+    update. ``edges`` and ``trajectory`` are iterated once per epoch: a list, or a re-iterable
+    that reads its blocks back (:class:`BlockStore`). ``progress`` is called with the epoch
+    number after each.
     """
     if positions.ndim != 2 or positions.shape[1] != 2:
         raise InputError(f"positions must have shape (V, 2), got {tuple(positions.shape)}")
-    if not (head.shape == tail.shape == weight.shape) or head.ndim != 1:
-        raise InputError(
-            f"head, tail and weight must be 1-D of one length, got {tuple(head.shape)}, "
-            f"{tuple(tail.shape)}, {tuple(weight.shape)}"
-        )
     if n_epochs < 0 or negative_rate < 0:
         raise InputError(f"n_epochs={n_epochs} and negative_rate={negative_rate} must be >= 0")
-    if n_epochs == 0 or (head.numel() == 0 and trajectory is None):
-        return positions
-    if head.numel() and not bool((weight > 0).all()):
-        raise InputError("edge weights must be > 0")
-    device, dtype = positions.device, positions.dtype
-    probability = (weight / weight.max()).to(dtype) if head.numel() else weight.to(dtype)
+    if trajectory_weight < 0:
+        raise InputError(f"trajectory_weight={trajectory_weight} must be >= 0")
+    if trajectory_weight == 0:
+        trajectory = None
     # one contiguous row per coordinate: gathers and updates of [m] vectors, not [m, 2] rows
     xy = positions.t().contiguous()
     x, y = xy[0], xy[1]
-    edge_first = segment_start[head]
-    edge_last = segment_start[head] + segment_size[head] - 1
-    edge_size = segment_size[head].to(dtype)
-    limit = trajectory.limit() if trajectory is not None else None
     for epoch in range(n_epochs):
         alpha = learning_rate * (1.0 - epoch / n_epochs)
         clip = GRADIENT_CLIP * alpha
         move_x, move_y = torch.zeros_like(x), torch.zeros_like(y)
-        take = (torch.rand(probability.shape, generator=generator, device=device) < probability)
-        take = take.nonzero().squeeze(1)
-        h, t = head[take], tail[take]
-        xh, yh = x[h], y[h]
-        dx, dy = xh - x[t], yh - y[t]
-        d2 = dx * dx + dy * dy
-        d2b = d2.pow(b)
-        coeff = ((-2.0 * a * b * alpha) * d2b / (d2 * (1.0 + a * d2b))).nan_to_num_(0.0)
-        pull_x, pull_y = (coeff * dx).clamp_(-clip, clip), (coeff * dy).clamp_(-clip, clip)
-        move_x.index_add_(0, t, -pull_x)
-        move_y.index_add_(0, t, -pull_y)
-        if negative_rate:
-            draw = torch.rand((negative_rate, len(h)), generator=generator, device=device, dtype=dtype)
-            other = (edge_first[take] + (draw * edge_size[take]).long()).minimum(edge_last[take])
-            dx, dy = xh - x[other], yh - y[other]
-            d2 = dx * dx + dy * dy
-            coeff = (2.0 * b * alpha) / ((_REPULSION_EPS + d2) * (1.0 + a * d2.pow(b)))
-            push_x, push_y = (coeff * dx).clamp_(-clip, clip), (coeff * dy).clamp_(-clip, clip)
-            # coincident distinct points are pushed apart by the clip, as umap-learn does; a
-            # vertex drawn as its own negative has dx = dy = 0 and is not pushed
-            coincident = (d2 == 0) & (other != h)
-            if bool(coincident.any()):
-                push_x = torch.where(coincident, clip, push_x)
-                push_y = torch.where(coincident, clip, push_y)
-            pull_x += push_x.sum(dim=0)
-            pull_y += push_y.sum(dim=0)
-        move_x.index_add_(0, h, pull_x)
-        move_y.index_add_(0, h, pull_y)
-        if trajectory is not None:
-            _trajectory_step(x, y, move_x, move_y, trajectory, limit, alpha, clip)
+        for block in edges:
+            _edge_step(x, y, move_x, move_y, block, a, b, negative_rate, alpha, clip, generator)
+        for pairs in trajectory if trajectory is not None else ():
+            _trajectory_step(x, y, move_x, move_y, pairs, trajectory_weight * alpha, clip)
         x += move_x
         y += move_y
         if progress is not None:
@@ -162,28 +177,70 @@ def optimize_layout(
     return positions
 
 
-def _trajectory_step(
+def _edge_step(
     x: Tensor,
     y: Tensor,
     move_x: Tensor,
     move_y: Tensor,
-    term: TrajectoryTerm,
-    limit: Tensor,
+    block: EdgeBlock,
+    a: float,
+    b: float,
+    negative_rate: int,
     alpha: float,
     clip: float,
+    generator: torch.Generator | None,
 ) -> None:
-    """Add the trajectory stress's update to ``move_x``, ``move_y``."""
-    dx = x[term.first] - x[term.second]
-    dy = y[term.first] - y[term.second]
+    """Add one block's attraction and repulsion to ``move_x``, ``move_y``."""
+    device, dtype = x.device, x.dtype
+    take = torch.rand(block.probability.shape, generator=generator, device=device) < block.probability
+    take = take.nonzero().squeeze(1)
+    h = block.head[take].long().add_(block.start)
+    t = block.tail[take].long().add_(block.start)
+    xh, yh = x[h], y[h]
+    dx, dy = xh - x[t], yh - y[t]
+    d2 = dx * dx + dy * dy
+    d2b = d2.pow(b)
+    coeff = ((-2.0 * a * b * alpha) * d2b / (d2 * (1.0 + a * d2b))).nan_to_num_(0.0)
+    pull_x, pull_y = (coeff * dx).clamp_(-clip, clip), (coeff * dy).clamp_(-clip, clip)
+    move_x.index_add_(0, t, -pull_x)
+    move_y.index_add_(0, t, -pull_y)
+    if negative_rate:
+        draw = torch.rand((negative_rate, len(h)), generator=generator, device=device, dtype=dtype)
+        other = (draw * block.size).long().clamp_(max=block.size - 1).add_(block.start)
+        dx, dy = xh - x[other], yh - y[other]
+        d2 = dx * dx + dy * dy
+        coeff = (2.0 * b * alpha) / ((_REPULSION_EPS + d2) * (1.0 + a * d2.pow(b)))
+        push_x, push_y = (coeff * dx).clamp_(-clip, clip), (coeff * dy).clamp_(-clip, clip)
+        # coincident distinct points are pushed apart by the clip, as umap-learn does; a row
+        # drawn as its own negative has dx = dy = 0 and is not pushed
+        # (unconditionally: testing for any would sync the device once per block)
+        coincident = (d2 == 0) & (other != h)
+        push_x = torch.where(coincident, clip, push_x)
+        push_y = torch.where(coincident, clip, push_y)
+        pull_x += push_x.sum(dim=0)
+        pull_y += push_y.sum(dim=0)
+    move_x.index_add_(0, h, pull_x)
+    move_y.index_add_(0, h, pull_y)
+
+
+def _trajectory_step(
+    x: Tensor, y: Tensor, move_x: Tensor, move_y: Tensor, block: PairBlock, step: float, clip: float
+) -> None:
+    """Add one block's trajectory stress (``step``: weight x learning rate) to ``move_x``, ``move_y``."""
+    samples = torch.arange(block.sample, block.sample + len(block.unit), device=x.device)[:, None]
+    first = (block.first[None, :] + samples).reshape(-1)
+    second = (block.second[None, :] + samples).reshape(-1)
+    dx = x[first] - x[second]
+    dy = y[first] - y[second]
     d = (dx * dx + dy * dy).sqrt_()
     # gain · (target - d) / d along (dx, dy): apart when too close, together when too far
-    gain = torch.minimum((term.weight * alpha) / term.scale, limit)
-    coeff = (gain * (term.target - d) / d).nan_to_num_(0.0, 0.0, 0.0)
+    gain = torch.minimum(step / block.unit[:, None], block.limit[None, :]).reshape(-1)
+    coeff = (gain * (block.target.reshape(-1) - d) / d).nan_to_num_(0.0, 0.0, 0.0)
     step_x, step_y = (coeff * dx).clamp_(-clip, clip), (coeff * dy).clamp_(-clip, clip)
-    move_x.index_add_(0, term.first, step_x)
-    move_x.index_add_(0, term.second, -step_x)
-    move_y.index_add_(0, term.first, step_y)
-    move_y.index_add_(0, term.second, -step_y)
+    move_x.index_add_(0, first, step_x)
+    move_x.index_add_(0, second, -step_x)
+    move_y.index_add_(0, first, step_y)
+    move_y.index_add_(0, second, -step_y)
 
 
 def trajectory_pairs(n_epochs: int, max_lags: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,29 +277,38 @@ def trajectory_pairs(n_epochs: int, max_lags: int) -> tuple[np.ndarray, np.ndarr
 
 
 def trajectory_distances(
-    blocks: Iterable[np.ndarray], first: np.ndarray, second: np.ndarray
-) -> np.ndarray:
-    """Feature-space distance between each sample's two epochs of every pair: float32 [N, P].
+    blocks: Iterable[np.ndarray],
+    first: np.ndarray,
+    second: np.ndarray,
+    device: torch.device | None = None,
+) -> Iterator[np.ndarray]:
+    """Per block, the feature-space distance between each sample's two epochs of every pair:
+    float32 [B, P].
 
     ``blocks``: features [E, B, D] of consecutive blocks of samples (all their epochs), in
-    sample order; ``first``, ``second`` from :func:`trajectory_pairs`. Computed one lag at a
-    time as differences (no Gram matrix: a sample's nearby epochs can be far closer to each
-    other than to the origin), so memory stays at one block.
+    sample order; ``first``, ``second`` from :func:`trajectory_pairs`. Computed on ``device``
+    (the CPU when None) one lag at a time as differences (no Gram matrix: a sample's nearby
+    epochs can be far closer to each other than to the origin), so memory stays at a few blocks.
     """
+    device = device or torch.device("cpu")
     lag_of_pair = second - first
-    out = []
+    by_lag = []  # per lag: its pairs, and their first epochs as a slice when consecutive
+    for lag in np.unique(lag_of_pair):
+        pairs = np.flatnonzero(lag_of_pair == lag)
+        at = first[pairs]
+        span = slice(int(at[0]), int(at[-1]) + 1) if (np.diff(at) == 1).all() else None
+        by_lag.append((int(lag), torch.from_numpy(pairs).to(device), torch.from_numpy(at).to(device), span))
     for block in blocks:
-        x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
-        dist = np.empty((x.shape[1], len(first)), np.float32)
-        for lag in np.unique(lag_of_pair):
-            pairs = np.flatnonzero(lag_of_pair == lag)
-            at = torch.from_numpy(first[pairs])
+        x = torch.from_numpy(np.ascontiguousarray(block)).to(device, torch.float32)
+        dist = torch.empty((x.shape[1], len(first)), dtype=torch.float32, device=device)
+        for lag, pairs, at, span in by_lag:
+            if span is not None:  # trajectory_pairs' order: epochs t .. t + n of one lag
+                diff = x[span.start + lag : span.stop + lag] - x[span]
+            else:
+                diff = x[at + lag] - x[at]
             # [pairs, B]: ‖x[t + lag] - x[t]‖ of every sample of the block
-            dist[:, pairs] = (x[at + int(lag)] - x[at]).norm(dim=2).t().numpy()
-        out.append(dist)
-    if not out:
-        return np.zeros((0, len(first)), np.float32)
-    return np.concatenate(out)
+            dist[:, pairs] = diff.norm(dim=2).t()
+        yield dist.cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -259,28 +325,65 @@ class EpochPoints:
     n_tracked: int
 
 
+def _device_blocks(store: BlockStore, convert: Callable[[int, dict[str, np.ndarray]], _T]) -> Iterable[_T]:
+    """``store``'s blocks converted for the device: converted once and kept when the store is in
+    memory, read back and converted at every pass when it lives in a scratch file."""
+    if not store.spilled:
+        return [convert(i, block) for i, block in enumerate(store)]
+    return _Reread(store, convert)
+
+
+@dataclass(frozen=True)
+class _Reread(Generic[_T]):
+    store: BlockStore
+    convert: Callable[[int, dict[str, np.ndarray]], _T]
+
+    def __iter__(self) -> Iterator[_T]:
+        for i in range(len(self.store)):
+            yield self.convert(i, self.store[i])
+
+
 @dataclass
 class LayoutGraph:
     """Every epoch's points in one array and each epoch's kNN edges between them.
 
     Epoch i's points are rows ``offsets[i]:offsets[i + 1]`` of ``positions`` (float32 [V, 2]),
-    its tracked samples first (``n_tracked[i]`` of them), then its boundary points.
+    its ``n_tracked`` tracked samples first (the same samples in the same order at every epoch:
+    sample n is row ``offsets[i] + n``), then its boundary points. ``edges`` holds one block per
+    epoch (:data:`EDGE_FIELDS`: rows counted from the epoch's first, the mixed weight), in memory
+    or in a scratch file (:class:`BlockStore`); ``max_weight``: the largest weight of all.
     """
 
     positions: np.ndarray
-    edges: EdgeSet
     offsets: np.ndarray  # int64 [E + 1]
-    n_tracked: np.ndarray  # int64 [E]
-
-    def segments(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per vertex, the first row and the size of its epoch: int64 [V] each."""
-        sizes = np.diff(self.offsets)
-        return np.repeat(self.offsets[:-1], sizes), np.repeat(sizes, sizes)
+    n_tracked: int
+    edges: BlockStore
+    max_weight: float
+    n_edges: int
 
     def tracked_rows(self) -> np.ndarray:
         """int64 [N, E]: the row of tracked sample n at epoch index e."""
-        n = int(self.n_tracked[0]) if len(self.n_tracked) else 0
-        return (self.offsets[:-1][None, :] + np.arange(n)[:, None]).astype(np.int64)
+        return (self.offsets[:-1][None, :] + np.arange(self.n_tracked)[:, None]).astype(np.int64)
+
+    def edge_blocks(self, device: torch.device) -> Iterable[EdgeBlock]:
+        """The edges as :class:`EdgeBlock` s on ``device``, one per epoch."""
+        starts, sizes = self.offsets[:-1], np.diff(self.offsets)
+
+        def convert(i: int, block: dict[str, np.ndarray]) -> EdgeBlock:
+            weight = torch.from_numpy(block["weight"]).to(device)
+            return EdgeBlock(
+                torch.from_numpy(block["head"]).to(device),
+                torch.from_numpy(block["tail"]).to(device),
+                weight / self.max_weight,
+                int(starts[i]),
+                int(sizes[i]),
+            )
+
+        return _device_blocks(self.edges, convert)
+
+    def close(self) -> None:
+        """Drop the edges (and their scratch file)."""
+        self.edges.close()
 
 
 def layout_graph(
@@ -289,92 +392,177 @@ def layout_graph(
     n_neighbors: int,
     rate: float,
     prune_offset: float,
+    *,
+    budget_bytes: int = 1 << 62,
+    scratch_dir: Path | None = None,
 ) -> LayoutGraph:
     """The refinement's graph: each epoch's fuzzy kNN graph over all its points (tracked samples
     and boundary points together), pruned and weighted as the complex's spatial edges are
-    (``rate``, ``prune_offset``: :func:`timevis_cli.complex.mix_edges`).
+    (``rate``, ``prune_offset``: :func:`timevis_cli.complex.mix_edges`, epoch by epoch: every
+    epoch's largest membership is 1, so this prunes what one pass over all epochs would).
 
-    ``epochs`` is read once, in time order; one epoch's features are held at a time. Every epoch
-    must track the same number of samples.
+    ``epochs`` is read once, in time order; one epoch's features are held at a time, and its
+    edges go to a :class:`BlockStore` with ``budget_bytes`` in memory (past it, a scratch file in
+    ``scratch_dir``). Every epoch must track the same number of samples.
     """
+    edges = BlockStore(EDGE_FIELDS, budget_bytes, scratch_dir, label="the refinement's edges")
     positions: list[np.ndarray] = []
-    n_tracked: list[int] = []
-    spatial: list[EdgeSet] = []
     offsets = [0]
-    for points in epochs:
-        n_points = len(points.features)
-        k = min(n_neighbors, n_points - 1)
-        if k < 2:
-            raise InputError(
-                f"an epoch has {n_points} points to refine; refinement needs at least 3 "
-                "(turn it off with --set refine.enabled=false)"
-            )
-        if n_tracked and points.n_tracked != n_tracked[0]:
-            raise InputError(
-                f"epoch {len(n_tracked)} tracks {points.n_tracked} samples, epoch 0 {n_tracked[0]}: "
-                "refinement needs the same samples at every epoch"
-            )
-        idx, dist = backend.query(points.features, k=k, include_self=True)
-        spatial.append(spatial_edges(idx, dist, vertex_offset=offsets[-1]).edges)
-        positions.append(np.asarray(points.positions, np.float32))
-        n_tracked.append(int(points.n_tracked))
-        offsets.append(offsets[-1] + n_points)
-    if not positions:
-        raise InputError("refinement needs at least one epoch")
-    joined = EdgeSet.concat(spatial)
-    spatial.clear()
+    n_tracked = -1
+    max_weight, n_edges = 0.0, 0
+    try:
+        for points in epochs:
+            n_points = len(points.features)
+            k = min(n_neighbors, n_points - 1)
+            if k < 2:
+                raise InputError(
+                    f"an epoch has {n_points} points to refine; refinement needs at least 3 "
+                    "(turn it off with --set refine.enabled=false)"
+                )
+            if n_tracked >= 0 and points.n_tracked != n_tracked:
+                raise InputError(
+                    f"epoch {len(positions)} tracks {points.n_tracked} samples, epoch 0 {n_tracked}: "
+                    "refinement needs the same samples at every epoch"
+                )
+            if n_points >= 2**31:
+                raise InputError(f"an epoch has {n_points} points to refine; at most 2**31 - 1 fit")
+            n_tracked = int(points.n_tracked)
+            idx, dist = backend.query(points.features, k=k, include_self=True)
+            mixed = mix_edges(spatial_edges(idx, dist).edges, rates={"spatial": rate}, prune_offset=prune_offset)
+            edges.append(head=mixed.head, tail=mixed.tail, weight=mixed.weight)
+            if len(mixed):
+                max_weight = max(max_weight, float(mixed.weight.max()))
+            n_edges += len(mixed)
+            positions.append(np.asarray(points.positions, np.float32))
+            offsets.append(offsets[-1] + n_points)
+        if not positions:
+            raise InputError("refinement needs at least one epoch")
+    except BaseException:
+        edges.close()
+        raise
     return LayoutGraph(
         positions=np.concatenate(positions),
-        edges=mix_edges(joined, rates={"spatial": rate}, prune_offset=prune_offset),
         offsets=np.asarray(offsets, np.int64),
-        n_tracked=np.asarray(n_tracked, np.int64),
+        n_tracked=n_tracked,
+        edges=edges,
+        max_weight=max_weight or 1.0,
+        n_edges=n_edges,
     )
+
+
+def trajectory_targets(
+    drawn: np.ndarray, distance: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Targets float32 [B, P] and mean target float32 [B] of a block of samples.
+
+    Sample n's targets are ``scale · c_n · distance[n]``, where ``c_n`` fits (least squares) the
+    feature-space distances of its pairs (``distance`` [B, P]) to the 2-D distances it has at
+    the start (``drawn`` [B, P]): its trajectory keeps its size on the canvas (times ``scale``)
+    and takes its shape from feature space.
+    """
+    high = distance.astype(np.float64)
+    energy = np.square(high).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fitted = np.where(energy > 0, (drawn * high).sum(axis=1) / energy, 0.0)
+    target = scale * fitted[:, None] * high
+    mean = target.mean(axis=1) if target.shape[1] else np.zeros(len(target))
+    return target.astype(np.float32), mean.astype(np.float32)
+
+
+@dataclass
+class Trajectories:
+    """The trajectory stress of every tracked sample, in blocks of consecutive samples.
+
+    Every sample has the same pairs of epochs (``first``, ``second``: epoch indices int64 [P],
+    :func:`trajectory_pairs`); ``targets`` holds, block by block (``sizes`` samples each), their
+    target distances float32 [B, P] (:data:`TARGET_FIELDS`), in memory or in a scratch file;
+    ``unit`` float32 [N]: each sample's unit of error.
+    """
+
+    first: np.ndarray
+    second: np.ndarray
+    targets: BlockStore
+    unit: np.ndarray
+    sizes: list[int]
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.unit) * len(self.first)
+
+    def pair_blocks(self, offsets: np.ndarray, device: torch.device) -> Iterable[PairBlock]:
+        """The stress as :class:`PairBlock` s on ``device``, for a graph with ``offsets``."""
+        first = torch.from_numpy(offsets[self.first]).to(device)
+        second = torch.from_numpy(offsets[self.second]).to(device)
+        limit = torch.from_numpy(pair_limit(self.first, self.second, len(offsets) - 1)).to(device)
+        unit = torch.from_numpy(self.unit).to(device)
+        starts = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+
+        def convert(i: int, block: dict[str, np.ndarray]) -> PairBlock:
+            s, e = int(starts[i]), int(starts[i + 1])
+            return PairBlock(first, second, limit, s, torch.from_numpy(block["target"]).to(device), unit[s:e])
+
+        return _device_blocks(self.targets, convert)
+
+    def close(self) -> None:
+        """Drop the targets (and their scratch file)."""
+        self.targets.close()
 
 
 def trajectory_term(
     graph: LayoutGraph,
     first: np.ndarray,
     second: np.ndarray,
-    distance: np.ndarray,
+    distances: Iterable[np.ndarray],
     scale: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The pairs of rows, targets and units of the trajectory stress, flattened: int64 [M] x 2,
-    float32 [M] x 2 with M = N · P.
+    *,
+    budget_bytes: int = 1 << 62,
+    scratch_dir: Path | None = None,
+) -> Trajectories:
+    """The trajectory stress of ``graph``'s tracked samples from their feature-space distances
+    (``distances``: [B, P] per block of consecutive samples, :func:`trajectory_distances`).
 
-    Sample n's targets are ``scale · c_n · distance[n]``, where ``c_n`` fits (least squares) the
-    feature-space distances of its pairs to the 2-D distances it has at the start: its
-    trajectory keeps its size on the canvas (times ``scale``) and takes its shape from feature
-    space. The unit of its error is its mean target, at least 5% of the mean sample's: a
-    sample that never moves in feature space gets targets 0 and its copies are pulled together
-    firmly. The stress's weight is applied by :func:`refine_layout`.
+    Targets as :func:`trajectory_targets` from the 2-D distances at the start (``graph``'s
+    positions); a sample's unit of error is its mean target, at least 5% of the mean sample's:
+    a sample that never moves in feature space gets targets 0 and its copies are pulled together
+    firmly. Targets go to a :class:`BlockStore` with ``budget_bytes`` in memory. The stress's
+    weight is applied by :func:`refine_layout`.
     """
     if not scale > 0:
         raise InputError(f"refine.trajectory_scale={scale} must be > 0")
-    rows = graph.tracked_rows()
-    if distance.shape != (len(rows), len(first)):
-        raise InputError(
-            f"trajectory distances have shape {distance.shape}, expected ({len(rows)}, {len(first)})"
-        )
-    row_first, row_second = rows[:, first], rows[:, second]  # [N, P]
-    start = graph.positions
-    drawn = np.linalg.norm(start[row_first] - start[row_second], axis=2).astype(np.float64)
-    high = distance.astype(np.float64)
-    energy = np.square(high).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fitted = np.where(energy > 0, (drawn * high).sum(axis=1) / energy, 0.0)
-    target = (scale * fitted[:, None] * high).astype(np.float32)
+    targets = BlockStore(TARGET_FIELDS, budget_bytes, scratch_dir, label="the refinement's trajectory targets")
+    first_row, second_row = graph.offsets[first], graph.offsets[second]
+    chunk = max(1, _PAIRS_PER_BLOCK // max(1, len(first)))
+    means: list[np.ndarray] = []
+    sizes: list[int] = []
+    done = 0
+    try:
+        for distance in distances:
+            if distance.ndim != 2 or distance.shape[1] != len(first) or done + len(distance) > graph.n_tracked:
+                raise InputError(
+                    f"trajectory distances of shape {distance.shape} after {done} samples do not fit "
+                    f"{graph.n_tracked} samples x {len(first)} pairs"
+                )
+            samples = np.arange(done, done + len(distance))[:, None]
+            start = graph.positions
+            drawn = np.linalg.norm(start[first_row + samples] - start[second_row + samples], axis=2)
+            target, mean = trajectory_targets(drawn.astype(np.float64), distance, scale)
+            for at in range(0, len(target), chunk):
+                targets.append(target=target[at : at + chunk])
+                sizes.append(len(target[at : at + chunk]))
+            means.append(mean)
+            done += len(distance)
+        if done != graph.n_tracked:
+            raise InputError(f"trajectory distances cover {done} samples, the graph tracks {graph.n_tracked}")
+    except BaseException:
+        targets.close()
+        raise
+    unit = np.concatenate(means) if means else np.zeros(0, np.float32)
     # the unit of a sample's error: its mean target, at least 5% of the typical one, so a
     # sample (nearly) still in feature space is held (nearly) still, not left free
-    unit = target.mean(axis=1, keepdims=True) if target.size else np.ones((len(rows), 1))
     floor = _STILL_FRACTION * float(unit.mean()) if unit.size else 0.0
     unit = np.maximum(unit, floor)
     unit = np.where(unit > 0, unit, 1.0).astype(np.float32)
-    return (
-        row_first.reshape(-1),
-        row_second.reshape(-1),
-        target.reshape(-1),
-        np.repeat(unit, target.shape[1], axis=1).reshape(-1),
-    )
+    return Trajectories(first, second, targets, unit, sizes)
 
 
 def refine_layout(
@@ -387,29 +575,18 @@ def refine_layout(
     b: float,
     device: torch.device,
     seed: int,
-    trajectory: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    trajectory: Trajectories | None = None,
     trajectory_weight: float = 0.0,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Refined positions float32 [V, 2] of ``graph``'s points (:func:`optimize_layout`).
-
-    ``trajectory``: :func:`trajectory_term`'s arrays, applied with ``trajectory_weight``.
-    """
-    start, size = graph.segments()
-    term = None
-    if trajectory is not None and trajectory_weight > 0 and len(trajectory[0]):
-        first, second, target, unit = (torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in trajectory)
-        term = TrajectoryTerm(first, second, target, unit, float(trajectory_weight))
+    """Refined positions float32 [V, 2] of ``graph``'s points (:func:`optimize_layout`), with
+    ``trajectory``'s stress applied with ``trajectory_weight``."""
     generator = torch.Generator(device=device)
     generator.manual_seed(int(np.random.SeedSequence([int(seed), 7]).generate_state(1)[0]))
     positions = torch.from_numpy(graph.positions.copy()).to(device)
     optimize_layout(
         positions,
-        torch.from_numpy(graph.edges.head).to(device),
-        torch.from_numpy(graph.edges.tail).to(device),
-        torch.from_numpy(graph.edges.weight).to(device),
-        torch.from_numpy(start).to(device),
-        torch.from_numpy(size).to(device),
+        graph.edge_blocks(device),
         n_epochs=n_epochs,
         a=a,
         b=b,
@@ -417,6 +594,7 @@ def refine_layout(
         learning_rate=learning_rate,
         generator=generator,
         progress=progress,
-        trajectory=term,
+        trajectory=trajectory.pair_blocks(graph.offsets, device) if trajectory is not None else None,
+        trajectory_weight=trajectory_weight,
     )
     return positions.cpu().numpy()

@@ -148,6 +148,21 @@ def test_same_seed_same_embedding(tmp_path):
     np.testing.assert_array_equal(first.train, second.train)
 
 
+def test_a_refinement_past_its_memory_budget_gives_the_same_fit_from_a_scratch_file(tmp_path):
+    # refine.memory_mb=0 keeps the layout's edges and trajectory targets in a scratch file in
+    # RUN_DIR, read back every layout epoch: the same fit, and nothing left behind
+    store = drifting_clusters(tmp_path / "s", n_train=120, n_test=20, epochs=3)
+    config = load_config(overrides=FAST + ["training.max_epochs=2"])
+    in_memory = fit(open_run(store), config)
+    before = sorted(p.name for p in store.iterdir())
+    streamed = fit(open_run(store), load_config(overrides=FAST + ["training.max_epochs=2", "refine.memory_mb=0"]))
+    assert not in_memory.stats["refine"]["scratch_file"] and streamed.stats["refine"]["scratch_file"]
+    assert streamed.stats["refine"]["blocks_bytes"] == in_memory.stats["refine"]["blocks_bytes"] > 0
+    np.testing.assert_array_equal(streamed.train, in_memory.train)
+    np.testing.assert_array_equal(streamed.test, in_memory.test)
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
 def test_input_space_boundary_points_from_the_store_are_used(tmp_path):
     store = drifting_clusters(tmp_path / "s", n_train=120, n_test=20, epochs=3, boundary=True)
     result = fit(open_run(store), load_config(overrides=FAST + ["training.max_epochs=2"]))

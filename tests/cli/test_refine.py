@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from timevis_cli.complex import mix_edges, spatial_edges
 from timevis_cli.errors import InputError
 from timevis_cli.losses import find_ab_params
 from timevis_cli.metrics import nnpv
 from timevis_cli.neighbors import TorchExact
 from timevis_cli.projector import Projector
 from timevis_cli.refine import (
+    EdgeBlock,
     EpochPoints,
-    TrajectoryTerm,
+    PairBlock,
     layout_graph,
     optimize_layout,
     refine_layout,
@@ -44,11 +46,7 @@ def test_one_attractive_step_equals_umap_learn_update(distance):
     positions = torch.from_numpy(y.copy())
     optimize_layout(
         positions,
-        torch.tensor([0]),
-        torch.tensor([1]),
-        torch.tensor([1.0]),
-        torch.zeros(3, dtype=torch.int64),
-        torch.full((3,), 3, dtype=torch.int64),
+        [EdgeBlock(torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]), start=0, size=3)],
         n_epochs=1,
         a=A,
         b=B,
@@ -58,19 +56,19 @@ def test_one_attractive_step_equals_umap_learn_update(distance):
     np.testing.assert_allclose(positions.numpy(), _one_step_reference(y, 0, 1, 0.5), rtol=1e-5, atol=1e-6)
 
 
-def test_negatives_push_apart_within_the_segment_only():
-    # two segments (epochs); vertex 0's negatives come from its own segment {0, 1} only
-    y = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.01, 0.0], [0.02, 0.0]])
-    start = torch.tensor([0, 0, 2, 2])
-    size = torch.tensor([2, 2, 2, 2])
+@pytest.mark.parametrize("segment", [0, 1])
+def test_negatives_push_apart_within_the_segment_only(segment):
+    # two segments (epochs) of two rows; the segment's first row has only a self-edge (no
+    # pull), so only its negatives act: its segment's other row lies to its right (a push to the
+    # left), the other segment's rows just to its left (a far larger push to the right, if any
+    # were drawn)
+    own, other = np.array([[0.0, 0.0], [0.5, 0.0]]), np.array([[-0.01, 0.0], [-0.02, 0.0]])
+    y = torch.tensor(np.concatenate([own, other] if segment == 0 else [other, own]), dtype=torch.float32)
     before = y.clone()
+    row = 2 * segment
     optimize_layout(
         y,
-        torch.tensor([0]),
-        torch.tensor([0]),  # a self-edge: no pull, only the negatives act
-        torch.tensor([1.0]),
-        start,
-        size,
+        [EdgeBlock(torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0]), start=row, size=2)],
         n_epochs=1,
         a=A,
         b=B,
@@ -78,8 +76,9 @@ def test_negatives_push_apart_within_the_segment_only():
         learning_rate=1.0,
         generator=torch.Generator().manual_seed(0),
     )
-    assert y[0, 0] < before[0, 0]  # pushed away from vertex 1, never towards 2 or 3
-    torch.testing.assert_close(y[1:], before[1:])
+    assert y[row, 0] < before[row, 0]
+    others = [i for i in range(4) if i != row]
+    torch.testing.assert_close(y[others], before[others])
 
 
 def _blobs(n=200, dim=10, seed=0):
@@ -124,13 +123,20 @@ def test_layout_graph_joins_each_epochs_knn_graph_and_nothing_across_epochs():
     ]
     graph = layout_graph(points, TorchExact(), n_neighbors=5, rate=5.0, prune_offset=0.0)
     assert graph.offsets.tolist() == [0, 35, 70, 105, 140, 175]
-    assert graph.n_tracked.tolist() == [n] * epochs
-    epoch_of = np.searchsorted(graph.offsets, np.arange(175), side="right") - 1
-    assert len(graph.edges) > 0
-    assert (epoch_of[graph.edges.head] == epoch_of[graph.edges.tail]).all()
-    assert (graph.edges.head != graph.edges.tail).all()
-    start, size = graph.segments()
-    assert start[40] == 35 and size[40] == 35
+    assert graph.n_tracked == n
+    blocks = list(graph.edge_blocks(torch.device("cpu")))
+    assert len(blocks) == epochs == len(graph.edges)
+    assert graph.n_edges == sum(len(block.head) for block in blocks) > 0
+    for i, block in enumerate(blocks):  # each epoch's edges join rows of that epoch only
+        assert (block.start, block.size) == (35 * i, 35)
+        assert 0 <= int(block.head.min()) and int(block.head.max()) < 35 and int(block.tail.max()) < 35
+        assert (block.head != block.tail).all()
+        # the same edges and weights as mixing the epoch's own fuzzy kNN graph
+        idx, dist = TorchExact().query(points[i].features, k=5, include_self=True)
+        mixed = mix_edges(spatial_edges(idx, dist).edges, rates={"spatial": 5.0}, prune_offset=0.0)
+        assert block.head.tolist() == mixed.head.tolist() and block.tail.tolist() == mixed.tail.tolist()
+        torch.testing.assert_close(block.probability * graph.max_weight, torch.from_numpy(mixed.weight))
+    assert graph.max_weight == pytest.approx(5.0)  # each epoch's largest membership is 1, x the rate
     rows = graph.tracked_rows()
     assert rows.shape == (n, epochs)
     assert rows[3].tolist() == [3, 38, 73, 108, 143]  # sample 3 at every epoch, never a boundary row
@@ -153,13 +159,18 @@ def test_layout_graph_refuses_epochs_tracking_different_samples():
 
 
 def test_optimize_layout_rejects_bad_input():
-    y = torch.zeros(3, 2)
     idx = torch.tensor([0, 1])
-    seg = torch.zeros(3, dtype=torch.int64), torch.full((3,), 3, dtype=torch.int64)
-    with pytest.raises(InputError, match="weights must be > 0"):
-        optimize_layout(y, idx, idx, torch.tensor([1.0, 0.0]), *seg, n_epochs=1, a=A, b=B)
+    block = EdgeBlock(idx, idx, torch.ones(2), start=0, size=3)
     with pytest.raises(InputError, match="positions"):
-        optimize_layout(torch.zeros(3, 3), idx, idx, torch.ones(2), *seg, n_epochs=1, a=A, b=B)
+        optimize_layout(torch.zeros(3, 3), [block], n_epochs=1, a=A, b=B)
+    with pytest.raises(InputError, match="trajectory_weight"):
+        optimize_layout(torch.zeros(3, 2), [block], n_epochs=1, a=A, b=B, trajectory_weight=-1.0)
+    with pytest.raises(InputError, match="1-D of one length"):
+        EdgeBlock(idx, idx, torch.ones(3), start=0, size=3)
+    with pytest.raises(InputError, match="size >= 1"):
+        EdgeBlock(idx, idx, torch.ones(2), start=0, size=0)
+    with pytest.raises(InputError, match=r"target must be \[B, 2\]"):
+        PairBlock(idx, idx, torch.ones(2), 0, torch.ones(3, 3), torch.ones(3))
 
 
 def test_fit_decoder_follows_new_positions_and_leaves_the_encoder():
@@ -232,11 +243,18 @@ def test_trajectory_distances_equal_brute_force_over_blocks():
     features = rng.normal(size=(7, 23, 5)).astype(np.float32)  # [E, N, D]
     first, second = trajectory_pairs(7, 3)
     blocks = [features[:, start : start + 10] for start in range(0, 23, 10)]
-    got = trajectory_distances(blocks, first, second)
+    got = np.concatenate(list(trajectory_distances(blocks, first, second)))
     expected = np.linalg.norm(
         features[first].astype(np.float64) - features[second].astype(np.float64), axis=2
     ).T
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # any pairs, not only trajectory_pairs' runs of consecutive epochs; float16 blocks too
+    first, second = np.array([4, 0, 2, 1]), np.array([6, 5, 3, 6])
+    got = np.concatenate(list(trajectory_distances([features.astype(np.float16)], first, second)))
+    expected = np.linalg.norm(
+        features[first].astype(np.float16).astype(np.float64) - features[second].astype(np.float16), axis=2
+    ).T
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def _one_sample_graph(start: np.ndarray):
@@ -250,6 +268,19 @@ def _one_sample_graph(start: np.ndarray):
     return layout_graph(epochs, TorchExact(), 2, 1.0, 0.0)
 
 
+def _flat(graph, trajectories):
+    """The stress's pairs of rows, targets and units, one entry per (sample, pair)."""
+    rows = graph.tracked_rows()
+    targets = np.concatenate([block["target"] for block in trajectories.targets])
+    p = len(trajectories.first)
+    return (
+        rows[:, trajectories.first].reshape(-1),
+        rows[:, trajectories.second].reshape(-1),
+        targets.reshape(-1),
+        np.repeat(trajectories.unit, p),
+    )
+
+
 def test_trajectory_term_takes_the_shape_from_features_and_the_size_from_the_start():
     # a sample whose feature path is a straight line with steps 1, 1, 2; drawn at the start
     # with steps 1, 3, 1 (total spread similar, shape wrong); a second sample never moves
@@ -257,30 +288,55 @@ def test_trajectory_term_takes_the_shape_from_features_and_the_size_from_the_sta
     graph = _one_sample_graph(np.stack([[0.0, 0.0], [1.0, 0.0], [4.0, 0.0], [5.0, 0.0]]))
     first, second = trajectory_pairs(4, 8)
     high = np.abs(steps[first] - steps[second])[None, :].astype(np.float32)
-    f, s, target, unit = trajectory_term(graph, first, second, high, 2.0)
+    trajectories = trajectory_term(graph, first, second, [high], 2.0)
+    f, s, target, unit = _flat(graph, trajectories)
+    assert trajectories.n_pairs == len(first)
     drawn = np.abs(np.array([0.0, 1.0, 4.0, 5.0])[first] - np.array([0.0, 1.0, 4.0, 5.0])[second])
     fitted = (drawn * high[0]).sum() / np.square(high[0]).sum()
     np.testing.assert_allclose(target, 2.0 * fitted * high[0], rtol=1e-6)
     np.testing.assert_allclose(unit, target.mean(), rtol=1e-6)
     rows = graph.tracked_rows()[0]
     assert f.tolist() == rows[first].tolist() and s.tolist() == rows[second].tolist()
-    still = trajectory_term(graph, first, second, np.zeros_like(high), 1.0)
+    still = _flat(graph, trajectory_term(graph, first, second, [np.zeros_like(high)], 1.0))
     assert (still[2] == 0).all() and (still[3] == 1).all()
     with pytest.raises(InputError, match="trajectory_scale"):
-        trajectory_term(graph, first, second, high, 0.0)
-    with pytest.raises(InputError, match="shape"):
-        trajectory_term(graph, first, second, high[:, :2], 1.0)
+        trajectory_term(graph, first, second, [high], 0.0)
+    with pytest.raises(InputError, match="do not fit"):
+        trajectory_term(graph, first, second, [high[:, :2]], 1.0)
+    with pytest.raises(InputError, match="cover 0 samples"):
+        trajectory_term(graph, first, second, [], 1.0)
 
 
-def _stress_only(graph, pairs, weight, n_epochs, learning_rate):
+def test_trajectory_term_in_blocks_equals_one_block_and_floors_still_samples():
+    # 30 samples over 6 epochs, one of them still; distances given in blocks of 7 samples, the
+    # targets kept in a scratch file: the same targets and units as from one block in memory
+    rng = np.random.default_rng(0)
+    n, n_epochs = 30, 6
+    epochs = [
+        EpochPoints(rng.normal(size=(n, 4)).astype(np.float32), rng.normal(size=(n, 2)).astype(np.float32), n)
+        for _ in range(n_epochs)
+    ]
+    graph = layout_graph(epochs, TorchExact(), 3, 1.0, 0.0)
+    first, second = trajectory_pairs(n_epochs, 3)
+    high = rng.uniform(0.5, 2.0, size=(n, len(first))).astype(np.float32)
+    high[4] = 0.0
+    whole = trajectory_term(graph, first, second, [high], 1.5)
+    blocked = trajectory_term(
+        graph, first, second, [high[i : i + 7] for i in range(0, n, 7)], 1.5, budget_bytes=0
+    )
+    assert blocked.targets.spilled and not whole.targets.spilled and blocked.sizes == [7, 7, 7, 7, 2]
+    for got, expected in zip(_flat(graph, blocked), _flat(graph, whole), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert whole.unit[4] == pytest.approx(0.05 * np.delete(whole.unit, 4).sum() / n, rel=1e-5)
+    blocked.close()
+
+
+def _stress_only(graph, trajectories, weight, n_epochs, learning_rate):
     """The graph's positions after ``n_epochs`` of the trajectory stress alone (no edges)."""
     positions = torch.from_numpy(graph.positions.copy())
-    no_edges = torch.zeros(0, dtype=torch.int64)
-    start_t, size_t = (torch.from_numpy(v) for v in graph.segments())
-    term = TrajectoryTerm(*(torch.from_numpy(v) for v in pairs), weight=weight)
     optimize_layout(
-        positions, no_edges, no_edges, torch.zeros(0), start_t, size_t, n_epochs=n_epochs,
-        a=A, b=B, negative_rate=0, learning_rate=learning_rate, trajectory=term,
+        positions, [], n_epochs=n_epochs, a=A, b=B, negative_rate=0, learning_rate=learning_rate,
+        trajectory=trajectories.pair_blocks(graph.offsets, torch.device("cpu")), trajectory_weight=weight,
     )  # fmt: skip
     return positions.numpy()
 
@@ -291,8 +347,9 @@ def test_trajectory_stress_reshapes_a_path_to_its_targets():
     first, second = trajectory_pairs(4, 8)
     steps = np.array([0.0, 1.0, 2.0, 4.0])
     high = np.abs(steps[first] - steps[second])[None, :].astype(np.float32)
-    f, s, target, unit = trajectory_term(graph, first, second, high, 1.0)
-    moved = _stress_only(graph, (f, s, target, unit), weight=1.0, n_epochs=300, learning_rate=0.2)
+    trajectories = trajectory_term(graph, first, second, [high], 1.0)
+    f, s, target, unit = _flat(graph, trajectories)
+    moved = _stress_only(graph, trajectories, weight=1.0, n_epochs=300, learning_rate=0.2)
     drawn = np.linalg.norm(moved[f] - moved[s], axis=1)
     before = np.linalg.norm(start[first] - start[second], axis=1)
     assert np.abs(drawn - target).max() < 0.1 * target.mean()
@@ -311,8 +368,37 @@ def test_trajectory_stress_does_not_overshoot_a_small_path_over_many_epochs(span
     graph = _one_sample_graph(start + 0.001)
     first, second = trajectory_pairs(n_epochs, 32)
     high = np.abs(steps[first] - steps[second])[None, :].astype(np.float32)
-    f, s, target, unit = trajectory_term(graph, first, second, high, 1.0)
+    trajectories = trajectory_term(graph, first, second, [high], 1.0)
+    f, s, target, unit = _flat(graph, trajectories)
     error_before = np.abs(np.linalg.norm(graph.positions[f] - graph.positions[s], axis=1) - target).max()
-    moved = _stress_only(graph, (f, s, target, unit), weight=0.5, n_epochs=100, learning_rate=0.1)
+    moved = _stress_only(graph, trajectories, weight=0.5, n_epochs=100, learning_rate=0.1)
     error_after = np.abs(np.linalg.norm(moved[f] - moved[s], axis=1) - target).max()
     assert error_after <= max(2 * error_before, 0.01 * span)
+
+
+def test_refinement_from_a_scratch_file_equals_refinement_in_memory():
+    # the same graph and stress, held in memory or read back from scratch files every epoch:
+    # the same blocks in the same order, so the same random draws and bitwise the same layout
+    rng = np.random.default_rng(1)
+    n, n_epochs = 40, 5
+    epochs = [
+        EpochPoints(rng.normal(size=(n + 3, 4)).astype(np.float32), rng.normal(size=(n + 3, 2)).astype(np.float32), n)
+        for _ in range(n_epochs)
+    ]
+    first, second = trajectory_pairs(n_epochs, 8)
+    high = rng.uniform(0.5, 2.0, size=(n, len(first))).astype(np.float32)
+    layouts = []
+    for budget in (1 << 30, 0):
+        graph = layout_graph(epochs, TorchExact(), 5, 1.0, 0.0, budget_bytes=budget)
+        trajectories = trajectory_term(graph, first, second, [high], 1.0, budget_bytes=budget)
+        assert graph.edges.spilled == trajectories.targets.spilled == (budget == 0)
+        layouts.append(
+            refine_layout(
+                graph, n_epochs=20, learning_rate=0.1, negative_rate=5, a=A, b=B,
+                device=torch.device("cpu"), seed=0, trajectory=trajectories, trajectory_weight=0.5,
+            )  # fmt: skip
+        )
+        graph.close()
+        trajectories.close()
+    np.testing.assert_array_equal(layouts[0], layouts[1])
+    assert np.abs(layouts[0] - np.concatenate([e.positions for e in epochs])).max() > 0.01  # it moved
