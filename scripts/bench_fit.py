@@ -362,15 +362,16 @@ def _resident_blocks_mb(result: dict) -> float:
     """The refinement's edges and trajectory targets when held in memory (at most
     refine.memory_mb; 0 when they went to the scratch file or the refinement was off)."""
     refine = result.get("refine") or {}
-    return 0.0 if refine.get("scratch_file", True) else refine.get("blocks_bytes", 0) / 2**20
+    return refine.get("resident_bytes", 0) / 2**20
 
 
 def _blocks(result: dict) -> str:
     refine = result.get("refine")
     if not refine:
         return "no refinement"
-    where = "scratch file" if refine["scratch_file"] else "in memory"
-    return f"{_mb(refine['blocks_bytes'] / 2**20)} ({where})"
+    resident = refine["resident_bytes"]
+    where = "in memory" if resident == refine["blocks_bytes"] else f"{_mb(resident / 2**20)} of it in memory"
+    return f"{_mb(refine['blocks_bytes'] / 2**20)} ({where if resident else 'scratch file'})"
 
 
 def _beyond_complex_mb(result: dict) -> float:

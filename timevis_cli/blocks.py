@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from timevis_cli.errors import InputError
+from timevis_cli.errors import InputError, TimeVisError
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,13 @@ class BlockStore:
             out = np.empty(shape, dtype)
             self._file.seek(offset)
             view = memoryview(out.reshape(-1).view(np.uint8))
-            read = self._file.readinto(view)
+            try:
+                read = self._file.readinto(view)
+            except OSError as exc:
+                raise TimeVisError(f"{self._where()}: cannot read back {self.label} ({exc})") from exc
             if read != out.nbytes:
-                raise OSError(
-                    f"the {self.label} scratch file in {self.scratch_dir or tempfile.gettempdir()} "
-                    f"returned {read} of {out.nbytes} bytes (was it removed or truncated?)"
+                raise TimeVisError(
+                    f"{self._where()}: the scratch file of {self.label} gave {read} of {out.nbytes} bytes"
                 )
             block[name] = out
         return block
@@ -128,8 +130,11 @@ class BlockStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _where(self) -> Path:
+        return self.scratch_dir or Path(tempfile.gettempdir())
+
     def _spill(self) -> None:
-        where = self.scratch_dir or Path(tempfile.gettempdir())
+        where = self._where()
         try:
             self._file = tempfile.TemporaryFile(dir=where, prefix=".timevis-scratch-")
         except OSError as exc:
@@ -141,16 +146,26 @@ class BlockStore:
             "%s pass %.0f MB: kept in a scratch file in %s and read back block by block",
             self.label, self.budget_bytes / 2**20, where,
         )  # fmt: skip
-        for block in self._memory:
+        held, self._memory = self._memory, []
+        for block in held:
             self._write(block)
-        self._memory.clear()
 
     def _write(self, block: dict[str, np.ndarray]) -> None:
         assert self._file is not None
         entry = {}
-        self._file.seek(self._end)
-        for name, array in block.items():
-            entry[name] = (self._end, array.shape)
-            self._file.write(memoryview(array.reshape(-1).view(np.uint8)))
-            self._end += array.nbytes
+        try:
+            self._file.seek(self._end)
+            for name, array in block.items():
+                entry[name] = (self._end, array.shape)
+                self._file.write(memoryview(array.reshape(-1).view(np.uint8)))
+                self._end += array.nbytes
+            self._file.flush()  # a full disk shows here, not at a later read
+        except OSError as exc:
+            message = (
+                f"cannot write {self.label} ({self.nbytes / 2**20:.0f} MB) to a scratch file in "
+                f"{self._where()} ({exc.strerror or exc}): free disk space there, raise "
+                "refine.memory_mb to keep them in memory, or lower refine.trajectory_lags"
+            )
+            self.close()
+            raise InputError(message) from exc
         self._index.append(entry)

@@ -389,7 +389,6 @@ def _layout_graph(
             features = np.concatenate([_tracked_features(run, epoch), part.features])
             features = features.astype(np.float32, copy=False)
             yield EpochPoints(features, model.transform(features), n_tracked)
-            del features
             _return_freed_memory()
             reporter.advance(epoch=epoch)
 
@@ -512,6 +511,7 @@ def _refine(
         "trajectory_pairs": trajectory.n_pairs if trajectory is not None else 0,
         # edges and trajectory targets: held in memory, or in a scratch file past refine.memory_mb
         "blocks_bytes": graph.edges.nbytes + (trajectory.targets.nbytes if trajectory else 0),
+        "resident_bytes": graph.edges.resident_bytes + (trajectory.targets.resident_bytes if trajectory else 0),
         "scratch_file": graph.edges.spilled or bool(trajectory and trajectory.targets.spilled),
         "decoder_loss": [round(losses[0], 6), round(losses[-1], 6)] if losses else [],
         "seconds": {

@@ -17,10 +17,10 @@ epochs stay the nearest (temp_l, temp_g), and a sample that does not move in fea
 held in place.
 
 Memory stays flat in the number of epochs: only the positions of every (sample, epoch) point are
-held (the output itself); each epoch's edges and each block of samples' trajectory targets sit
-in a :class:`~timevis_cli.blocks.BlockStore`, in memory up to a budget, past it in a scratch
-file read back block by block once per optimisation epoch (the same blocks in the same order,
-so the same result).
+held (the output itself); the edges of runs of epochs and the trajectory targets of blocks of
+samples sit in a :class:`~timevis_cli.blocks.BlockStore`, in memory up to a budget, past it in a
+scratch file read back block by block once per optimisation epoch (the same blocks in the same
+order: on the CPU bitwise the same result; CUDA's ``index_add_`` sums in no fixed order).
 
 All updates of one optimisation epoch are computed from the same positions and summed
 (``index_add_``), the way GPU UMAP implementations run it; edges are drawn each epoch with
@@ -54,36 +54,41 @@ _STILL_FRACTION = 0.05  # smallest unit of the trajectory stress, of the mean sa
 _T = TypeVar("_T")
 
 
-EDGE_FIELDS = {"head": np.int32, "tail": np.int32, "weight": np.float32}  # one epoch's edges
+# a block of consecutive epochs' edges: rows from the block's first epoch, and its epochs' first
+# rows (then the row after them) as segments
+EDGE_FIELDS = {"head": np.int32, "tail": np.int32, "weight": np.float32, "segments": np.int64}
+_EDGES_PER_BLOCK = 1 << 20  # edges per block, at least (an epoch's are never split)
 TARGET_FIELDS = {"target": np.float32}  # a block of samples' trajectory targets [B, P]
 _PAIRS_PER_BLOCK = 1 << 20  # trajectory pairs per block (its step's temporaries: ~40 B a pair)
 
 
 @dataclass(frozen=True)
 class EdgeBlock:
-    """The edges of one segment of the layout (one epoch's points, rows ``start`` to
-    ``start + size - 1``) for :func:`optimize_layout`.
+    """The edges of consecutive segments of the layout (epochs) for :func:`optimize_layout`.
 
-    ``head``, ``tail``: int32 or int64 [m] rows counted from ``start``; ``probability`` [m]: the
-    chance the edge is used in an optimisation epoch (``w / max(w)``). An edge's negatives are
-    drawn from its segment.
+    ``segments`` int64 [S + 1]: the first row of each segment and, last, the row after them;
+    ``head``, ``tail``: int32 or int64 [m] rows counted from ``segments[0]``; ``weight`` [m]: an
+    edge is used in an optimisation epoch with probability ``weight / max_weight`` (a weight
+    <= 0 is never used). An edge's negatives are drawn from its head's segment.
     """
 
     head: Tensor
     tail: Tensor
-    probability: Tensor
-    start: int
-    size: int
+    weight: Tensor
+    segments: Tensor
+    max_weight: float
 
     def __post_init__(self) -> None:
-        shapes = {tuple(v.shape) for v in (self.head, self.tail, self.probability)}
+        shapes = {tuple(v.shape) for v in (self.head, self.tail, self.weight)}
         if len(shapes) != 1 or self.head.ndim != 1:
             raise InputError(
-                f"head, tail and probability must be 1-D of one length, got {tuple(self.head.shape)}, "
-                f"{tuple(self.tail.shape)}, {tuple(self.probability.shape)}"
+                f"head, tail and weight must be 1-D of one length, got {tuple(self.head.shape)}, "
+                f"{tuple(self.tail.shape)}, {tuple(self.weight.shape)}"
             )
-        if self.start < 0 or self.size < 1:
-            raise InputError(f"a segment needs start >= 0 and size >= 1, got {self.start}, {self.size}")
+        if self.segments.ndim != 1 or len(self.segments) < 2:
+            raise InputError(f"segments must be 1-D with at least 2 rows, got {tuple(self.segments.shape)}")
+        if not self.max_weight > 0:
+            raise InputError(f"max_weight={self.max_weight} must be > 0")
 
 
 @dataclass(frozen=True)
@@ -141,9 +146,9 @@ def optimize_layout(
     """UMAP's SGD on 2-D positions [V, 2] (float32; written back in place at the end, and returned).
 
     ``edges``: blocks of directed edges (give both directions of a symmetric graph, as umap-learn
-    iterates its symmetric COO); an edge is used in an epoch with its block's probability. Used
-    edges pull both ends together; each also pushes its head away from ``negative_rate`` rows
-    drawn uniformly from its block's segment (a row drawn as its own negative is not pushed). The
+    iterates its symmetric COO); an edge is used in an epoch with probability ``w / max(w)``.
+    Used edges pull both ends together; each also pushes its head away from ``negative_rate``
+    rows drawn uniformly from the head's segment (a row drawn as its own negative is not pushed). The
     step is ``learning_rate · (1 - epoch / n_epochs)``; every update is clipped to ±4 per
     coordinate. ``trajectory`` adds its stress, times ``trajectory_weight``, to every epoch's
     update. ``edges`` and ``trajectory`` are iterated once per epoch: a list, or a re-iterable
@@ -158,6 +163,12 @@ def optimize_layout(
         raise InputError(f"trajectory_weight={trajectory_weight} must be >= 0")
     if trajectory_weight == 0:
         trajectory = None
+    for name, blocks in (("edges", edges), ("trajectory", trajectory)):
+        if blocks is not None and iter(blocks) is blocks:
+            raise InputError(
+                f"{name} is a one-shot iterator but is visited once per epoch; pass a list or a "
+                "re-iterable (LayoutGraph.edge_blocks, Trajectories.pair_blocks)"
+            )
     # one contiguous row per coordinate: gathers and updates of [m] vectors, not [m, 2] rows
     xy = positions.t().contiguous()
     x, y = xy[0], xy[1]
@@ -192,10 +203,12 @@ def _edge_step(
 ) -> None:
     """Add one block's attraction and repulsion to ``move_x``, ``move_y``."""
     device, dtype = x.device, x.dtype
-    take = torch.rand(block.probability.shape, generator=generator, device=device) < block.probability
-    take = take.nonzero().squeeze(1)
-    h = block.head[take].long().add_(block.start)
-    t = block.tail[take].long().add_(block.start)
+    # used with probability w / max(w): uniform draws scaled by max(w), no probability copy held
+    draw = torch.rand(block.weight.shape, generator=generator, device=device, dtype=block.weight.dtype)
+    take = (draw.mul_(block.max_weight) < block.weight).nonzero().squeeze(1)
+    base = block.segments[0]
+    h = block.head[take].long().add_(base)
+    t = block.tail[take].long().add_(base)
     xh, yh = x[h], y[h]
     dx, dy = xh - x[t], yh - y[t]
     d2 = dx * dx + dy * dy
@@ -205,15 +218,20 @@ def _edge_step(
     move_x.index_add_(0, t, -pull_x)
     move_y.index_add_(0, t, -pull_y)
     if negative_rate:
+        if len(block.segments) == 2:  # one segment: every head's
+            first, size = base, block.segments[1] - base
+        else:
+            segment = torch.searchsorted(block.segments, h, right=True) - 1
+            first = block.segments[segment]
+            size = block.segments[segment + 1] - first
         draw = torch.rand((negative_rate, len(h)), generator=generator, device=device, dtype=dtype)
-        other = (draw * block.size).long().clamp_(max=block.size - 1).add_(block.start)
+        other = (draw * size).long().minimum(size - 1).add_(first)
         dx, dy = xh - x[other], yh - y[other]
         d2 = dx * dx + dy * dy
         coeff = (2.0 * b * alpha) / ((_REPULSION_EPS + d2) * (1.0 + a * d2.pow(b)))
         push_x, push_y = (coeff * dx).clamp_(-clip, clip), (coeff * dy).clamp_(-clip, clip)
         # coincident distinct points are pushed apart by the clip, as umap-learn does; a row
         # drawn as its own negative has dx = dy = 0 and is not pushed
-        # (unconditionally: testing for any would sync the device once per block)
         coincident = (d2 == 0) & (other != h)
         push_x = torch.where(coincident, clip, push_x)
         push_y = torch.where(coincident, clip, push_y)
@@ -349,9 +367,11 @@ class LayoutGraph:
 
     Epoch i's points are rows ``offsets[i]:offsets[i + 1]`` of ``positions`` (float32 [V, 2]),
     its ``n_tracked`` tracked samples first (the same samples in the same order at every epoch:
-    sample n is row ``offsets[i] + n``), then its boundary points. ``edges`` holds one block per
-    epoch (:data:`EDGE_FIELDS`: rows counted from the epoch's first, the mixed weight), in memory
-    or in a scratch file (:class:`BlockStore`); ``max_weight``: the largest weight of all.
+    sample n is row ``offsets[i] + n``), then its boundary points. ``edges`` holds the edges of
+    runs of consecutive epochs, about :data:`_EDGES_PER_BLOCK` a block (:data:`EDGE_FIELDS`: rows
+    counted from the block's first epoch, the mixed weight, and the block's epoch boundaries as
+    ``segments``), in memory or in a scratch file (:class:`BlockStore`); ``max_weight``: the
+    largest weight of all.
     """
 
     positions: np.ndarray
@@ -361,23 +381,14 @@ class LayoutGraph:
     max_weight: float
     n_edges: int
 
-    def tracked_rows(self) -> np.ndarray:
-        """int64 [N, E]: the row of tracked sample n at epoch index e."""
-        return (self.offsets[:-1][None, :] + np.arange(self.n_tracked)[:, None]).astype(np.int64)
-
     def edge_blocks(self, device: torch.device) -> Iterable[EdgeBlock]:
-        """The edges as :class:`EdgeBlock` s on ``device``, one per epoch."""
-        starts, sizes = self.offsets[:-1], np.diff(self.offsets)
+        """The edges as :class:`EdgeBlock` s on ``device`` (re-iterable)."""
 
-        def convert(i: int, block: dict[str, np.ndarray]) -> EdgeBlock:
-            weight = torch.from_numpy(block["weight"]).to(device)
-            return EdgeBlock(
-                torch.from_numpy(block["head"]).to(device),
-                torch.from_numpy(block["tail"]).to(device),
-                weight / self.max_weight,
-                int(starts[i]),
-                int(sizes[i]),
+        def convert(_: int, block: dict[str, np.ndarray]) -> EdgeBlock:
+            head, tail, weight, segments = (
+                torch.from_numpy(block[name]).to(device) for name in ("head", "tail", "weight", "segments")
             )
+            return EdgeBlock(head, tail, weight, segments, self.max_weight)
 
         return _device_blocks(self.edges, convert)
 
@@ -401,15 +412,25 @@ def layout_graph(
     (``rate``, ``prune_offset``: :func:`timevis_cli.complex.mix_edges`, epoch by epoch: every
     epoch's largest membership is 1, so this prunes what one pass over all epochs would).
 
-    ``epochs`` is read once, in time order; one epoch's features are held at a time, and its
+    ``epochs`` is read once, in time order; one epoch's features are held at a time, and the
     edges go to a :class:`BlockStore` with ``budget_bytes`` in memory (past it, a scratch file in
-    ``scratch_dir``). Every epoch must track the same number of samples.
+    ``scratch_dir``), consecutive epochs joined into blocks of about :data:`_EDGES_PER_BLOCK`
+    edges. Every epoch must track the same number of samples.
     """
     edges = BlockStore(EDGE_FIELDS, budget_bytes, scratch_dir, label="the refinement's edges")
     positions: list[np.ndarray] = []
     offsets = [0]
     n_tracked = -1
     max_weight, n_edges = 0.0, 0
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # rows from the block's first
+    block_first = 0  # the epoch index the pending block starts at
+
+    def flush() -> None:
+        if pending:
+            head, tail, weight = (np.concatenate(parts) for parts in zip(*pending, strict=True))
+            edges.append(head=head, tail=tail, weight=weight, segments=offsets[block_first:])
+            pending.clear()
+
     try:
         for points in epochs:
             n_points = len(points.features)
@@ -424,17 +445,28 @@ def layout_graph(
                     f"epoch {len(positions)} tracks {points.n_tracked} samples, epoch 0 {n_tracked}: "
                     "refinement needs the same samples at every epoch"
                 )
-            if n_points >= 2**31:
-                raise InputError(f"an epoch has {n_points} points to refine; at most 2**31 - 1 fit")
             n_tracked = int(points.n_tracked)
+            if offsets[-1] + n_points - offsets[block_first] >= 2**31:
+                flush()  # a block's rows must fit int32
+                block_first = len(positions)
+            if n_points >= 2**31:
+                raise InputError(
+                    f"an epoch has {n_points} points to refine, more than 2**31 - 1; turn the "
+                    "refinement off with --set refine.enabled=false"
+                )
             idx, dist = backend.query(points.features, k=k, include_self=True)
             mixed = mix_edges(spatial_edges(idx, dist).edges, rates={"spatial": rate}, prune_offset=prune_offset)
-            edges.append(head=mixed.head, tail=mixed.tail, weight=mixed.weight)
+            shift = offsets[-1] - offsets[block_first]
+            pending.append((mixed.head + shift, mixed.tail + shift, mixed.weight))
             if len(mixed):
                 max_weight = max(max_weight, float(mixed.weight.max()))
             n_edges += len(mixed)
             positions.append(np.asarray(points.positions, np.float32))
             offsets.append(offsets[-1] + n_points)
+            if sum(len(part[0]) for part in pending) >= _EDGES_PER_BLOCK:
+                flush()
+                block_first = len(positions)
+        flush()
         if not positions:
             raise InputError("refinement needs at least one epoch")
     except BaseException:
@@ -464,9 +496,9 @@ def trajectory_targets(
     energy = np.square(high).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         fitted = np.where(energy > 0, (drawn * high).sum(axis=1) / energy, 0.0)
-    target = scale * fitted[:, None] * high
-    mean = target.mean(axis=1) if target.shape[1] else np.zeros(len(target))
-    return target.astype(np.float32), mean.astype(np.float32)
+    target = (scale * fitted[:, None] * high).astype(np.float32)
+    mean = target.mean(axis=1) if target.shape[1] else np.zeros(len(target), np.float32)
+    return target, mean.astype(np.float32)
 
 
 @dataclass

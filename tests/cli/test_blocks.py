@@ -54,3 +54,34 @@ def test_an_unwritable_scratch_folder_is_a_one_line_error_naming_the_fix(tmp_pat
     with pytest.raises(InputError, match="refine.memory_mb") as error:
         store.append(rows=np.arange(3), values=np.zeros((3, 3)))
     assert "the test's edges" in str(error.value) and "\n" not in str(error.value)
+
+
+class _FullDisk:
+    """A scratch file on a full disk: every write fails as the OS reports it."""
+
+    def __init__(self, *args, **kwargs):
+        self.closed = False
+
+    def seek(self, offset):
+        return offset
+
+    def write(self, data):
+        raise OSError(28, "No space left on device")
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_full_disk_is_a_one_line_error_and_leaves_the_store_closed(tmp_path, monkeypatch):
+    monkeypatch.setattr("timevis_cli.blocks.tempfile.TemporaryFile", _FullDisk)
+    store = BlockStore(FIELDS, 50, scratch_dir=tmp_path, label="the test's edges")
+    store.append(rows=np.arange(2), values=np.zeros((2, 3)))
+    with pytest.raises(InputError, match="No space left on device") as error:
+        store.append(rows=np.arange(4), values=np.zeros((4, 3)))
+    message = str(error.value)
+    assert "\n" not in message and str(tmp_path) in message and "refine.memory_mb" in message
+    assert "the test's edges (0 MB)" in message
+    assert len(store) == 0 and store.nbytes == 0 and not store.spilled

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from timevis_cli import refine
 from timevis_cli.complex import mix_edges, spatial_edges
 from timevis_cli.errors import InputError
 from timevis_cli.losses import find_ab_params
@@ -46,7 +47,7 @@ def test_one_attractive_step_equals_umap_learn_update(distance):
     positions = torch.from_numpy(y.copy())
     optimize_layout(
         positions,
-        [EdgeBlock(torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]), start=0, size=3)],
+        [EdgeBlock(torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]), torch.tensor([0, 3]), 1.0)],
         n_epochs=1,
         a=A,
         b=B,
@@ -56,26 +57,25 @@ def test_one_attractive_step_equals_umap_learn_update(distance):
     np.testing.assert_allclose(positions.numpy(), _one_step_reference(y, 0, 1, 0.5), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("one_block", [True, False])
 @pytest.mark.parametrize("segment", [0, 1])
-def test_negatives_push_apart_within_the_segment_only(segment):
+def test_negatives_push_apart_within_the_segment_only(segment, one_block):
     # two segments (epochs) of two rows; the segment's first row has only a self-edge (no
     # pull), so only its negatives act: its segment's other row lies to its right (a push to the
     # left), the other segment's rows just to its left (a far larger push to the right, if any
-    # were drawn)
+    # were drawn). The edge sits in a block of its segment alone, or of both segments.
     own, other = np.array([[0.0, 0.0], [0.5, 0.0]]), np.array([[-0.01, 0.0], [-0.02, 0.0]])
     y = torch.tensor(np.concatenate([own, other] if segment == 0 else [other, own]), dtype=torch.float32)
     before = y.clone()
     row = 2 * segment
+    if one_block:
+        block = EdgeBlock(torch.tensor([row]), torch.tensor([row]), torch.tensor([1.0]), torch.tensor([0, 2, 4]), 1.0)
+    else:
+        block = EdgeBlock(torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0]), torch.tensor([row, row + 2]), 1.0)
     optimize_layout(
-        y,
-        [EdgeBlock(torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0]), start=row, size=2)],
-        n_epochs=1,
-        a=A,
-        b=B,
-        negative_rate=20,
-        learning_rate=1.0,
+        y, [block], n_epochs=1, a=A, b=B, negative_rate=20, learning_rate=1.0,
         generator=torch.Generator().manual_seed(0),
-    )
+    )  # fmt: skip
     assert y[row, 0] < before[row, 0]
     others = [i for i in range(4) if i != row]
     torch.testing.assert_close(y[others], before[others])
@@ -110,7 +110,15 @@ def test_layout_from_a_random_start_recovers_neighbours_and_is_seeded():
     assert nnpv(x, first, k=10) > 0.5
 
 
-def test_layout_graph_joins_each_epochs_knn_graph_and_nothing_across_epochs():
+def _tracked_rows(graph):
+    """int64 [N, E]: the row of tracked sample n at epoch index e."""
+    return graph.offsets[:-1][None, :] + np.arange(graph.n_tracked)[:, None]
+
+
+@pytest.mark.parametrize("edges_per_block", [1, 1 << 20])
+def test_layout_graph_joins_each_epochs_knn_graph_and_nothing_across_epochs(edges_per_block, monkeypatch):
+    # one block per epoch (each epoch has more than 1 edge) or all epochs in one block
+    monkeypatch.setattr(refine, "_EDGES_PER_BLOCK", edges_per_block)
     rng = np.random.default_rng(0)
     n, n_boundary, epochs = 30, 5, 5
     points = [
@@ -125,19 +133,26 @@ def test_layout_graph_joins_each_epochs_knn_graph_and_nothing_across_epochs():
     assert graph.offsets.tolist() == [0, 35, 70, 105, 140, 175]
     assert graph.n_tracked == n
     blocks = list(graph.edge_blocks(torch.device("cpu")))
-    assert len(blocks) == epochs == len(graph.edges)
+    assert len(blocks) == (epochs if edges_per_block == 1 else 1) == len(graph.edges)
     assert graph.n_edges == sum(len(block.head) for block in blocks) > 0
-    for i, block in enumerate(blocks):  # each epoch's edges join rows of that epoch only
-        assert (block.start, block.size) == (35 * i, 35)
-        assert 0 <= int(block.head.min()) and int(block.head.max()) < 35 and int(block.tail.max()) < 35
-        assert (block.head != block.tail).all()
-        # the same edges and weights as mixing the epoch's own fuzzy kNN graph
+    # every epoch's edges, in absolute rows, from whichever block holds them
+    head = np.concatenate([(block.head.long() + block.segments[0]).numpy() for block in blocks])
+    tail = np.concatenate([(block.tail.long() + block.segments[0]).numpy() for block in blocks])
+    weight = np.concatenate([block.weight.numpy() for block in blocks])
+    assert sorted({int(r) for block in blocks for r in block.segments}) == graph.offsets.tolist()
+    for i in range(epochs):  # each epoch's edges join rows of that epoch only
+        first, last = graph.offsets[i], graph.offsets[i + 1]
+        mine = (head >= first) & (head < last)
+        assert ((tail[mine] >= first) & (tail[mine] < last)).all()
+        # the same edges and weights, in the same order, as mixing the epoch's own fuzzy kNN graph
         idx, dist = TorchExact().query(points[i].features, k=5, include_self=True)
         mixed = mix_edges(spatial_edges(idx, dist).edges, rates={"spatial": 5.0}, prune_offset=0.0)
-        assert block.head.tolist() == mixed.head.tolist() and block.tail.tolist() == mixed.tail.tolist()
-        torch.testing.assert_close(block.probability * graph.max_weight, torch.from_numpy(mixed.weight))
+        assert (head[mine] - first).tolist() == mixed.head.tolist()
+        assert (tail[mine] - first).tolist() == mixed.tail.tolist()
+        np.testing.assert_array_equal(weight[mine], mixed.weight)
+    assert (head != tail).all()
     assert graph.max_weight == pytest.approx(5.0)  # each epoch's largest membership is 1, x the rate
-    rows = graph.tracked_rows()
+    rows = _tracked_rows(graph)
     assert rows.shape == (n, epochs)
     assert rows[3].tolist() == [3, 38, 73, 108, 143]  # sample 3 at every epoch, never a boundary row
 
@@ -160,15 +175,20 @@ def test_layout_graph_refuses_epochs_tracking_different_samples():
 
 def test_optimize_layout_rejects_bad_input():
     idx = torch.tensor([0, 1])
-    block = EdgeBlock(idx, idx, torch.ones(2), start=0, size=3)
+    segments = torch.tensor([0, 3])
+    block = EdgeBlock(idx, idx, torch.ones(2), segments, 1.0)
     with pytest.raises(InputError, match="positions"):
         optimize_layout(torch.zeros(3, 3), [block], n_epochs=1, a=A, b=B)
     with pytest.raises(InputError, match="trajectory_weight"):
         optimize_layout(torch.zeros(3, 2), [block], n_epochs=1, a=A, b=B, trajectory_weight=-1.0)
+    with pytest.raises(InputError, match="one-shot iterator"):
+        optimize_layout(torch.zeros(3, 2), iter([block]), n_epochs=2, a=A, b=B)
     with pytest.raises(InputError, match="1-D of one length"):
-        EdgeBlock(idx, idx, torch.ones(3), start=0, size=3)
-    with pytest.raises(InputError, match="size >= 1"):
-        EdgeBlock(idx, idx, torch.ones(2), start=0, size=0)
+        EdgeBlock(idx, idx, torch.ones(3), segments, 1.0)
+    with pytest.raises(InputError, match="at least 2 rows"):
+        EdgeBlock(idx, idx, torch.ones(2), torch.tensor([0]), 1.0)
+    with pytest.raises(InputError, match="max_weight"):
+        EdgeBlock(idx, idx, torch.ones(2), segments, 0.0)
     with pytest.raises(InputError, match=r"target must be \[B, 2\]"):
         PairBlock(idx, idx, torch.ones(2), 0, torch.ones(3, 3), torch.ones(3))
 
@@ -270,7 +290,7 @@ def _one_sample_graph(start: np.ndarray):
 
 def _flat(graph, trajectories):
     """The stress's pairs of rows, targets and units, one entry per (sample, pair)."""
-    rows = graph.tracked_rows()
+    rows = _tracked_rows(graph)
     targets = np.concatenate([block["target"] for block in trajectories.targets])
     p = len(trajectories.first)
     return (
@@ -295,7 +315,7 @@ def test_trajectory_term_takes_the_shape_from_features_and_the_size_from_the_sta
     fitted = (drawn * high[0]).sum() / np.square(high[0]).sum()
     np.testing.assert_allclose(target, 2.0 * fitted * high[0], rtol=1e-6)
     np.testing.assert_allclose(unit, target.mean(), rtol=1e-6)
-    rows = graph.tracked_rows()[0]
+    rows = _tracked_rows(graph)[0]
     assert f.tolist() == rows[first].tolist() and s.tolist() == rows[second].tolist()
     still = _flat(graph, trajectory_term(graph, first, second, [np.zeros_like(high)], 1.0))
     assert (still[2] == 0).all() and (still[3] == 1).all()
@@ -328,6 +348,11 @@ def test_trajectory_term_in_blocks_equals_one_block_and_floors_still_samples():
     for got, expected in zip(_flat(graph, blocked), _flat(graph, whole), strict=True):
         np.testing.assert_array_equal(got, expected)
     assert whole.unit[4] == pytest.approx(0.05 * np.delete(whole.unit, 4).sum() / n, rel=1e-5)
+    # and the stress acts on each block's own samples: the same layout from either
+    np.testing.assert_array_equal(
+        _stress_only(graph, blocked, weight=1.0, n_epochs=20, learning_rate=0.2),
+        _stress_only(graph, whole, weight=1.0, n_epochs=20, learning_rate=0.2),
+    )
     blocked.close()
 
 
@@ -376,9 +401,12 @@ def test_trajectory_stress_does_not_overshoot_a_small_path_over_many_epochs(span
     assert error_after <= max(2 * error_before, 0.01 * span)
 
 
-def test_refinement_from_a_scratch_file_equals_refinement_in_memory():
+def test_refinement_from_a_scratch_file_equals_refinement_in_memory(monkeypatch):
     # the same graph and stress, held in memory or read back from scratch files every epoch:
     # the same blocks in the same order, so the same random draws and bitwise the same layout
+    # (several blocks of each: edges of 2 epochs, targets of 16 samples per block)
+    monkeypatch.setattr(refine, "_EDGES_PER_BLOCK", 100)
+    monkeypatch.setattr(refine, "_PAIRS_PER_BLOCK", 16 * 10)
     rng = np.random.default_rng(1)
     n, n_epochs = 40, 5
     epochs = [
@@ -392,6 +420,7 @@ def test_refinement_from_a_scratch_file_equals_refinement_in_memory():
         graph = layout_graph(epochs, TorchExact(), 5, 1.0, 0.0, budget_bytes=budget)
         trajectories = trajectory_term(graph, first, second, [high], 1.0, budget_bytes=budget)
         assert graph.edges.spilled == trajectories.targets.spilled == (budget == 0)
+        assert len(graph.edges) == 3 and trajectories.sizes == [16, 16, 8]
         layouts.append(
             refine_layout(
                 graph, n_epochs=20, learning_rate=0.1, negative_rate=5, a=A, b=B,
