@@ -57,7 +57,7 @@ _T = TypeVar("_T")
 # a block of consecutive epochs' edges: rows from the block's first epoch, and its epochs' first
 # rows (then the row after them) as segments
 EDGE_FIELDS = {"head": np.int32, "tail": np.int32, "weight": np.float32, "segments": np.int64}
-_EDGES_PER_BLOCK = 1 << 20  # edges per block, at least (an epoch's are never split)
+_EDGES_PER_BLOCK = 1 << 17  # edges a block at least (an epoch is never split; cache-sized on a CPU)
 TARGET_FIELDS = {"target": np.float32}  # a block of samples' trajectory targets [B, P]
 _PAIRS_PER_BLOCK = 1 << 20  # trajectory pairs per block (its step's temporaries: ~40 B a pair)
 
