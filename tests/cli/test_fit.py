@@ -280,3 +280,23 @@ def test_not_a_store(tmp_path):
 def test_config_errors_are_config_errors():
     with pytest.raises(ConfigError):
         load_config(overrides=["knn.n_neighbors=1"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("memory_mb", [2048, 0])
+def test_a_fit_on_cuda_matches_the_cpu_fit_in_quality(tmp_path, memory_mb):
+    # training, refinement (blocks resident on the GPU or read back from the scratch file) and
+    # the decoder on CUDA: as faithful as the same fit on the CPU, and the CUDA kNN used
+    store = drifting_clusters(tmp_path / "s", n_train=200, n_test=40, epochs=4)
+    run = open_run(store)
+    overrides = FAST + ["training.max_epochs=3", f"refine.memory_mb={memory_mb}"]
+    fits = {d: fit(run, load_config(overrides=overrides + [f"fit.device={d}"])) for d in ("cpu", "cuda")}
+    assert fits["cuda"].stats["device"].startswith("cuda")
+    assert fits["cuda"].stats["refine"]["scratch_file"] == (memory_mb == 0)
+    for i, epoch in enumerate(fits["cpu"].epochs):
+        features = run.features(epoch, split="train")
+        on_cpu = nnpv(features, fits["cpu"].train[i], k=10)
+        on_gpu = nnpv(features, fits["cuda"].train[i], k=10)
+        assert np.isfinite(fits["cuda"].train[i]).all()
+        assert on_gpu >= on_cpu - 0.1, f"epoch {epoch}: nnpv {on_gpu:.3f} on CUDA, {on_cpu:.3f} on the CPU"

@@ -431,3 +431,43 @@ def test_refinement_from_a_scratch_file_equals_refinement_in_memory(monkeypatch)
         trajectories.close()
     np.testing.assert_array_equal(layouts[0], layouts[1])
     assert np.abs(layouts[0] - np.concatenate([e.positions for e in epochs])).max() > 0.01  # it moved
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("budget", [1 << 30, 0])
+def test_refinement_on_cuda_recovers_neighbours_with_the_stress_in_blocks(budget, monkeypatch):
+    # the CUDA path of the whole refinement (edges of several blocks, the stress in blocks,
+    # resident on the GPU or read back from scratch files): the layout recovers a sheet's
+    # neighbours from a random start and keeps the trajectory targets as on the CPU
+    monkeypatch.setattr(refine, "_EDGES_PER_BLOCK", 500)
+    monkeypatch.setattr(refine, "_PAIRS_PER_BLOCK", 64)
+    rng = np.random.default_rng(0)
+    sheet = rng.uniform(0, 10, size=(200, 2))
+    lift = rng.normal(size=(2, 10))
+    epochs = [
+        EpochPoints(
+            ((sheet + 0.05 * e) @ lift).astype(np.float32), rng.uniform(0, 10, (200, 2)).astype(np.float32), 200
+        )
+        for e in range(3)
+    ]
+    first, second = trajectory_pairs(3, 8)
+    high = np.full((200, len(first)), 0.5, np.float32)
+    layouts = {}
+    for device in ("cpu", "cuda"):
+        graph = layout_graph(epochs, TorchExact(), 10, 5.0, 0.0, budget_bytes=budget)
+        trajectories = trajectory_term(graph, first, second, [high], 1.0, budget_bytes=budget)
+        assert len(graph.edges) > 1 and len(trajectories.sizes) > 1
+        layouts[device] = refine_layout(
+            graph, n_epochs=200, learning_rate=0.25, negative_rate=5, a=A, b=B,
+            device=torch.device(device), seed=3, trajectory=trajectories, trajectory_weight=0.5,
+        )  # fmt: skip
+        graph.close()
+        trajectories.close()
+    for device, layout in layouts.items():
+        assert np.isfinite(layout).all()
+        for e in range(3):
+            rows = slice(200 * e, 200 * (e + 1))
+            assert nnpv(epochs[e].features, layout[rows], k=10) > 0.5, (device, e)
+    spread = [np.linalg.norm(layouts[d][:200] - layouts[d][400:], axis=1).mean() for d in ("cpu", "cuda")]
+    assert spread[1] == pytest.approx(spread[0], rel=0.5)  # the stress acts alike on both devices
