@@ -369,7 +369,7 @@ def _blocks(result: dict) -> str:
     refine = result.get("refine")
     if not refine:
         return "no refinement"
-    resident = refine["resident_bytes"]
+    resident = refine.get("resident_bytes", 0)
     where = "in memory" if resident == refine["blocks_bytes"] else f"{_mb(resident / 2**20)} of it in memory"
     return f"{_mb(refine['blocks_bytes'] / 2**20)} ({where if resident else 'scratch file'})"
 

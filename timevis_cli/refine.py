@@ -368,10 +368,10 @@ class LayoutGraph:
     Epoch i's points are rows ``offsets[i]:offsets[i + 1]`` of ``positions`` (float32 [V, 2]),
     its ``n_tracked`` tracked samples first (the same samples in the same order at every epoch:
     sample n is row ``offsets[i] + n``), then its boundary points. ``edges`` holds the edges of
-    runs of consecutive epochs, about :data:`_EDGES_PER_BLOCK` a block (:data:`EDGE_FIELDS`: rows
-    counted from the block's first epoch, the mixed weight, and the block's epoch boundaries as
-    ``segments``), in memory or in a scratch file (:class:`BlockStore`); ``max_weight``: the
-    largest weight of all.
+    runs of whole consecutive epochs, at least :data:`_EDGES_PER_BLOCK` a block but the last
+    (:data:`EDGE_FIELDS`: rows counted from the block's first epoch, the mixed weight, and the
+    block's epoch boundaries as ``segments``), in memory or in a scratch file
+    (:class:`BlockStore`); ``max_weight``: the largest weight of all.
     """
 
     positions: np.ndarray
@@ -414,8 +414,8 @@ def layout_graph(
 
     ``epochs`` is read once, in time order; one epoch's features are held at a time, and the
     edges go to a :class:`BlockStore` with ``budget_bytes`` in memory (past it, a scratch file in
-    ``scratch_dir``), consecutive epochs joined into blocks of about :data:`_EDGES_PER_BLOCK`
-    edges. Every epoch must track the same number of samples.
+    ``scratch_dir``), whole consecutive epochs joined into blocks of at least
+    :data:`_EDGES_PER_BLOCK` edges (but the last). Every epoch must track the same number of samples.
     """
     edges = BlockStore(EDGE_FIELDS, budget_bytes, scratch_dir, label="the refinement's edges")
     positions: list[np.ndarray] = []
@@ -446,18 +446,18 @@ def layout_graph(
                     "refinement needs the same samples at every epoch"
                 )
             n_tracked = int(points.n_tracked)
-            if offsets[-1] + n_points - offsets[block_first] >= 2**31:
-                flush()  # a block's rows must fit int32
-                block_first = len(positions)
             if n_points >= 2**31:
                 raise InputError(
                     f"an epoch has {n_points} points to refine, more than 2**31 - 1; turn the "
                     "refinement off with --set refine.enabled=false"
                 )
+            if offsets[-1] + n_points - offsets[block_first] >= 2**31:
+                flush()  # a block's rows must fit int32
+                block_first = len(positions)
             idx, dist = backend.query(points.features, k=k, include_self=True)
             mixed = mix_edges(spatial_edges(idx, dist).edges, rates={"spatial": rate}, prune_offset=prune_offset)
             shift = offsets[-1] - offsets[block_first]
-            pending.append((mixed.head + shift, mixed.tail + shift, mixed.weight))
+            pending.append(((mixed.head + shift).astype(np.int32), (mixed.tail + shift).astype(np.int32), mixed.weight))
             if len(mixed):
                 max_weight = max(max_weight, float(mixed.weight.max()))
             n_edges += len(mixed)

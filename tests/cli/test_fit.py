@@ -157,6 +157,8 @@ def test_a_refinement_past_its_memory_budget_gives_the_same_fit_from_a_scratch_f
     before = sorted(p.name for p in store.iterdir())
     streamed = fit(open_run(store), load_config(overrides=FAST + ["training.max_epochs=2", "refine.memory_mb=0"]))
     assert not in_memory.stats["refine"]["scratch_file"] and streamed.stats["refine"]["scratch_file"]
+    assert streamed.stats["refine"]["resident_bytes"] == 0
+    assert in_memory.stats["refine"]["resident_bytes"] == in_memory.stats["refine"]["blocks_bytes"]
     assert streamed.stats["refine"]["blocks_bytes"] == in_memory.stats["refine"]["blocks_bytes"] > 0
     np.testing.assert_array_equal(streamed.train, in_memory.train)
     np.testing.assert_array_equal(streamed.test, in_memory.test)
@@ -293,7 +295,9 @@ def test_a_fit_on_cuda_matches_the_cpu_fit_in_quality(tmp_path, memory_mb):
     overrides = FAST + ["training.max_epochs=3", f"refine.memory_mb={memory_mb}"]
     fits = {d: fit(run, load_config(overrides=overrides + [f"fit.device={d}"])) for d in ("cpu", "cuda")}
     assert fits["cuda"].stats["device"].startswith("cuda")
-    assert fits["cuda"].stats["refine"]["scratch_file"] == (memory_mb == 0)
+    refined = fits["cuda"].stats["refine"]
+    assert refined["scratch_file"] == (memory_mb == 0)
+    assert refined["resident_bytes"] == (0 if memory_mb == 0 else refined["blocks_bytes"])
     for i, epoch in enumerate(fits["cpu"].epochs):
         features = run.features(epoch, split="train")
         on_cpu = nnpv(features, fits["cpu"].train[i], k=10)
