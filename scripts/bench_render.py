@@ -250,7 +250,7 @@ def measure(args: argparse.Namespace, store: Path, jobs: int) -> dict:
 
     # the parent: the landscape on the device
     landscapes = GridLandscapes(run, fit, plan, device)
-    per_epoch_decoder = fit.model.projector.epoch_bias is not None
+    per_epoch_decoder = fit.model.decode_index(picks[0]) is not None
     decode = Stage()
     if not per_epoch_decoder:  # a shared decoder decodes the canvas once; else every epoch
         decode(landscapes.decoded, plan.bounds[picks[0]])

@@ -6,8 +6,9 @@ types, train the projector on the joined complex, then either embed every sample
 with the encoder or (``[refine]``, the default) refine every tracked sample's and boundary
 point's position (:mod:`timevis_cli.refine`) and fit the decoder, with one bias per epoch, to
 the refined positions. Features are read one epoch at a time (the refinement's trajectory
-distances: blocks of samples across epochs); the complex stays bounded, the refinement's layout
-grows with samples x epochs.
+distances: blocks of samples across epochs); what stays in memory is the reduced complex, the
+positions of every (sample, epoch), and the refinement's edges and targets up to
+``refine.memory_mb`` (past it in a scratch file), so memory is flat in the number of epochs.
 
     >>> from timevis_callback import open_run                        # doctest: +SKIP
     >>> result = fit(open_run("runs/mnist/store"), load_config())     # doctest: +SKIP

@@ -408,8 +408,6 @@ def classify_grid_torch(
     batch_size: grid rows per head call; small float64 batches (8 MiB at D = 512) stay in the
     CPU's cache, which makes the CPU path about 1.5x faster than 8192-row batches.
     """
-    from timevis_callback.boundary import margin
-
     batch_size = _check_positive_int("batch_size", batch_size)
     resolution = math.isqrt(len(decoded)) if decoded.ndim == 2 else 0
     if decoded.ndim != 2 or resolution < 1 or resolution * resolution != len(decoded):
@@ -417,9 +415,16 @@ def classify_grid_torch(
             f"decoded grid of shape {tuple(decoded.shape)} must be (R*R, D) for a square grid"
         )
     logits = _head_logits(decoded, head, batch_size)  # one transfer per epoch: (R*R, C)
+    classes, margins = _classes_margins(logits)
     shape = (resolution, resolution)
-    classes = logits.argmax(axis=1).astype(class_dtype(logits.shape[1])).reshape(shape)
-    return classes, margin(logits).astype(np.float32).reshape(shape)
+    return classes.reshape(shape), margins.reshape(shape)
+
+
+def _classes_margins(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of logits (n, C): the class (:func:`class_dtype`) and the margin float32."""
+    from timevis_callback.boundary import margin
+
+    return logits.argmax(axis=1).astype(class_dtype(logits.shape[1])), margin(logits).astype(np.float32)
 
 
 def _head_logits(decoded: torch.Tensor, head: Head, batch_size: int) -> np.ndarray:
@@ -487,18 +492,17 @@ def landscape_coarse_to_fine(
     region narrower than ``step`` pixels that falls between decoded pixels of one other class is
     not drawn.
     """
-    from timevis_callback.boundary import margin
-
     resolution = _check_positive_int("resolution", resolution)
     step = _check_positive_int("step", step)
     grid = grid_points(bounds, resolution).reshape(resolution, resolution, 2)
     lattice = np.unique(np.r_[np.arange(0, resolution, step), resolution - 1])
     coarse = grid[np.ix_(lattice, lattice)].reshape(-1, 2)
-    logits = _head_logits(_decode_points(decode, coarse, device, batch_size), head, _HEAD_BATCH)
-    n_classes = logits.shape[1]
+    coarse_classes, coarse_margins = _classes_margins(
+        _head_logits(_decode_points(decode, coarse, device, batch_size), head, _HEAD_BATCH)
+    )
     size = len(lattice)
-    coarse_classes = logits.argmax(axis=1).reshape(size, size)
-    coarse_margins = margin(logits).astype(np.float32).reshape(size, size)
+    coarse_classes = coarse_classes.reshape(size, size)
+    coarse_margins = coarse_margins.reshape(size, size)
     # for every pixel index, the decoded index at or before it, the next one, and the weight
     index = np.arange(resolution)
     lo = np.searchsorted(lattice, index, side="right") - 1
@@ -520,11 +524,11 @@ def landscape_coarse_to_fine(
     ).astype(np.float32)
     border = ~agree
     if border.any():
-        exact = _head_logits(_decode_points(decode, grid[border], device, batch_size), head, _HEAD_BATCH)
-        classes[border] = exact.argmax(axis=1)
-        margins[border] = margin(exact).astype(np.float32)
+        classes[border], margins[border] = _classes_margins(
+            _head_logits(_decode_points(decode, grid[border], device, batch_size), head, _HEAD_BATCH)
+        )
     logger.debug(
         "landscape %dx%d: %d decoded on the lattice, %d at class borders",
         resolution, resolution, len(coarse), int(border.sum()),
     )  # fmt: skip
-    return classes.astype(class_dtype(n_classes)), margins
+    return classes, margins

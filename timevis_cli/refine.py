@@ -615,7 +615,7 @@ def refine_layout(
     ``trajectory``'s stress applied with ``trajectory_weight``."""
     generator = torch.Generator(device=device)
     generator.manual_seed(int(np.random.SeedSequence([int(seed), 7]).generate_state(1)[0]))
-    positions = torch.from_numpy(graph.positions.copy()).to(device)
+    positions = torch.from_numpy(graph.positions).to(device, copy=True)  # the graph's start is kept
     optimize_layout(
         positions,
         graph.edge_blocks(device),

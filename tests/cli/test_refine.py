@@ -110,6 +110,15 @@ def test_layout_from_a_random_start_recovers_neighbours_and_is_seeded():
     assert nnpv(x, first, k=10) > 0.5
 
 
+def _random_epochs(rng, n_tracked, n_epochs, n_boundary=0, dim=4):
+    """Epochs of random features and start positions: n_tracked samples, then boundary points."""
+    size = n_tracked + n_boundary
+    return [
+        EpochPoints(rng.normal(size=(size, dim)).astype(np.float32), rng.normal(size=(size, 2)).astype(np.float32), n_tracked)
+        for _ in range(n_epochs)
+    ]
+
+
 def _tracked_rows(graph):
     """int64 [N, E]: the row of tracked sample n at epoch index e."""
     return graph.offsets[:-1][None, :] + np.arange(graph.n_tracked)[:, None]
@@ -121,14 +130,7 @@ def test_layout_graph_joins_each_epochs_knn_graph_and_nothing_across_epochs(edge
     monkeypatch.setattr(refine, "_EDGES_PER_BLOCK", edges_per_block)
     rng = np.random.default_rng(0)
     n, n_boundary, epochs = 30, 5, 5
-    points = [
-        EpochPoints(
-            rng.normal(size=(n + n_boundary, 6)).astype(np.float32),
-            rng.normal(size=(n + n_boundary, 2)),
-            n,
-        )
-        for _ in range(epochs)
-    ]
+    points = _random_epochs(rng, n, epochs, n_boundary=n_boundary, dim=6)
     graph = layout_graph(points, TorchExact(), n_neighbors=5, rate=5.0, prune_offset=0.0)
     assert graph.offsets.tolist() == [0, 35, 70, 105, 140, 175]
     assert graph.n_tracked == n
@@ -332,10 +334,7 @@ def test_trajectory_term_in_blocks_equals_one_block_and_floors_still_samples():
     # targets kept in a scratch file: the same targets and units as from one block in memory
     rng = np.random.default_rng(0)
     n, n_epochs = 30, 6
-    epochs = [
-        EpochPoints(rng.normal(size=(n, 4)).astype(np.float32), rng.normal(size=(n, 2)).astype(np.float32), n)
-        for _ in range(n_epochs)
-    ]
+    epochs = _random_epochs(rng, n, n_epochs)
     graph = layout_graph(epochs, TorchExact(), 3, 1.0, 0.0)
     first, second = trajectory_pairs(n_epochs, 3)
     high = rng.uniform(0.5, 2.0, size=(n, len(first))).astype(np.float32)
@@ -409,10 +408,7 @@ def test_refinement_from_a_scratch_file_equals_refinement_in_memory(monkeypatch)
     monkeypatch.setattr(refine, "_PAIRS_PER_BLOCK", 16 * 10)
     rng = np.random.default_rng(1)
     n, n_epochs = 40, 5
-    epochs = [
-        EpochPoints(rng.normal(size=(n + 3, 4)).astype(np.float32), rng.normal(size=(n + 3, 2)).astype(np.float32), n)
-        for _ in range(n_epochs)
-    ]
+    epochs = _random_epochs(rng, n, n_epochs, n_boundary=3)
     first, second = trajectory_pairs(n_epochs, 8)
     high = rng.uniform(0.5, 2.0, size=(n, len(first))).astype(np.float32)
     layouts = []
