@@ -220,8 +220,8 @@ class Run:
     def epoch_path(self, epoch: int) -> Path:
         return self.path / schema.EPOCHS_DIR / schema.epoch_filename(epoch)
 
-    @contextmanager
-    def _open_epoch(self, epoch: int) -> Iterator[h5py.File]:
+    def _open_epoch_file(self, epoch: int) -> h5py.File:
+        """The epoch's file, open for reading (the caller closes it)."""
         if epoch not in self.epochs:
             extra = f"; epoch {epoch} is unreadable: {self.bad_epochs[epoch]}" if (
                 epoch in self.bad_epochs
@@ -232,10 +232,18 @@ class Run:
             )
         path = self.epoch_path(epoch)
         try:
-            with h5py.File(path, "r") as f:
-                yield f
+            return h5py.File(path, "r")
         except OSError as exc:
             raise StoreError(f"{path} cannot be read: {exc}") from exc
+
+    @contextmanager
+    def _open_epoch(self, epoch: int) -> Iterator[h5py.File]:
+        f = self._open_epoch_file(epoch)
+        try:
+            with f:
+                yield f
+        except OSError as exc:
+            raise StoreError(f"{f.filename} cannot be read: {exc}") from exc
 
     def _checked(self, f: h5py.File, key: str, width: int | None = None) -> h5py.Dataset:
         """The dataset ``key`` of an epoch file, present and (with ``width``) [N, width]."""
@@ -263,28 +271,19 @@ class Run:
             data = self._dataset(f, schema.FEATURES, rows, width=self.feature_dim)
             return np.asarray(data, dtype=dtype)
 
-    def feature_rows(self, epochs: list[int], rows: np.ndarray) -> np.ndarray:
-        """Features float32 [len(epochs), len(rows), D] of the given store rows (ascending) at
-        every listed epoch: one sample block's trajectories, read without loading whole epochs.
+    def feature_rows(
+        self, epochs: list[int], rows: np.ndarray, dtype: Any = np.float32
+    ) -> np.ndarray:
+        """Features [len(epochs), len(rows), D] of the given store rows (ascending) at every
+        listed epoch: one sample block's trajectories, read without loading whole epochs.
+        For many blocks, :meth:`feature_reader` keeps the epoch files open between them."""
+        with self.feature_reader(epochs) as reader:
+            return reader.read(rows, dtype)
 
-        Each epoch file is sliced by h5py: the contiguous span of the rows when it is at most
-        twice as long as the block, else the rows themselves.
-        """
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(epochs), len(rows), self.feature_dim), np.float32)
-        if len(rows) == 0:
-            return out
-        first, last = int(rows[0]), int(rows[-1]) + 1
-        contiguous = last - first <= 2 * len(rows)
-        for index, epoch in enumerate(epochs):
-            with self._open_epoch(epoch) as f:
-                data = self._checked(f, schema.FEATURES, self.feature_dim)
-                if contiguous:
-                    span = _read_selection(f, schema.FEATURES, data, slice(first, last))
-                    out[index] = span[rows - first]
-                else:
-                    out[index] = _read_selection(f, schema.FEATURES, data, rows)
-        return out
+    def feature_reader(self, epochs: list[int]) -> FeatureRows:
+        """A reader of sample blocks' features at every listed epoch that keeps the epoch files
+        open between blocks (close it, or use it as a context manager)."""
+        return FeatureRows(self, epochs)
 
     def logits(self, epoch: int, split: str | None = None) -> np.ndarray:
         """Logits float32 (n, num_classes) of one epoch."""
@@ -377,6 +376,94 @@ class Run:
             f"Run({str(self.path)!r}, samples={len(self.samples)}, "
             f"epochs={format_epochs(self.epochs)}, feature_dim={self.feature_dim})"
         )
+
+
+class FeatureRows:
+    """Blocks of samples' features at every listed epoch, from :meth:`Run.feature_reader`.
+
+    Opening an HDF5 file costs about a millisecond; a trajectory pass over N samples in blocks
+    of B reads every epoch file N / B times, so the first ``MAX_OPEN_FILES`` epoch files stay
+    open (and checked) until :meth:`close`; the files of further epochs are opened per read,
+    which keeps the process well inside the usual limit of 1 024 open files.
+    """
+
+    MAX_OPEN_FILES = 256
+
+    def __init__(self, run: Run, epochs: list[int]):
+        self.run = run
+        self.epochs = list(epochs)
+        self._files: dict[int, h5py.File] | None = {}
+        self._data: dict[int, h5py.Dataset] = {}  # the open files' features, looked up once
+        try:
+            for epoch in self.epochs[: self.MAX_OPEN_FILES]:
+                if epoch not in self._files:
+                    self._files[epoch] = f = run._open_epoch_file(epoch)
+                    self._data[epoch] = run._checked(f, schema.FEATURES, run.feature_dim)
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, rows: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+        """Features [len(epochs), len(rows), D] in ``dtype`` of the given store rows (ascending);
+        ``dtype=None`` keeps the stored one (float16 or float32: no conversion on the CPU).
+
+        Each epoch file is sliced by h5py: the contiguous span of the rows when it is at most
+        twice as long as the block, else the rows themselves (a point selection).
+        """
+        if self._files is None:
+            raise ValueError("this FeatureRows reader is closed")
+        run = self.run
+        rows = np.asarray(rows, dtype=np.int64)
+        if dtype is None:
+            dtype = self.stored_dtype
+        out = np.empty((len(self.epochs), len(rows), run.feature_dim), dtype)
+        if len(rows) == 0:
+            return out
+        first, last = int(rows[0]), int(rows[-1]) + 1
+        if last - first == len(rows):
+            selection, pick = slice(first, last), None
+        elif last - first <= 2 * len(rows):
+            selection, pick = slice(first, last), rows - first
+        else:
+            selection, pick = rows, None
+        for index, epoch in enumerate(self.epochs):
+            data = self._data.get(epoch)
+            if data is not None:
+                out[index] = self._read(self._files[epoch], data, selection, pick)
+                continue
+            with run._open_epoch(epoch) as f:
+                data = run._checked(f, schema.FEATURES, run.feature_dim)
+                out[index] = self._read(f, data, selection, pick)
+        return out
+
+    @property
+    def stored_dtype(self) -> np.dtype:
+        """The features' dtype in the first epoch file (the callback writes one for the run)."""
+        if self._data:
+            return next(iter(self._data.values())).dtype
+        if not self.epochs:
+            return np.dtype(np.float32)
+        with self.run._open_epoch(self.epochs[0]) as f:
+            return self.run._checked(f, schema.FEATURES, self.run.feature_dim).dtype
+
+    @staticmethod
+    def _read(
+        f: h5py.File, data: h5py.Dataset, selection: Any, pick: np.ndarray | None
+    ) -> np.ndarray:
+        values = _read_selection(f, schema.FEATURES, data, selection)
+        return values if pick is None else values[pick]
+
+    def close(self) -> None:
+        files, self._files = self._files, None
+        self._data = {}
+        for f in (files or {}).values():
+            f.close()
+
+    def __enter__(self) -> FeatureRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _read_selection(f: h5py.File, key: str, data: h5py.Dataset, selection: Any) -> np.ndarray:

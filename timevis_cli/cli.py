@@ -30,9 +30,19 @@ class _Group(click.Group):
             ctx.exit(1)
 
 
+class _LineHandler(logging.StreamHandler):
+    """Log lines on stderr; on a terminal the current line is cleared first, so a log line never
+    lands in the middle of a progress bar (the bar redraws itself below it at its next step)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream.isatty():
+            self.stream.write("\r\x1b[2K")
+        super().emit(record)
+
+
 def _configure_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.INFO if verbose < 2 else logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = _LineHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     for name in ("timevis_cli", "timevis_callback"):
         logger = logging.getLogger(name)
@@ -77,21 +87,23 @@ class _BarReporter:
         self.fallback = Reporter()
         self.tty = sys.stderr.isatty()
         self.bar: object | None = None
+        self.stage = ""
 
     def start(self, stage: str, total: int) -> None:
+        self.stage = stage
         if not self.tty:
             self.fallback.start(stage, total)
             return
         self.bar = click.progressbar(length=total, label=f"{stage:<28}", file=sys.stderr)
         self.bar.__enter__()
 
-    def advance(self, **info: object) -> None:
+    def advance(self, steps: int = 1, **info: object) -> None:
         if self.bar is None:
-            self.fallback.advance(**info)
+            self.fallback.advance(steps, **info)
             return
         if "loss" in info:
-            self.bar.label = f"training (loss {info['loss']:.4f})".ljust(28)
-        self.bar.update(1)
+            self.bar.label = f"{self.stage} (loss {info['loss']:.4f})".ljust(28)
+        self.bar.update(steps)
 
     def finish(self) -> None:
         if self.bar is not None:

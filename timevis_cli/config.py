@@ -614,6 +614,9 @@ def _unknown(name: str, source: str) -> str:
     owners = _owners(key)
     if len(owners) == 1:
         suggestion: str | None = f"{owners[0]}.{key}"
+    elif section in _FIELDS:  # a known section: the key is compared with its keys only
+        close = difflib.get_close_matches(key, list(_FIELDS[section]), n=1)
+        suggestion = f"{section}.{close[0]}" if close else None
     elif dot:
         every = [f"{s}.{k}" for s, keys in _FIELDS.items() for k in keys]
         close = difflib.get_close_matches(name, every, n=1)

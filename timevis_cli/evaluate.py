@@ -33,9 +33,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -46,7 +44,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from timevis_callback.reader import Run, format_epochs
+from timevis_callback.reader import FeatureRows, Run, format_epochs
 from timevis_cli.errors import InputError
 from timevis_cli.fit_io import LoadedFit
 from timevis_cli.metrics import (
@@ -62,6 +60,7 @@ from timevis_cli.metrics import (
     temporal_local_scores,
 )
 from timevis_cli.neighbors import KNNBackend, resolve_backend
+from timevis_cli.outputs import replaced_folder
 from timevis_cli.ranges import parse_range
 
 __all__ = [
@@ -103,7 +102,7 @@ _CACHE_ENTRIES = 16
 
 class _Reporter(Protocol):
     def start(self, stage: str, total: int) -> None: ...
-    def advance(self, **info: Any) -> None: ...
+    def advance(self, steps: int = 1, **info: Any) -> None: ...
     def finish(self) -> None: ...
 
 
@@ -750,12 +749,12 @@ def _temporal_pass(
     rows_of = {split: np.flatnonzero(masks[split]) for split in splits}
     total = sum(math.ceil(len(rows_of[s]) / step) for s in splits)
     out: dict[str, dict[tuple[str, str], _EpochSums]] = {}
-    with _stage(reporter, "temporal metrics", total):
+    with _stage(reporter, "temporal metrics", total), run.feature_reader(epochs) as reader:
         for split in splits:
             sums = _temporal_sums(len(epochs))
             rows = rows_of[split]
             for start in range(0, len(rows), step):
-                high = _read_rows(run, epochs, rows[start : start + step])
+                high = _read_rows(reader, rows[start : start + step])
                 low = positions[split][:, start : start + step]
                 for c in CONVENTIONS:
                     sums["temp_l", c].add(
@@ -773,13 +772,13 @@ def _temporal_pass(
     return out
 
 
-def _read_rows(run: Run, epochs: list[int], rows: np.ndarray) -> np.ndarray:
-    """Features float32 [T, len(rows), D] of the given store rows (ascending) at every epoch,
-    checked finite."""
-    out = run.feature_rows(epochs, rows)
+def _read_rows(reader: FeatureRows, rows: np.ndarray) -> np.ndarray:
+    """Features float32 [T, len(rows), D] of the given store rows (ascending) at every epoch of
+    the reader, checked finite."""
+    out = reader.read(rows)
     if not np.isfinite(out).all():
         raise InputError(
-            f"{run.path}: NaN or inf features among store rows {int(rows[0])}-{int(rows[-1])}; "
+            f"{reader.run.path}: NaN or inf features among store rows {int(rows[0])}-{int(rows[-1])}; "
             "the metrics need finite features"
         )
     return out
@@ -792,21 +791,9 @@ def write_eval(run_dir: str | os.PathLike, result: EvalResult) -> Path:
     """Write ``RUN_DIR/eval/`` (metrics.json, metrics.md, metrics.png) through a temporary
     folder renamed at the end; a previous eval is replaced. Returns the folder."""
     run_dir = Path(run_dir)
-    final = run_dir / EVAL_DIR
-    tmp = run_dir / f".{EVAL_DIR}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
-    try:
+    with replaced_folder(run_dir, EVAL_DIR) as tmp:
         (tmp / JSON_FILE).write_text(result.to_json() + "\n", encoding="utf-8")
         (tmp / MARKDOWN_FILE).write_text(result.to_markdown(), encoding="utf-8")
         result.plot(tmp / PLOT_FILE)
-        old = None
-        if final.exists():
-            old = run_dir / f".{EVAL_DIR}.old-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-        tmp.rename(final)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    final = run_dir / EVAL_DIR
     return final

@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 FEATURE_BOUNDARY_FRACTION = 0.1  # feature-space boundary points per epoch, of the train samples
 _LINEAR_EQUIVALENT = {"Linear", "Flatten", "Identity", "Dropout"}
 _BATCH = 8192
-_TRAJECTORY_BLOCK_ELEMENTS = 1 << 24  # features [epochs, samples, D] read per block (64 MB)
+_TRAJECTORY_BLOCK_ELEMENTS = 1 << 24  # features [epochs, samples, D] read per block (64 MB f32)
 
 
 class Reporter:
@@ -84,7 +84,8 @@ class Reporter:
     def start(self, stage: str, total: int) -> None:
         log.info("%s (%d steps)", stage, total)
 
-    def advance(self, **info: Any) -> None:
+    def advance(self, steps: int = 1, **info: Any) -> None:
+        """``steps`` more of the stage's total are done; ``info`` describes where it stands."""
         if info:
             log.debug("%s", ", ".join(f"{k} {v}" for k, v in info.items()))
 
@@ -109,15 +110,17 @@ class FitModel:
 
     @torch.no_grad()
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """2-D positions float32 [n, 2] of features [n, D]."""
-        return self._apply(self.projector.encode, features)
+        """2-D positions float32 [n, 2] of features [n, D] (the encoder: where new samples land;
+        after a refinement the tracked samples' positions are the refined ones, not these)."""
+        return self._apply(self.projector.encode, features, "features", self.projector.input_dim, 2)
 
     @torch.no_grad()
     def inverse_transform(self, points: np.ndarray, epoch: int | None = None) -> np.ndarray:
         """Features float32 [n, D] decoded from 2-D points [n, 2] at recorded ``epoch`` (required
         when the decoder has per-epoch biases, as after refinement; ignored otherwise)."""
         index = self.decode_index(epoch)
-        return self._apply(lambda y: self.projector.decode(y, index), points)
+        decode = lambda y: self.projector.decode(y, index)  # noqa: E731
+        return self._apply(decode, points, "points", 2, self.projector.input_dim)
 
     def decode_index(self, epoch: int | None) -> int | None:
         """The decoder's index of recorded ``epoch`` (None when the decoder is shared by all
@@ -136,18 +139,44 @@ class FitModel:
             )
         return self.epochs.index(epoch)
 
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> np.ndarray:
-        self.projector.eval()
+    def _apply(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        x: np.ndarray,
+        what: str,
+        width: int,
+        out_width: int,
+    ) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != width:
+            raise InputError(
+                f"{what} of shape {x.shape} given; this fit takes {what} of shape [n, {width}]"
+            )
+        self.projector.eval()
         out = [
             fn(torch.from_numpy(x[i : i + _BATCH]).to(self.device)).cpu()
             for i in range(0, len(x), _BATCH)
         ]
-        return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+        return torch.cat(out).numpy() if out else np.zeros((0, out_width), np.float32)
+
+
+class ModelTransforms:
+    """``transform`` / ``inverse_transform`` of a fit (computed or loaded), by its ``model``."""
+
+    model: FitModel
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """2-D positions [n, 2] of features [n, D]: :meth:`FitModel.transform`."""
+        return self.model.transform(features)
+
+    def inverse_transform(self, points: np.ndarray, epoch: int | None = None) -> np.ndarray:
+        """Features [n, D] decoded from 2-D points at recorded ``epoch``:
+        :meth:`FitModel.inverse_transform`."""
+        return self.model.inverse_transform(points, epoch)
 
 
 @dataclass
-class FitResult:
+class FitResult(ModelTransforms):
     """What :func:`fit` computed: the model, every epoch's embedding, and how it got there."""
 
     model: FitModel
@@ -320,8 +349,8 @@ def _epoch_part(
     rng: np.random.Generator,
 ) -> tuple[_EpochPart, EpochVertices, list[EdgeSet]]:
     """Spatial and boundary edges of one epoch, its vertices' features and attention."""
-    all_train = run.features(epoch, split="train")
-    _check_finite(all_train, epoch)
+    # every tracked row is checked (test rows too): a NaN is refused here, not after training
+    all_train = _tracked_features(run, epoch)[run.samples.mask("train")]
     train_logits = run.logits(epoch, split="train")
     head = run.head(epoch)
     feats = all_train[train_rows]
@@ -338,7 +367,13 @@ def _epoch_part(
     boundary, pair, used = None, np.zeros((0, 2), np.int64), "none"
     stored = run.boundary(epoch) if source in ("auto", "store") else None
     if stored is not None and len(stored.features):
-        _check_finite(stored.features, epoch)
+        bad = int((~np.isfinite(stored.features)).any(axis=1).sum())
+        if bad:
+            raise InputError(
+                f"epoch {epoch} has {bad} of {len(stored.features)} stored boundary points with "
+                "NaN or inf features; fit with feature-space boundary points instead: "
+                "--set complex.boundary_source=feature"
+            )
         boundary, pair, used = stored.features, stored.pair, "store"
     elif source in ("auto", "feature"):
         n_points = int(round(FEATURE_BOUNDARY_FRACTION * len(all_train)))
@@ -424,11 +459,14 @@ def _trajectories(
     reporter.start("trajectories", n)
 
     def blocks() -> Iterator[np.ndarray]:
-        for start in range(0, n, block):
-            rows = np.arange(start, min(start + block, n))
-            yield run.feature_rows(epochs, rows)
-            _return_freed_memory()
-            reporter.advance(samples=int(rows[-1]) + 1)
+        # the epoch files stay open between blocks; the features come as stored (float16 is
+        # converted by torch on the device, not by numpy)
+        with run.feature_reader(epochs) as reader:
+            for start in range(0, n, block):
+                rows = np.arange(start, min(start + block, n))
+                yield reader.read(rows, dtype=None)
+                _return_freed_memory()
+                reporter.advance(len(rows), samples=int(rows[-1]) + 1)
 
     trajectories = trajectory_term(
         graph,
@@ -492,6 +530,12 @@ def _refine(
     layout_row = np.concatenate(rows_of_part)
     epoch_index = np.repeat(np.arange(len(parts)), [len(rows) for rows in rows_of_part])
     reporter.start("decoder", r.decoder_steps)
+    reported = [0]  # fit_decoder reports every 10 steps
+
+    def decoder_progress(step: int, loss: float) -> None:
+        reporter.advance(step - reported[0], step=step, loss=round(loss, 5))
+        reported[0] = step
+
     losses = fit_decoder(
         model.projector,
         torch.from_numpy(positions[layout_row]),
@@ -503,7 +547,7 @@ def _refine(
         seed=config.fit.seed,
         epoch_index=torch.from_numpy(epoch_index) if r.epoch_decoder else None,
         n_epochs=len(parts),
-        progress=lambda step, loss: reporter.advance(step=step, loss=round(loss, 5)),
+        progress=decoder_progress,
     )
     reporter.finish()
     stats["refine"] = {
@@ -546,12 +590,15 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
 
     with _timed(stats, "reduction"):
         if config.reduction.enabled:
-            reporter.start("reduction", len(epochs))
+            loaded: list[int] = []  # the bar starts with the first read (none when init_size
+            # covers every sample: all are kept, nothing is read)
 
             def load(epoch: int) -> np.ndarray:
+                if not loaded:
+                    reporter.start("reduction", len(epochs))
                 _return_freed_memory()  # the previous epoch's
-                features = run.features(epoch, split="train")
-                _check_finite(features, epoch)
+                features = _tracked_features(run, epoch)[train_mask]
+                loaded.append(epoch)
                 reporter.advance(epoch=epoch)
                 return features
 
@@ -568,7 +615,8 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
                 rng=np.random.default_rng(seed),
                 device=device,
             )
-            reporter.finish()
+            if loaded:
+                reporter.finish()
         else:
             selected = {epoch: train_ids for epoch in epochs}
     position = {int(sample): row for row, sample in enumerate(train_ids)}
@@ -612,6 +660,13 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
         "edges_before_mixing": {k.name.lower(): int((joined.kind == k).sum()) for k in EdgeKind},
         "edges": {k.name.lower(): int((mixed.kind == k).sum()) for k in EdgeKind},
     }
+    from_features = [p.epoch for p in parts if p.boundary_source == "feature"]
+    if from_features:
+        log.info(
+            "boundary points: the store has none for epoch(s) %s; used feature-space boundary "
+            "points there (METHOD.md section 2's fallback: off the representation manifold)",
+            format_epochs(from_features),
+        )
     log.info(
         "complex: %d vertices over %d epochs, %d edges (%s)",
         offset,

@@ -11,11 +11,8 @@ resolved configuration. Every key is defined here once; render and eval read thr
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import platform
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,8 @@ import torch
 from timevis_callback.reader import Run
 from timevis_cli.config import Config
 from timevis_cli.errors import InputError, StoreError
-from timevis_cli.fit import FitModel, FitResult
+from timevis_cli.fit import FitModel, FitResult, ModelTransforms
+from timevis_cli.outputs import replaced_folder
 from timevis_cli.projector import Projector
 
 FIT_DIR = "fit"
@@ -72,62 +70,48 @@ def save_fit(run_dir: Path, result: FitResult, overwrite: bool) -> Path:
     final = run_dir / FIT_DIR
     if final.exists() and not overwrite:
         raise InputError(f"{final} already exists; pass --overwrite to replace it")
-    tmp = run_dir / f".{FIT_DIR}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    old: Path | None = None
     try:
-        tmp.mkdir()
-        torch.save(
-            {
-                "projector": result.model.projector.checkpoint(),
-                "config": result.config.to_dict(),
-                "run_id": result.run_id,
-                "epochs": list(result.epochs),
-            },
-            tmp / PROJECTOR_FILE,
-        )
-        with h5py.File(tmp / EMBEDDING_FILE, "w") as f:
-            f.attrs[ATTR_RUN_ID] = result.run_id
-            f.create_dataset(EPOCHS, data=np.asarray(result.epochs, dtype=np.int64))
-            f.create_dataset(TRAIN, data=result.train)
-            f.create_dataset(TEST, data=result.test)
-            f.create_dataset(BOUNDARY_POINTS, data=_concat(result.boundary_points, (0, 2), np.float32))
-            dim = result.model.projector.input_dim
-            f.create_dataset(
-                BOUNDARY_FEATURES, data=_concat(result.boundary_features, (0, dim), np.float16)
+        with replaced_folder(run_dir, FIT_DIR) as tmp:
+            torch.save(
+                {
+                    "projector": result.model.projector.checkpoint(),
+                    "config": result.config.to_dict(),
+                    "run_id": result.run_id,
+                    "epochs": list(result.epochs),
+                },
+                tmp / PROJECTOR_FILE,
             )
-            f.create_dataset(BOUNDARY_PAIR, data=_concat(result.boundary_pairs, (0, 2), np.int64))
-            f.create_dataset(BOUNDARY_OFFSETS, data=_offsets(result.boundary_points))
-            f.attrs[ATTR_BOUNDARY_SOURCE] = json.dumps(result.boundary_source)
-            selected = [result.selected_ids[e] for e in result.epochs]
-            f.create_dataset(SELECTED_IDS, data=_concat(selected, (0,), np.int64))
-            f.create_dataset(SELECTED_OFFSETS, data=_offsets(selected))
-        report = {
-            "run_id": result.run_id,
-            "versions": _versions(),
-            **result.stats,
-            "training": result.report.as_dict(),
-            "config": result.config.to_dict(),
-        }
-        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=_json_default))
-        (tmp / CONFIG_FILE).write_text(result.config.to_toml())
-        if final.exists():
-            old = run_dir / f".{FIT_DIR}.old-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-        tmp.rename(final)
+            with h5py.File(tmp / EMBEDDING_FILE, "w") as f:
+                f.attrs[ATTR_RUN_ID] = result.run_id
+                f.create_dataset(EPOCHS, data=np.asarray(result.epochs, dtype=np.int64))
+                f.create_dataset(TRAIN, data=result.train)
+                f.create_dataset(TEST, data=result.test)
+                points = _concat(result.boundary_points, (0, 2), np.float32)
+                f.create_dataset(BOUNDARY_POINTS, data=points)
+                dim = result.model.projector.input_dim
+                f.create_dataset(
+                    BOUNDARY_FEATURES, data=_concat(result.boundary_features, (0, dim), np.float16)
+                )
+                pairs = _concat(result.boundary_pairs, (0, 2), np.int64)
+                f.create_dataset(BOUNDARY_PAIR, data=pairs)
+                f.create_dataset(BOUNDARY_OFFSETS, data=_offsets(result.boundary_points))
+                f.attrs[ATTR_BOUNDARY_SOURCE] = json.dumps(result.boundary_source)
+                selected = [result.selected_ids[e] for e in result.epochs]
+                f.create_dataset(SELECTED_IDS, data=_concat(selected, (0,), np.int64))
+                f.create_dataset(SELECTED_OFFSETS, data=_offsets(selected))
+            report = {
+                "run_id": result.run_id,
+                "versions": _versions(),
+                **result.stats,
+                "training": result.report.as_dict(),
+                "config": result.config.to_dict(),
+            }
+            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=_json_default))
+            (tmp / CONFIG_FILE).write_text(result.config.to_toml())
     except OSError as exc:
-        if old is not None and not final.exists():
-            old.rename(final)  # put the previous fit back
         raise StoreError(
             f"cannot write {final} ({exc.strerror or exc}); the previous fit, if any, is kept"
         ) from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
     return final
 
 
@@ -145,7 +129,7 @@ def _json_default(value: Any) -> Any:
 
 
 @dataclass
-class LoadedFit:
+class LoadedFit(ModelTransforms):
     """A fit read back from ``RUN_DIR/fit/``."""
 
     model: FitModel

@@ -19,7 +19,7 @@ json_option = click.option(
 )
 
 verbose_option = click.option(
-    "-v", "--verbose", count=True, help="More log detail on stderr (-vv for debug)."
+    "-v", "--verbose", count=True, help="Debug detail on stderr (per-step progress, timings)."
 )
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 

@@ -32,9 +32,12 @@ def parse_range(
     if text.lower() == ALL or text == "":
         chosen = set(present_set)
     else:
-        chosen = set()
+        chosen, missing = set(), set()
         for part in text.split(","):
-            chosen |= _parse_part(part, text, present_set, unreadable or {})
+            wanted, absent = _parse_part(part, text, present_set)
+            chosen |= wanted
+            missing |= absent
+        _refuse_missing(sorted(missing), text, present_set, unreadable or {})
     if not chosen:
         raise InputError(
             f"epoch range {text!r} selects no recorded epoch; recorded: {format_epochs(sorted(present_set))}"
@@ -42,7 +45,9 @@ def parse_range(
     return sorted(chosen)
 
 
-def _parse_part(part: str, text: str, present: set[int], unreadable: Mapping[int, str]) -> set[int]:
+def _parse_part(part: str, text: str, present: set[int]) -> tuple[set[int], set[int]]:
+    """The epochs one comma-separated part selects, and those it names that are not present
+    (always none for an open range, which takes what is recorded)."""
     match = _PART.match(part)
     if not part or match is None or not (match["start"] or match["stop"]):
         raise InputError(
@@ -65,8 +70,13 @@ def _parse_part(part: str, text: str, present: set[int], unreadable: Mapping[int
         wanted = set(range(start, stop + 1, step))
         closed = bool(match["start"] and match["stop"])
     if not closed:
-        return wanted & present
-    missing = sorted(wanted - present)
+        return wanted & present, set()
+    return wanted & present, wanted - present
+
+
+def _refuse_missing(
+    missing: list[int], text: str, present: set[int], unreadable: Mapping[int, str]
+) -> None:
     broken = [epoch for epoch in missing if epoch in unreadable]
     if broken:
         raise InputError(
@@ -78,4 +88,3 @@ def _parse_part(part: str, text: str, present: set[int], unreadable: Mapping[int
             f"epoch range {text!r} names epochs that are not recorded ({format_epochs(missing)}); "
             f"recorded: {format_epochs(sorted(present))}"
         )
-    return wanted

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from timevis_callback import schema
 from timevis_callback.errors import StoreError, StoreVersionError
-from timevis_callback.reader import Run, format_epochs, open_run
+from timevis_callback.reader import FeatureRows, Run, format_epochs, open_run
 from timevis_callback.writer import (
     Boundary,
     RunHeader,
@@ -336,6 +336,49 @@ def test_split_selects_rows(store: Path) -> None:
     assert run.samples.mask("train").sum() == N_TRAIN
     with pytest.raises(ValueError, match="split='val'"):
         run.features(0, split="val")
+
+
+def _open_file_names() -> set[str]:
+    """The HDF5 files this process holds open."""
+    ids = h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)
+    return {Path(i.name.decode()).name for i in ids}
+
+
+@pytest.mark.parametrize("max_open", [256, 2, 0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_feature_reader_reads_blocks_of_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_open: int, dtype: type
+) -> None:
+    ids, splits, labels = sample_arrays()
+    write_run(tmp_path, make_header(), ids, splits, labels)
+    written = {e: write_demo_epoch(tmp_path, e, dtype=dtype)["features"] for e in range(4)}
+    run = open_run(tmp_path)
+    epochs = [3, 0, 2]  # any order; every epoch file is open only while the reader is
+    monkeypatch.setattr(FeatureRows, "MAX_OPEN_FILES", max_open)
+    with run.feature_reader(epochs) as reader:
+        assert len(_open_file_names()) == min(max_open, len(epochs))
+        assert reader.stored_dtype == np.dtype(dtype)
+        n = N_TRAIN + N_TEST
+        for rows in (np.arange(n), np.arange(5, 9), np.array([5, 6, 8]), np.array([0, 3, n - 1])):
+            block = reader.read(rows)
+            assert block.dtype == np.float32 and block.shape == (3, len(rows), DIM)
+            for index, epoch in enumerate(epochs):
+                np.testing.assert_array_equal(block[index], written[epoch][rows].astype(np.float32))
+            stored = reader.read(rows, dtype=None)
+            assert stored.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(stored[1], written[0][rows])
+        assert reader.read(np.array([], np.int64)).shape == (3, 0, DIM)
+    assert _open_file_names() == set()
+    with pytest.raises(ValueError, match="closed"):
+        reader.read(np.arange(3))
+    np.testing.assert_array_equal(run.feature_rows([1], np.array([2, 4]))[0], written[1][[2, 4]])
+
+
+def test_feature_reader_of_an_absent_epoch_names_it_and_closes(store: Path) -> None:
+    run = open_run(store)
+    with pytest.raises(StoreError, match="epoch 7 is not recorded; present: 0-2$"):
+        run.feature_reader([0, 1, 7])
+    assert _open_file_names() == set()
 
 
 # --- atomic writing -----------------------------------------------------------------------

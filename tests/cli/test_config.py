@@ -145,6 +145,14 @@ def test_unknown_key_in_set_suggests() -> None:
         load_config(overrides=["trainig.lr=0.1"])
 
 
+def test_unknown_key_of_a_known_section_is_matched_within_it() -> None:
+    with pytest.raises(ConfigError, match=re.escape("did you mean 'complex.rate_temporal'?")):
+        load_config(overrides=["complex.rate_tempral=5"])
+    # nothing close in [training]: its keys are listed, no far-fetched guess
+    with pytest.raises(ConfigError, match=re.escape("'training.foo' in --set; [training] has: ")):
+        load_config(overrides=["training.foo=1"])
+
+
 def test_key_in_the_wrong_section_suggests_its_section() -> None:
     with pytest.raises(ConfigError, match=re.escape("did you mean 'knn.n_neighbors'?")):
         load_config(overrides=["training.n_neighbors=10"])

@@ -142,8 +142,8 @@ def test_streaming_over_small_blocks_equals_one_block(fitted, result, monkeypatc
     reads = []
     read_rows = evaluate_module._read_rows
 
-    def spy(run_, epochs, rows):
-        block = read_rows(run_, epochs, rows)
+    def spy(reader, rows):
+        block = read_rows(reader, rows)
         reads.append(block.shape)
         return block
 
@@ -178,11 +178,13 @@ def _flat(value) -> list[float]:
 def test_read_rows_slices_scattered_rows(fitted):
     run, loaded = fitted
     rows = np.array([0, 3, 150, 239])  # span far longer than the block: a point selection
-    block = evaluate_module._read_rows(run, loaded.epochs, rows)
+    with run.feature_reader(loaded.epochs) as reader:
+        block = evaluate_module._read_rows(reader, rows)
     expected = np.stack([run.features(e)[rows] for e in loaded.epochs])
     np.testing.assert_array_equal(block, expected)
     rows = np.array([5, 6, 8])  # a short span: read contiguously, then picked
-    block = evaluate_module._read_rows(run, loaded.epochs[1:3], rows)
+    with run.feature_reader(loaded.epochs[1:3]) as reader:
+        block = evaluate_module._read_rows(reader, rows)
     np.testing.assert_array_equal(block[1], run.features(loaded.epochs[2])[rows])
 
 

@@ -14,7 +14,7 @@ from timevis_callback import open_run
 from timevis_cli.cli import main
 from timevis_cli.config import load_config
 from timevis_cli.errors import ConfigError, InputError
-from timevis_cli.fit import fit
+from timevis_cli.fit import Reporter, fit
 from timevis_cli.fit_io import load_fit
 from timevis_cli.metrics import nnpv
 
@@ -66,6 +66,8 @@ def test_fit_writes_every_output(fitted):
 def test_embedding_preserves_neighbours_and_keeps_still_samples_still(fitted):
     run = open_run(fitted)
     loaded = load_fit(run)
+    high = run.features(loaded.epochs[0], split="test")
+    np.testing.assert_array_equal(loaded.transform(high), loaded.model.transform(high))
     for epoch in loaded.epochs:
         emb = loaded.embedding(epoch)
         high = run.features(epoch, split="train")
@@ -99,6 +101,17 @@ def test_without_refinement_the_embedding_is_the_encoders(tmp_path):
     )
     with pytest.raises(InputError, match="was not fitted"):
         refined.model.inverse_transform(points, epoch=99)
+    np.testing.assert_array_equal(
+        refined.inverse_transform(points, epoch=plain.epochs[1]),
+        refined.model.inverse_transform(points, epoch=plain.epochs[1]),
+    )
+    dim = run.feature_dim
+    assert refined.transform(np.zeros((0, dim))).shape == (0, 2)
+    assert refined.inverse_transform(np.zeros((0, 2)), epoch=plain.epochs[0]).shape == (0, dim)
+    with pytest.raises(InputError, match=rf"features of shape \(5, 3\) given.*\[n, {dim}\]"):
+        refined.transform(np.zeros((5, 3)))
+    with pytest.raises(InputError, match=r"points of shape \(4,\) given.*\[n, 2\]"):
+        refined.inverse_transform(np.zeros(4), epoch=plain.epochs[0])
     for i, epoch in enumerate(plain.epochs):
         high = run.features(epoch, split="train")
         np.testing.assert_allclose(plain.model.transform(high), plain.train[i], atol=1e-5)
@@ -252,8 +265,57 @@ def test_nan_in_a_test_sample_is_refused_naming_the_epoch(tmp_path, refine):
         data[test_row, 0] = np.inf
         f["features"][...] = data
     overrides = FAST + ["training.max_epochs=1", f"refine.enabled={refine}"]
+    reporter = RecordingReporter()
     with pytest.raises(InputError, match="epoch 1 has 1 samples with NaN or inf"):
-        fit(open_run(store), load_config(overrides=overrides))
+        fit(open_run(store), load_config(overrides=overrides), reporter)
+    assert "training" not in reporter.totals  # refused in the first pass, before any training
+
+
+class RecordingReporter(Reporter):
+    """Every stage's total and the steps reported done for it."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+        self.stage = ""
+
+    def start(self, stage: str, total: int) -> None:
+        self.stage = stage
+        self.totals[stage], self.done[stage] = total, 0
+
+    def advance(self, steps: int = 1, **info) -> None:
+        self.done[self.stage] += steps
+
+
+def test_every_stage_reports_its_progress_to_the_end(tmp_path, caplog):
+    store = drifting_clusters(tmp_path / "s", n_train=150, n_test=20, epochs=3)
+    reporter = RecordingReporter()
+    overrides = FAST + ["training.max_epochs=2", "refine.decoder_steps=25"]
+    with caplog.at_level("INFO", logger="timevis_cli"):
+        fit(open_run(store), load_config(overrides=overrides), reporter)
+    assert set(reporter.totals) >= {"reduction", "training", "trajectories", "refinement", "decoder"}
+    assert reporter.done == reporter.totals
+    # the store has no boundary points: the feature-space fallback is said once
+    said = [r.getMessage() for r in caplog.records if "feature-space boundary" in r.getMessage()]
+    assert len(said) == 1 and "epoch(s) 0-2" in said[0]
+    # init_size covering every sample: nothing to reduce, no reduction bar left unfilled
+    reporter = RecordingReporter()
+    fit(open_run(store), load_config(overrides=overrides + ["reduction.init_size=150"]), reporter)
+    assert "reduction" not in reporter.totals and reporter.done == reporter.totals
+
+
+def test_nan_in_a_stored_boundary_point_names_the_fix(tmp_path):
+    store = drifting_clusters(tmp_path / "s", n_train=60, n_test=10, epochs=3, boundary=True)
+    import h5py
+
+    with h5py.File(store / "epochs" / "epoch_0002.h5", "r+") as f:
+        data = f["boundary/features"][...]
+        data[1, 0] = np.nan
+        f["boundary/features"][...] = data
+        n = len(data)
+    with pytest.raises(InputError, match=rf"epoch 2 has 1 of {n} stored boundary points with NaN.*"
+                       r"--set complex.boundary_source=feature"):  # fmt: skip
+        fit(open_run(store), load_config(overrides=FAST))
 
 
 def test_linear_head_attention_is_stored_once_per_class_pair():

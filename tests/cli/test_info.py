@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 
 import h5py
 import numpy as np
@@ -114,3 +116,27 @@ def test_info_on_a_newer_schema(tmp_path):
 def test_usage_error_exit_code_is_2():
     assert invoke("info").exit_code == 2
     assert invoke("no-such-command").exit_code == 2
+
+
+@pytest.mark.parametrize(("flags", "level"), [([], "INFO"), (["-v"], "DEBUG"), (["-q"], "WARNING")])
+def test_verbosity_flags_set_the_log_level(tmp_path, flags, level):
+    store = make_store(tmp_path / "s")
+    result = invoke(*flags, "info", store)
+    assert result.exit_code == 0, result.output
+    assert logging.getLevelName(logging.getLogger("timevis_cli").level) == level
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_log_line_on_a_terminal_clears_the_progress_bar_line_first():
+    from timevis_cli.cli import _LineHandler
+
+    record = logging.LogRecord("timevis_cli", logging.INFO, __file__, 1, "kNN: FaissCPU", None, None)
+    terminal, pipe = _Terminal(), io.StringIO()
+    _LineHandler(terminal).emit(record)
+    _LineHandler(pipe).emit(record)
+    assert terminal.getvalue() == "\r\x1b[2KkNN: FaissCPU\n"  # the bar's partial line erased
+    assert pipe.getvalue() == "kNN: FaissCPU\n"  # a log file gets the plain line

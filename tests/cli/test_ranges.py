@@ -41,6 +41,7 @@ def test_open_ranges_take_what_is_recorded():
     [
         ("1-160", r"not recorded \(21-160\); recorded: 0-20"),
         ("25", "not recorded"),
+        ("21,25-26", r"not recorded \(21, 25-26\); recorded: 0-20"),
         ("10-5", "inverted; write 5-10"),
         ("a-b", "cannot read 'a-b'"),
         ("1--2", "cannot read"),
