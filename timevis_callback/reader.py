@@ -112,8 +112,9 @@ def probe_epoch_file(path: Path) -> str | None:
 class Run:
     """A run store on disk. Cheap to open: only run.h5's header and sample arrays are loaded."""
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, warn_unreadable: bool = True):
         self.path = Path(run_dir)
+        self._warn_unreadable = warn_unreadable
         if not self.path.exists():
             raise StoreError(f"run directory {self.path} does not exist")
         if not self.path.is_dir():
@@ -171,7 +172,8 @@ class Run:
                 good.append(epoch)
             else:
                 self.bad_epochs[epoch] = reason
-                log.warning("skipping %s: %s", path, reason)
+                level = logging.WARNING if self._warn_unreadable else logging.DEBUG
+                log.log(level, "skipping %s: %s", path, reason)
         self.epochs: list[int] = good
 
     def refresh(self) -> list[int]:
@@ -498,6 +500,10 @@ def format_epochs(epochs: list[int]) -> str:
     return ", ".join(parts)
 
 
-def open_run(run_dir: str | os.PathLike) -> Run:
-    """Open the run store in ``run_dir`` (raises StoreError naming what is wrong)."""
-    return Run(run_dir)
+def open_run(run_dir: str | os.PathLike, warn_unreadable: bool = True) -> Run:
+    """Open the run store in ``run_dir`` (raises StoreError naming what is wrong).
+
+    Unreadable epoch files are skipped with a warning each (a debug line with
+    ``warn_unreadable=False``: for a process that opens a store its parent already reported).
+    """
+    return Run(run_dir, warn_unreadable)

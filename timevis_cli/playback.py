@@ -249,7 +249,8 @@ class FrameBuilder:
 
     def _open(self) -> Run:
         if self._run is None:
-            self._run = open_run(self.plan.run_dir)
+            # the process that planned the render has warned of unreadable epochs already
+            self._run = open_run(self.plan.run_dir, warn_unreadable=False)
             self._palette = palette(self._run.num_classes)
         return self._run
 

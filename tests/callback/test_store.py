@@ -535,6 +535,11 @@ def test_unreadable_epoch_is_skipped(
         run.features(1)
     message = str(info.value)
     assert "epoch 1" in message and "present: 0, 2" in message and "unreadable" in message
+    # a process that re-opens the store (a render worker) skips it without a second warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="timevis_callback.reader"):
+        again = open_run(store, warn_unreadable=False)
+    assert again.epochs == [0, 2] and list(again.bad_epochs) == [1] and not caplog.records
 
 
 def test_epoch_without_logits_is_skipped(store: Path, caplog: pytest.LogCaptureFixture) -> None:
