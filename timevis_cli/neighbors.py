@@ -71,6 +71,13 @@ class KNNBackend(ABC):
 
     _compute_dtype: type[np.floating] = np.float32
 
+    @property
+    def rerank_device(self) -> str | None:
+        """The torch device of the exact re-ranking of the candidates (None: numpy on the CPU).
+        A GPU backend re-ranks on its GPU: on the CPU the gathers of [n, k, D] rows cost
+        0.4-0.8 s per 60 000 x 15 x 512-d query (2 cores), once per epoch and stage."""
+        return None
+
     def query(
         self,
         data: np.ndarray,
@@ -140,7 +147,8 @@ class KNNBackend(ABC):
             candidates = _drop_self(candidates)
         else:
             candidates = self._check_candidates(self._search(points, probes, k), n_rows, k)
-        return _exact_sorted(points, points if probes is None else probes, candidates)
+        probes = points if probes is None else probes
+        return _exact_sorted(points, probes, candidates, self.rerank_device)
 
     def _check_candidates(self, indices: np.ndarray, n_rows: int, k: int) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
@@ -202,6 +210,10 @@ class FaissGPU(KNNBackend):
         self.query_rows = _positive_int(query_rows, "query_rows")
         self._resources: Any = None
 
+    @property
+    def rerank_device(self) -> str | None:
+        return f"cuda:{self.gpu}"
+
     def _search(self, points: np.ndarray, probes: np.ndarray | None, k: int) -> np.ndarray:
         if k > FAISS_GPU_MAX_K:
             raise InputError(
@@ -252,6 +264,10 @@ class TorchExact(KNNBackend):
         self._compute_dtype = np.float32 if precision == "float32" else np.float64
         self.block_rows = _positive_int(block_rows, "block_rows")
         self.max_block_elements = _positive_int(max_block_elements, "max_block_elements")
+
+    @property
+    def rerank_device(self) -> str | None:
+        return None if self.device.type == "cpu" else str(self.device)
 
     def _search(self, points: np.ndarray, probes: np.ndarray | None, k: int) -> np.ndarray:
         import torch
@@ -501,22 +517,47 @@ def _drop_self(candidates: np.ndarray) -> np.ndarray:
 
 
 def _exact_sorted(
-    points: np.ndarray, probes: np.ndarray, candidates: np.ndarray
+    points: np.ndarray, probes: np.ndarray, candidates: np.ndarray, device: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean distances of (n, k) candidate pairs, computed directly, rows sorted ascending.
 
     points: (n_points, n_features); probes: (n, n_features); candidates: int64 (n, k) into points.
+    device: a torch device to compute the distances on (None: numpy on the CPU); the sort is
+    numpy's either way.
     Returns (indices int64 (n, k), distances float32 (n, k)), ties ordered by index.
     """
     n_rows, k = candidates.shape
-    distances = np.empty((n_rows, k), dtype=np.float32)
     rows = max(1, _REFINE_BLOCK_ELEMENTS // max(1, k * points.shape[1]))
-    for start in range(0, n_rows, rows):
-        stop = min(start + rows, n_rows)
-        diff = points[candidates[start:stop]] - probes[start:stop, None, :]
-        distances[start:stop] = np.sqrt(np.einsum("rkf,rkf->rk", diff, diff))
+    if device is None:
+        distances = np.empty((n_rows, k), dtype=np.float32)
+        for start in range(0, n_rows, rows):
+            stop = min(start + rows, n_rows)
+            diff = points[candidates[start:stop]] - probes[start:stop, None, :]
+            distances[start:stop] = np.sqrt(np.einsum("rkf,rkf->rk", diff, diff))
+    else:
+        distances = _candidate_distances_torch(points, probes, candidates, device, rows)
     order = np.lexsort((candidates, distances), axis=-1)
     return (
         np.take_along_axis(candidates, order, axis=1),
         np.take_along_axis(distances, order, axis=1),
     )
+
+
+def _candidate_distances_torch(
+    points: np.ndarray, probes: np.ndarray, candidates: np.ndarray, device: str, rows: int
+) -> np.ndarray:
+    """float32 (n, k): ``‖points[candidates[i, j]] - probes[i]‖`` computed with torch on
+    ``device``, in blocks of ``rows`` probes (the differences, not a Gram matrix: a point's
+    nearest neighbours can be far closer to it than to the origin)."""
+    import torch
+
+    with torch.inference_mode():
+        base = torch.from_numpy(points).to(device)
+        source = base if probes is points else torch.from_numpy(probes).to(device)
+        index = torch.from_numpy(candidates).to(device)
+        out = torch.empty(candidates.shape, dtype=torch.float32, device=device)
+        for start in range(0, len(candidates), rows):
+            stop = min(start + rows, len(candidates))
+            diff = base[index[start:stop]] - source[start:stop, None, :]
+            out[start:stop] = torch.linalg.vector_norm(diff, dim=2).to(torch.float32)
+        return out.cpu().numpy()

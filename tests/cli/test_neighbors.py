@@ -10,6 +10,7 @@ import types
 import numpy as np
 import pytest
 
+import timevis_cli.neighbors as neighbors_module
 from timevis_cli.errors import ConfigError, InputError
 from timevis_cli.neighbors import (
     KNN_BACKENDS,
@@ -255,6 +256,33 @@ class TestTorchExact(ExactKNNContract):
 class TestTorchExactFloat64(ExactKNNContract):
     def make_backend(self) -> KNNBackend:
         return TorchExact("cpu", precision="float64", max_block_elements=300 * 40)
+
+
+class _TorchRerankedOnCPU(TorchExact):
+    """The GPU backends' re-ranking (torch, on their device), run here on the CPU."""
+
+    @property
+    def rerank_device(self) -> str | None:
+        return "cpu"
+
+
+class TestTorchRerank(ExactKNNContract):
+    def make_backend(self) -> KNNBackend:
+        return _TorchRerankedOnCPU("cpu")
+
+
+def test_the_torch_reranking_equals_numpys(
+    cloud: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(neighbors_module, "_REFINE_BLOCK_ELEMENTS", 7 * 8 * 3)  # blocks of 3 rows
+    candidates = np.random.default_rng(5).integers(0, len(cloud), size=(50, 7))
+    probes = cloud[:50] + 0.25
+    for pair in ((cloud, probes), (cloud, cloud[:50])):
+        numpy_idx, numpy_dist = neighbors_module._exact_sorted(*pair, candidates)
+        torch_idx, torch_dist = neighbors_module._exact_sorted(*pair, candidates, "cpu")
+        np.testing.assert_array_equal(torch_idx, numpy_idx)
+        np.testing.assert_allclose(torch_dist, numpy_dist, rtol=1e-6, atol=1e-6)
+    assert TorchExact("cpu").rerank_device is None
 
 
 @pytest.mark.gpu
