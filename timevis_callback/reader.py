@@ -380,86 +380,100 @@ class Run:
         )
 
 
+@dataclass(frozen=True)
+class _FeatureLayout:
+    """Where one epoch file keeps its features: a contiguous, uncompressed dataset is read by
+    byte offset (``offset`` None: through HDF5)."""
+
+    path: Path
+    dtype: np.dtype
+    offset: int | None
+
+
 class FeatureRows:
     """Blocks of samples' features at every listed epoch, from :meth:`Run.feature_reader`.
 
-    Opening an HDF5 file costs about a millisecond; a trajectory pass over N samples in blocks
-    of B reads every epoch file N / B times, so the first ``MAX_OPEN_FILES`` epoch files stay
-    open (and checked) until :meth:`close`; the files of further epochs are opened per read,
-    which keeps the process well inside the usual limit of 1 024 open files.
+    Each epoch file is opened with HDF5 once, here, to check its features and find where they
+    lie; the callback writes them contiguous and uncompressed, so a block of rows is then one
+    plain read at a byte offset (opening an HDF5 file costs ~0.7 ms, and a trajectory pass over
+    N samples in blocks of B reads every epoch N / B times). No file stays open between reads.
+    Features stored otherwise (chunked, compressed) are read through HDF5 each time.
     """
-
-    MAX_OPEN_FILES = 256
 
     def __init__(self, run: Run, epochs: list[int]):
         self.run = run
         self.epochs = list(epochs)
-        self._files: dict[int, h5py.File] | None = {}
-        self._data: dict[int, h5py.Dataset] = {}  # the open files' features, looked up once
-        try:
-            for epoch in self.epochs[: self.MAX_OPEN_FILES]:
-                if epoch not in self._files:
-                    self._files[epoch] = f = run._open_epoch_file(epoch)
-                    self._data[epoch] = run._checked(f, schema.FEATURES, run.feature_dim)
-        except BaseException:
-            self.close()
-            raise
+        self._layout: dict[int, _FeatureLayout] = {}
+        for epoch in self.epochs:
+            if epoch not in self._layout:
+                with run._open_epoch(epoch) as f:
+                    data = run._checked(f, schema.FEATURES, run.feature_dim)
+                    # chunked (and so possibly filtered) data, or none allocated: through HDF5
+                    offset = data.id.get_offset() if data.chunks is None else None
+                    self._layout[epoch] = _FeatureLayout(Path(f.filename), data.dtype, offset)
+        self._closed = False
+
+    @property
+    def stored_dtype(self) -> np.dtype:
+        """The features' dtype on disk: float16 or float32, float32 when epochs differ (the
+        callback stores an epoch as float32 when its values overflow float16)."""
+        dtypes = {layout.dtype for layout in self._layout.values()}
+        return np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
 
     def read(self, rows: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
         """Features [len(epochs), len(rows), D] in ``dtype`` of the given store rows (ascending);
-        ``dtype=None`` keeps the stored one (float16 or float32: no conversion on the CPU).
+        ``dtype=None`` keeps :attr:`stored_dtype` (no conversion on the CPU for float16 runs).
 
-        Each epoch file is sliced by h5py: the contiguous span of the rows when it is at most
-        twice as long as the block, else the rows themselves (a point selection).
+        Each epoch is read as the contiguous span of the rows when it is at most twice as long
+        as the block (then picked), else as the rows themselves (an HDF5 point selection).
         """
-        if self._files is None:
+        if self._closed:
             raise ValueError("this FeatureRows reader is closed")
         run = self.run
         rows = np.asarray(rows, dtype=np.int64)
-        if dtype is None:
-            dtype = self.stored_dtype
+        dtype = self.stored_dtype if dtype is None else dtype
         out = np.empty((len(self.epochs), len(rows), run.feature_dim), dtype)
         if len(rows) == 0:
             return out
         first, last = int(rows[0]), int(rows[-1]) + 1
-        if last - first == len(rows):
-            selection, pick = slice(first, last), None
-        elif last - first <= 2 * len(rows):
-            selection, pick = slice(first, last), rows - first
-        else:
-            selection, pick = rows, None
+        span = last - first <= 2 * len(rows)
+        pick = None if last - first == len(rows) else rows - first
         for index, epoch in enumerate(self.epochs):
-            data = self._data.get(epoch)
-            if data is not None:
-                out[index] = self._read(self._files[epoch], data, selection, pick)
+            layout = self._layout[epoch]
+            if span and layout.offset is not None:
+                values = self._read_span(layout, first, last)
+                out[index] = values if pick is None else values[pick]
                 continue
             with run._open_epoch(epoch) as f:
                 data = run._checked(f, schema.FEATURES, run.feature_dim)
-                out[index] = self._read(f, data, selection, pick)
+                if span:
+                    values = _read_selection(f, schema.FEATURES, data, slice(first, last))
+                    out[index] = values if pick is None else values[pick]
+                else:
+                    out[index] = _read_selection(f, schema.FEATURES, data, rows)
         return out
 
-    @property
-    def stored_dtype(self) -> np.dtype:
-        """The features' dtype in the first epoch file (the callback writes one for the run)."""
-        if self._data:
-            return next(iter(self._data.values())).dtype
-        if not self.epochs:
-            return np.dtype(np.float32)
-        with self.run._open_epoch(self.epochs[0]) as f:
-            return self.run._checked(f, schema.FEATURES, self.run.feature_dim).dtype
-
-    @staticmethod
-    def _read(
-        f: h5py.File, data: h5py.Dataset, selection: Any, pick: np.ndarray | None
-    ) -> np.ndarray:
-        values = _read_selection(f, schema.FEATURES, data, selection)
-        return values if pick is None else values[pick]
+    def _read_span(self, layout: _FeatureLayout, first: int, last: int) -> np.ndarray:
+        dim = self.run.feature_dim
+        count = (last - first) * dim
+        try:
+            with open(layout.path, "rb") as f:
+                f.seek(layout.offset + first * dim * layout.dtype.itemsize)
+                values = np.fromfile(f, dtype=layout.dtype, count=count)
+        except OSError as exc:
+            raise StoreError(
+                f"{layout.path}: dataset {schema.FEATURES!r} cannot be read: {exc}"
+            ) from exc
+        if values.size != count:
+            raise StoreError(
+                f"{layout.path}: dataset {schema.FEATURES!r} ends early (rows {first}-{last - 1} "
+                "asked); the epoch file is truncated or was replaced while reading"
+            )
+        return values.reshape(last - first, dim)
 
     def close(self) -> None:
-        files, self._files = self._files, None
-        self._data = {}
-        for f in (files or {}).values():
-            f.close()
+        """Nothing stays open between reads; after close, reading is an error."""
+        self._closed = True
 
     def __enter__(self) -> FeatureRows:
         return self

@@ -81,10 +81,10 @@ def info(run_dir: Path, as_json: bool) -> None:
 class _BarReporter:
     """Progress bars per fit stage on a terminal (stderr); the fit's log lines otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, logger: logging.Logger) -> None:
         from timevis_cli.fit import Reporter
 
-        self.fallback = Reporter()
+        self.fallback = Reporter(logger)
         self.tty = sys.stderr.isatty()
         self.bar: object | None = None
         self.stage = ""
@@ -167,7 +167,7 @@ def fit(
     run = open_run(run_dir)
     if (run.path / FIT_DIR).exists() and not overwrite:
         raise InputError(f"{run.path / FIT_DIR} already exists; pass --overwrite to replace it")
-    result = run_fit(run, config, _BarReporter())
+    result = run_fit(run, config, _BarReporter(logging.getLogger("timevis_cli.fit")))
     path = save_fit(run.path, result, overwrite)
     seconds = result.stats["seconds"]
     click.echo(
@@ -333,7 +333,8 @@ def evaluate_command(
     fitted = load_fit(run)
     chosen = select_eval_epochs(run, fitted, config.eval.epochs)
     result = evaluate(
-        run, fitted, chosen, config.eval.k, config.eval.temporal_k, config.knn.backend, _BarReporter()
+        run, fitted, chosen, config.eval.k, config.eval.temporal_k, config.knn.backend,
+        _BarReporter(logging.getLogger("timevis_cli.evaluate"))
     )
     path = write_eval(run.path, result)
     averages = result.averages

@@ -75,19 +75,25 @@ log = logging.getLogger(__name__)
 FEATURE_BOUNDARY_FRACTION = 0.1  # feature-space boundary points per epoch, of the train samples
 _LINEAR_EQUIVALENT = {"Linear", "Flatten", "Identity", "Dropout"}
 _BATCH = 8192
-_TRAJECTORY_BLOCK_ELEMENTS = 1 << 24  # features [epochs, samples, D] read per block (64 MB f32)
+# features [epochs, samples, D] read per block: 16 MB as stored float16, 32 MB as float32 on the
+# device, and the differences of one lag (at most as much again)
+_TRAJECTORY_BLOCK_ELEMENTS = 1 << 23
 
 
 class Reporter:
-    """Progress of the fit's stages. The default logs; the CLI draws bars on a terminal."""
+    """Progress of a command's stages (fit's, eval's). The default logs to ``logger``
+    (fit's by default); the CLI draws bars on a terminal."""
+
+    def __init__(self, logger: logging.Logger = log) -> None:
+        self.log = logger
 
     def start(self, stage: str, total: int) -> None:
-        log.info("%s (%d steps)", stage, total)
+        self.log.info("%s (%d steps)", stage, total)
 
     def advance(self, steps: int = 1, **info: Any) -> None:
         """``steps`` more of the stage's total are done; ``info`` describes where it stands."""
         if info:
-            log.debug("%s", ", ".join(f"{k} {v}" for k, v in info.items()))
+            self.log.debug("%s", ", ".join(f"{k} {v}" for k, v in info.items()))
 
     def finish(self) -> None:
         """The current stage is done."""

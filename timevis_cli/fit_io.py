@@ -25,7 +25,7 @@ from timevis_callback.reader import Run
 from timevis_cli.config import Config
 from timevis_cli.errors import InputError, StoreError
 from timevis_cli.fit import FitModel, FitResult, ModelTransforms
-from timevis_cli.outputs import replaced_folder
+from timevis_cli.outputs import OutputExists, replaced_folder
 from timevis_cli.projector import Projector
 
 FIT_DIR = "fit"
@@ -68,10 +68,8 @@ def save_fit(run_dir: Path, result: FitResult, overwrite: bool) -> Path:
     """Write ``RUN_DIR/fit/`` atomically; an existing fit is kept unless ``overwrite``."""
     run_dir = Path(run_dir)
     final = run_dir / FIT_DIR
-    if final.exists() and not overwrite:
-        raise InputError(f"{final} already exists; pass --overwrite to replace it")
     try:
-        with replaced_folder(run_dir, FIT_DIR) as tmp:
+        with replaced_folder(run_dir, FIT_DIR, overwrite) as tmp:
             torch.save(
                 {
                     "projector": result.model.projector.checkpoint(),
@@ -108,6 +106,8 @@ def save_fit(run_dir: Path, result: FitResult, overwrite: bool) -> Path:
             }
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=_json_default))
             (tmp / CONFIG_FILE).write_text(result.config.to_toml())
+    except OutputExists as exc:
+        raise InputError(f"{final} already exists; pass --overwrite to replace it") from exc
     except OSError as exc:
         raise StoreError(
             f"cannot write {final} ({exc.strerror or exc}); the previous fit, if any, is kept"

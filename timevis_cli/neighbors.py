@@ -212,7 +212,11 @@ class FaissGPU(KNNBackend):
 
     @property
     def rerank_device(self) -> str | None:
-        return f"cuda:{self.gpu}"
+        # FAISS's GPU needs no CUDA build of torch; without one the re-ranking stays numpy's
+        import torch
+
+        usable = torch.cuda.is_available() and self.gpu < torch.cuda.device_count()
+        return f"cuda:{self.gpu}" if usable else None
 
     def _search(self, points: np.ndarray, probes: np.ndarray | None, k: int) -> np.ndarray:
         if k > FAISS_GPU_MAX_K:

@@ -2,8 +2,11 @@
 
 An output is written into a hidden temporary folder beside it and renamed into place at the
 end; the previous output is set aside first and removed only once the new one is in place, so a
-failure at any point (an error, Ctrl-C) leaves the previous output as it was. Temporary folders
-that a killed process left behind are removed the next time the same output is written.
+failure at any point (an error, Ctrl-C) leaves the previous output as it was. Writers of a
+RUN_DIR take turns: each holds an exclusive ``flock`` on the RUN_DIR folder from creating its
+temporary folder to removing the old output, so whatever temporary or set-aside
+folder a writer finds while it holds the lock was left by one that was killed: it is removed
+(a set-aside previous output with nothing in its place is put back).
 """
 
 from __future__ import annotations
@@ -18,39 +21,45 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-
-def _temporary_name(name: str) -> str:
-    return f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-
-
-def _writer_pid(path: Path, name: str) -> int | None:
-    """The process id in a temporary folder's name (``.NAME.PID-HEX.tmp``), None if not one."""
-    stem = path.name.removeprefix(f".{name}.").removesuffix(".tmp")
-    if stem == path.name or "-" not in stem:
-        return None
-    pid = stem.split("-", 1)[0]
-    return int(pid) if pid.isdigit() else None
+class OutputExists(FileExistsError):
+    """``RUN_DIR/NAME`` exists and ``replaced_folder`` was told not to overwrite it."""
 
 
-def _alive(pid: int) -> bool:
+@contextmanager
+def _exclusive(run_dir: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on the RUN_DIR folder itself (blocking until it is free; nothing
+    is written for it). Yields False where it cannot be had (no ``fcntl`` on Windows, a file
+    system without ``flock`` on folders): then nothing is locked and no leftovers are cleaned."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
+        import fcntl
+    except ImportError:  # Windows
+        yield False
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            locked = True
+        except OSError as exc:
+            log.debug("no lock on %s (%s): leftovers of killed writers are kept", run_dir, exc)
+            locked = False
+        yield locked
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
-def _remove_stale(run_dir: Path, name: str) -> None:
-    """Remove the temporary folders of ``name`` whose writing process is gone; a previous output
-    set aside by a writer killed between its two renames is put back (or removed when the new
-    one made it into place)."""
-    for path in run_dir.glob(f".{name}.*.tmp"):
-        pid = _writer_pid(path, name)
-        if pid is not None and pid != os.getpid() and not _alive(pid) and path.is_dir():
-            log.info("removing %s, left by a writer (process %d) that did not finish", path, pid)
-            shutil.rmtree(path)
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _clean_leftovers(run_dir: Path, name: str) -> None:
+    """With the lock held: remove what killed writers of ``name`` left behind."""
+    for tmp in sorted(run_dir.glob(f".{name}.*.tmp")):
+        log.info("removing %s, left by a writer of %s/ that did not finish", tmp, name)
+        _remove(tmp)
     final = run_dir / name
     for old in sorted(run_dir.glob(f".{name}.old-*")):
         if final.exists():
@@ -62,34 +71,39 @@ def _remove_stale(run_dir: Path, name: str) -> None:
 
 
 @contextmanager
-def replaced_folder(run_dir: Path, name: str) -> Iterator[Path]:
+def replaced_folder(run_dir: Path, name: str, overwrite: bool = True) -> Iterator[Path]:
     """A new, empty temporary folder to write ``RUN_DIR/NAME`` into; when the block ends without
     an exception it becomes ``RUN_DIR/NAME`` (replacing the previous one), otherwise it is removed
-    and the previous ``RUN_DIR/NAME``, if any, is left as it was."""
+    and the previous ``RUN_DIR/NAME``, if any, is left as it was.
+
+    ``overwrite=False``: :class:`OutputExists` (before the block runs) when ``RUN_DIR/NAME``
+    exists.
+    """
     run_dir = Path(run_dir)
     final = run_dir / name
-    _remove_stale(run_dir, name)
-    tmp = run_dir / _temporary_name(name)
-    tmp.mkdir()
-    old: Path | None = None
-    try:
-        yield tmp
-        if final.exists():
-            old = run_dir / f".{name}.old-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-        tmp.rename(final)
-    except BaseException:
-        if old is not None and not final.exists():
-            old.rename(final)  # put the previous output back
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        raise
-    if old is not None:
-        _remove(old)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+    with _exclusive(run_dir) as locked:
+        if locked:
+            _clean_leftovers(run_dir, name)
+        if final.exists() and not overwrite:
+            raise OutputExists(f"{final} already exists")
+        tmp = run_dir / f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        tmp.mkdir()
+        old: Path | None = None
+        try:
+            yield tmp
+            if final.exists():
+                old = run_dir / f".{name}.old-{uuid.uuid4().hex[:8]}"
+                final.rename(old)
+            tmp.rename(final)
+        except BaseException:
+            if old is not None and not final.exists():
+                old.rename(final)  # put the previous output back
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            raise
+        if old is not None:
+            try:
+                _remove(old)
+            except OSError as exc:  # the new output is in place: say what is left, go on
+                log.warning("%s/ is written, but the previous one could not be removed: %s "
+                            "(delete %s by hand)", final, exc, old)  # fmt: skip

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from timevis_callback import schema
 from timevis_callback.errors import StoreError, StoreVersionError
-from timevis_callback.reader import FeatureRows, Run, format_epochs, open_run
+from timevis_callback.reader import Run, format_epochs, open_run
 from timevis_callback.writer import (
     Boundary,
     RunHeader,
@@ -344,20 +344,29 @@ def _open_file_names() -> set[str]:
     return {Path(i.name.decode()).name for i in ids}
 
 
-@pytest.mark.parametrize("max_open", [256, 2, 0])
+def _rechunk(path: Path) -> None:
+    """Rewrite an epoch file's features chunked and compressed (not how the callback writes
+    them): the reader must take them through HDF5."""
+    with h5py.File(path, "r+") as f:
+        values = f[schema.FEATURES][...]
+        del f[schema.FEATURES]
+        f.create_dataset(schema.FEATURES, data=values, chunks=(7, DIM), compression="gzip")
+
+
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_feature_reader_reads_blocks_of_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_open: int, dtype: type
-) -> None:
+def test_feature_reader_reads_blocks_of_rows(tmp_path: Path, chunked: bool, dtype: type) -> None:
     ids, splits, labels = sample_arrays()
     write_run(tmp_path, make_header(), ids, splits, labels)
     written = {e: write_demo_epoch(tmp_path, e, dtype=dtype)["features"] for e in range(4)}
+    if chunked:
+        _rechunk(tmp_path / schema.EPOCHS_DIR / schema.epoch_filename(2))
     run = open_run(tmp_path)
-    epochs = [3, 0, 2]  # any order; every epoch file is open only while the reader is
-    monkeypatch.setattr(FeatureRows, "MAX_OPEN_FILES", max_open)
+    epochs = [3, 0, 2]  # any order
     with run.feature_reader(epochs) as reader:
-        assert len(_open_file_names()) == min(max_open, len(epochs))
+        assert _open_file_names() == set()  # nothing held open between reads
         assert reader.stored_dtype == np.dtype(dtype)
+        assert [reader._layout[e].offset is None for e in epochs] == [False, False, chunked]
         n = N_TRAIN + N_TEST
         for rows in (np.arange(n), np.arange(5, 9), np.array([5, 6, 8]), np.array([0, 3, n - 1])):
             block = reader.read(rows)
@@ -367,11 +376,45 @@ def test_feature_reader_reads_blocks_of_rows(
             stored = reader.read(rows, dtype=None)
             assert stored.dtype == np.dtype(dtype)
             np.testing.assert_array_equal(stored[1], written[0][rows])
+            np.testing.assert_array_equal(stored[2], written[2][rows])
         assert reader.read(np.array([], np.int64)).shape == (3, 0, DIM)
-    assert _open_file_names() == set()
+        assert _open_file_names() == set()
     with pytest.raises(ValueError, match="closed"):
         reader.read(np.arange(3))
     np.testing.assert_array_equal(run.feature_rows([1], np.array([2, 4]))[0], written[1][[2, 4]])
+
+
+def test_feature_reader_keeps_float32_epochs_of_a_float16_run(tmp_path: Path) -> None:
+    # the callback stores an epoch as float32 when its values overflow float16
+    ids, splits, labels = sample_arrays()
+    write_run(tmp_path, make_header(), ids, splits, labels)
+    small = write_demo_epoch(tmp_path, 0, dtype=np.float16)["features"]
+    rng = np.random.default_rng(9)
+    large = (rng.normal(size=(N_TRAIN + N_TEST, DIM)) * 1e5).astype(np.float32)
+    write_epoch(tmp_path, 1, features=large, logits=np.zeros((N_TRAIN + N_TEST, N_CLASSES)),
+                head_state=linear_state(rng))  # fmt: skip
+    with open_run(tmp_path).feature_reader([0, 1]) as reader:
+        assert reader.stored_dtype == np.float32
+        block = reader.read(np.arange(10), dtype=None)
+    assert block.dtype == np.float32 and np.isfinite(block).all()
+    np.testing.assert_array_equal(block[0], small[:10].astype(np.float32))
+    np.testing.assert_array_equal(block[1], large[:10])
+
+
+def test_feature_reader_of_a_truncated_epoch_names_it(tmp_path: Path) -> None:
+    ids, splits, labels = sample_arrays()
+    write_run(tmp_path, make_header(), ids, splits, labels)
+    for epoch in range(2):
+        write_demo_epoch(tmp_path, epoch)
+    reader = open_run(tmp_path).feature_reader([0, 1])
+    path = tmp_path / schema.EPOCHS_DIR / schema.epoch_filename(1)
+    layout = reader._layout[1]
+    # cut the file inside its features, after the reader located them
+    with open(path, "r+b") as f:
+        f.truncate(layout.offset + 10 * DIM * 4)
+    assert np.isfinite(reader.read(np.arange(10))).all()  # the rows before the cut
+    with pytest.raises(StoreError, match=r"epoch_0001\.h5: dataset 'features' ends early"):
+        reader.read(np.arange(N_TRAIN + N_TEST))
 
 
 def test_feature_reader_of_an_absent_epoch_names_it_and_closes(store: Path) -> None:

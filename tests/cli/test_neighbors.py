@@ -285,6 +285,21 @@ def test_the_torch_reranking_equals_numpys(
     assert TorchExact("cpu").rerank_device is None
 
 
+def test_faiss_gpu_reranks_with_torch_only_where_torch_has_cuda(monkeypatch) -> None:
+    # FAISS's GPU works with a CPU build of torch: the re-ranking then stays numpy's
+    import torch
+
+    backend = FaissGPU.__new__(FaissGPU)  # without FAISS's GPU check: only rerank_device is used
+    backend.gpu = 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backend.rerank_device is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert backend.rerank_device == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # torch sees fewer GPUs
+    assert backend.rerank_device is None
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not _torch_cuda(), reason="needs a CUDA device")
 class TestTorchExactCUDA(ExactKNNContract):
