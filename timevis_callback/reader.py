@@ -413,16 +413,10 @@ class FeatureRows:
                     self._layout[epoch] = _FeatureLayout(Path(f.filename), data.dtype, offset)
         self._closed = False
 
-    @property
-    def stored_dtype(self) -> np.dtype:
-        """The features' dtype on disk: float16 or float32, float32 when epochs differ (the
-        callback stores an epoch as float32 when its values overflow float16)."""
-        dtypes = {layout.dtype for layout in self._layout.values()}
-        return np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
-
     def read(self, rows: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
-        """Features [len(epochs), len(rows), D] in ``dtype`` of the given store rows (ascending);
-        ``dtype=None`` keeps :attr:`stored_dtype` (no conversion on the CPU for float16 runs).
+        """Features [len(epochs), len(rows), D] in ``dtype`` of the given store rows (ascending),
+        whatever each epoch stores (float16, or float32 where the callback kept an epoch whose
+        values overflow float16).
 
         Each epoch is read as the contiguous span of the rows when it is at most twice as long
         as the block (then picked), else as the rows themselves (an HDF5 point selection).
@@ -431,7 +425,6 @@ class FeatureRows:
             raise ValueError("this FeatureRows reader is closed")
         run = self.run
         rows = np.asarray(rows, dtype=np.int64)
-        dtype = self.stored_dtype if dtype is None else dtype
         out = np.empty((len(self.epochs), len(rows), run.feature_dim), dtype)
         if len(rows) == 0:
             return out
