@@ -222,8 +222,8 @@ class Run:
     def epoch_path(self, epoch: int) -> Path:
         return self.path / schema.EPOCHS_DIR / schema.epoch_filename(epoch)
 
-    def _open_epoch_file(self, epoch: int) -> h5py.File:
-        """The epoch's file, open for reading (the caller closes it)."""
+    @contextmanager
+    def _open_epoch(self, epoch: int) -> Iterator[h5py.File]:
         if epoch not in self.epochs:
             extra = f"; epoch {epoch} is unreadable: {self.bad_epochs[epoch]}" if (
                 epoch in self.bad_epochs
@@ -234,18 +234,10 @@ class Run:
             )
         path = self.epoch_path(epoch)
         try:
-            return h5py.File(path, "r")
-        except OSError as exc:
-            raise StoreError(f"{path} cannot be read: {exc}") from exc
-
-    @contextmanager
-    def _open_epoch(self, epoch: int) -> Iterator[h5py.File]:
-        f = self._open_epoch_file(epoch)
-        try:
-            with f:
+            with h5py.File(path, "r") as f:
                 yield f
         except OSError as exc:
-            raise StoreError(f"{f.filename} cannot be read: {exc}") from exc
+            raise StoreError(f"{path} cannot be read: {exc}") from exc
 
     def _checked(self, f: h5py.File, key: str, width: int | None = None) -> h5py.Dataset:
         """The dataset ``key`` of an epoch file, present and (with ``width``) [N, width]."""
@@ -278,13 +270,13 @@ class Run:
     ) -> np.ndarray:
         """Features [len(epochs), len(rows), D] of the given store rows (ascending) at every
         listed epoch: one sample block's trajectories, read without loading whole epochs.
-        For many blocks, :meth:`feature_reader` keeps the epoch files open between them."""
+        For many blocks, :meth:`feature_reader` locates each epoch's features once."""
         with self.feature_reader(epochs) as reader:
             return reader.read(rows, dtype)
 
     def feature_reader(self, epochs: list[int]) -> FeatureRows:
-        """A reader of sample blocks' features at every listed epoch that keeps the epoch files
-        open between blocks (close it, or use it as a context manager)."""
+        """A reader of sample blocks' features at every listed epoch: each epoch file is checked
+        and its features located once, then every block is plain reads (:class:`FeatureRows`)."""
         return FeatureRows(self, epochs)
 
     def logits(self, epoch: int, split: str | None = None) -> np.ndarray:

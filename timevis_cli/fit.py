@@ -242,8 +242,12 @@ def _timed(stats: dict[str, Any], stage: str) -> Iterator[None]:
     stats.setdefault("seconds", {})[stage] = round(time.perf_counter() - started, 3)
 
 
+def _non_finite_rows(features: np.ndarray) -> int:
+    return int((~np.isfinite(features)).any(axis=1).sum())
+
+
 def _check_finite(features: np.ndarray, epoch: int) -> None:
-    bad = int((~np.isfinite(features)).any(axis=1).sum())
+    bad = _non_finite_rows(features)
     if bad:
         raise InputError(
             f"epoch {epoch} has {bad} samples with NaN or inf features (training diverged?); "
@@ -371,7 +375,7 @@ def _epoch_part(
     boundary, pair, used = None, np.zeros((0, 2), np.int64), "none"
     stored = run.boundary(epoch) if source in ("auto", "store") else None
     if stored is not None and len(stored.features):
-        bad = int((~np.isfinite(stored.features)).any(axis=1).sum())
+        bad = _non_finite_rows(stored.features)
         if bad:
             raise InputError(
                 f"epoch {epoch} has {bad} of {len(stored.features)} stored boundary points with "
