@@ -7,7 +7,7 @@
 
 For each run store (default ``/work/runs/mnist/store``, the demo's MNIST-5k run) it fits
 
-- **timevis**: ``timevis_cli.fit.fit`` with the resolved configuration (defaults < ``--preset``
+- **timevis**: ``timevis_cli.fit.pipeline.fit`` with the resolved configuration (defaults < ``--preset``
   < ``--set``), exactly what ``timevis fit`` runs; each ``--variant`` adds one more timevis row
   with those ``key=value`` overrides on top (for lever studies);
 - **global PCA**: one 2-D PCA fitted on every fitted epoch's training features at once; test
@@ -23,7 +23,7 @@ For each run store (default ``/work/runs/mnist/store``, the demo's MNIST-5k run)
   positions of the ``k`` nearest training samples of that epoch), and its inverse is the same
   kNN regression as for per-epoch UMAP;
 
-and scores every method with the project's own ``timevis_cli.evaluate.evaluate`` (same k, same
+and scores every method with the project's own ``timevis_cli.evaluate.loop.evaluate`` (same k, same
 temporal k, same splits, same boundary points: the store's, as the timevis fit uses them), then
 prints ONE markdown table per store: method x {fit seconds, nnpv(k) train/test, boundary(k)
 train, temp_l(tk) train, temp_g train, temppv train, ppr train/test}. ppr is the mean over the
@@ -71,7 +71,7 @@ TIMEVIS_FIT_STAGES = ("reduction", "complex", "temporal", "mixing", "training", 
 class _EpochModel:
     """``transform``/``inverse_transform`` of one method; per-epoch methods follow ``epoch``.
 
-    :func:`timevis_cli.evaluate.evaluate` reads an epoch's embedding (``fit.embedding``) before it
+    :func:`timevis_cli.evaluate.loop.evaluate` reads an epoch's embedding (``fit.embedding``) before it
     decodes that epoch's positions, so :class:`MethodFit` sets ``epoch`` there.
     """
 
@@ -88,7 +88,7 @@ class _EpochModel:
 
 @dataclass
 class MethodFit:
-    """A fitted method, shaped like :class:`timevis_cli.fit_io.LoadedFit` for ``evaluate``."""
+    """A fitted method, shaped like :class:`timevis_cli.fit.io.LoadedFit` for ``evaluate``."""
 
     name: str
     model: Any
@@ -166,7 +166,7 @@ def read_store(run: Any, epochs: list[int]) -> StoreData:
 
 
 def fit_timevis(data: StoreData, config: Any, name: str) -> MethodFit:
-    from timevis_cli.fit import fit
+    from timevis_cli.fit.pipeline import fit
 
     started = time.perf_counter()
     result = fit(data.run, config)
@@ -267,7 +267,7 @@ def fit_aligned(data: StoreData, k: int, seed: int) -> MethodFit:
 
 
 def score(data: StoreData, method: MethodFit, k: int, temporal_k: int, ppr_from: int) -> dict:
-    from timevis_cli.evaluate import evaluate
+    from timevis_cli.evaluate.loop import evaluate
 
     started = time.perf_counter()
     result = evaluate(data.run, method, data.epochs, k=k, temporal_k=temporal_k, knn_backend="auto")
@@ -375,7 +375,7 @@ def main() -> None:
 
     from timevis_callback import open_run
     from timevis_cli.config import load_config
-    from timevis_cli.fit import select_fit_epochs
+    from timevis_cli.fit.pipeline import select_fit_epochs
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if args.threads:

@@ -4,7 +4,7 @@
                                 [--preset P] [--set key=value ...] [--threads T] [--workdir DIR]
     python scripts/bench_fit.py --memory-scaling [--synthetic N,E,D] [--scaling-epochs 10,20,40]
 
-Runs ``timevis_cli.fit.fit`` (what ``timevis fit`` runs, without writing ``fit/``) on each run store
+Runs ``timevis_cli.fit.pipeline.fit`` (what ``timevis fit`` runs, without writing ``fit/``) on each run store
 and prints ONE markdown table, a column per store: the store's shape, device, kNN backend, seconds
 per stage (reduction, complex = spatial + boundary edges, temporal, mixing, training, embedding),
 training epochs run, complex size (vertices, edges by kind), peak resident memory and, on CUDA,
@@ -76,7 +76,7 @@ def run_worker(args: argparse.Namespace) -> None:
 
     from timevis_callback import open_run
     from timevis_cli.config import load_config
-    from timevis_cli.fit import fit
+    from timevis_cli.fit.pipeline import fit
 
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -64,8 +64,8 @@ def ensure_fit(store: Path, overrides: list[str]) -> tuple[float | None, dict]:
     """Fit ``store`` quickly unless a fit with the same overrides is there; (seconds or None, stats)."""
     from timevis_callback import open_run
     from timevis_cli.config import load_config
-    from timevis_cli.fit import fit
-    from timevis_cli.fit_io import FIT_DIR, REPORT_FILE, save_fit
+    from timevis_cli.fit.io import FIT_DIR, REPORT_FILE, save_fit
+    from timevis_cli.fit.pipeline import fit
 
     marker = store / FIT_DIR / FIT_MARKER
     if marker.exists() and json.loads(marker.read_text()) == overrides:
@@ -115,7 +115,7 @@ def _save_png(image, path: Path) -> None:
     """The PNG encode of ``FrameRenderer.save_png``."""
     from PIL import Image
 
-    from timevis_cli.render import PNG_COMPRESS_LEVEL
+    from timevis_cli.render.frames import PNG_COMPRESS_LEVEL
 
     Image.fromarray(image).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
@@ -217,18 +217,18 @@ def measure(args: argparse.Namespace, store: Path, jobs: int) -> dict:
     import torch
 
     from timevis_callback import open_run
-    from timevis_cli.animate import write_gif
     from timevis_cli.config import load_config
     from timevis_cli.device import resolve_device
-    from timevis_cli.fit_io import load_fit
-    from timevis_cli.playback import (
+    from timevis_cli.fit.io import load_fit
+    from timevis_cli.render.animate import write_gif
+    from timevis_cli.render.frames import FrameRenderer, render_epochs
+    from timevis_cli.render.playback import (
         FrameBuilder,
         FrameInput,
         GridLandscapes,
         frame_inputs,
         plan_render,
     )
-    from timevis_cli.render import FrameRenderer, render_epochs
 
     torch.set_num_threads(1)  # rendering: one thread per process (the parent and each worker)
     device = resolve_device(args.device)

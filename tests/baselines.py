@@ -1,7 +1,7 @@
 """Baseline maps scored exactly as ``timevis eval`` scores a fit (tests import it as ``baselines``).
 
-:class:`Embedded` is shaped like :class:`~timevis_cli.fit_io.LoadedFit`, so
-:func:`timevis_cli.evaluate.evaluate` scores a timevis fit held in memory or a baseline map the
+:class:`Embedded` is shaped like :class:`~timevis_cli.fit.io.LoadedFit`, so
+:func:`timevis_cli.evaluate.loop.evaluate` scores a timevis fit held in memory or a baseline map the
 same way. :class:`LinearMap` is a linear 2-D map with its inverse (a global PCA, a random
 projection); :func:`embed_linear` projects every epoch of a run store with it.
 """
@@ -21,7 +21,7 @@ class LinearMap:
     """``transform(x) = (x - mean) @ forward.T``, ``inverse_transform(y) = y @ backward.T + mean``.
 
     forward: [2, D]; backward: [D, 2] (default: ``forward.T``, the inverse for orthonormal rows);
-    mean: [D] (default 0). Shaped like :class:`~timevis_cli.fit.FitModel` for ``evaluate``.
+    mean: [D] (default 0). Shaped like :class:`~timevis_cli.fit.pipeline.FitModel` for ``evaluate``.
     """
 
     device = "cpu"
@@ -61,7 +61,7 @@ def random_projection(dim: int, seed: int = 0) -> LinearMap:
 
 @dataclass
 class Embedded:
-    """A fitted map shaped like :class:`~timevis_cli.fit_io.LoadedFit`, for ``evaluate``."""
+    """A fitted map shaped like :class:`~timevis_cli.fit.io.LoadedFit`, for ``evaluate``."""
 
     model: object
     run_id: str

@@ -5,7 +5,7 @@ module as a subprocess into a temporary folder (``TIMEVIS_DEMO_OUT``), CPU only,
 Its wall time is printed against the 3-minute budget of the issue, never asserted. The checks:
 exit code, the store's epochs, every fit/render/eval file (frame size, one GIF frame per epoch,
 a self-contained HTML page), the paths printed last, and faithfulness floors relative to a seeded
-random projection of the same features scored by the same :func:`~timevis_cli.evaluate.evaluate`
+random projection of the same features scored by the same :func:`~timevis_cli.evaluate.loop.evaluate`
 (a pipeline that trains nothing lands near that baseline).
 """
 
@@ -25,8 +25,8 @@ from PIL import Image
 
 from timevis_callback import open_run
 from timevis_cli.config import load_config
-from timevis_cli.evaluate import EvalResult, evaluate
-from timevis_cli.fit_io import load_fit
+from timevis_cli.evaluate.loop import EvalResult, evaluate
+from timevis_cli.fit.io import load_fit
 
 try:
     import tomllib

@@ -82,7 +82,7 @@ class _BarReporter:
     """Progress bars per fit stage on a terminal (stderr); the fit's log lines otherwise."""
 
     def __init__(self, logger: logging.Logger) -> None:
-        from timevis_cli.fit import Reporter
+        from timevis_cli.fit.pipeline import Reporter
 
         self.fallback = Reporter(logger)
         self.tty = sys.stderr.isatty()
@@ -144,8 +144,8 @@ def fit(
 
     Example: timevis fit runs/mnist/store --preset mnist --epochs 1-15
     """
-    from timevis_cli.fit import fit as run_fit
-    from timevis_cli.fit_io import FIT_DIR, save_fit
+    from timevis_cli.fit.io import FIT_DIR, save_fit
+    from timevis_cli.fit.pipeline import fit as run_fit
 
     config = _resolve_config(
         config_file,
@@ -167,7 +167,7 @@ def fit(
     run = open_run(run_dir)
     if (run.path / FIT_DIR).exists() and not overwrite:
         raise InputError(f"{run.path / FIT_DIR} already exists; pass --overwrite to replace it")
-    result = run_fit(run, config, _BarReporter(logging.getLogger("timevis_cli.fit")))
+    result = run_fit(run, config, _BarReporter(logging.getLogger("timevis_cli.fit.pipeline")))
     path = save_fit(run.path, result, overwrite)
     seconds = result.stats["seconds"]
     click.echo(
@@ -227,10 +227,10 @@ def render(
 
     Example: timevis render runs/mnist/store --epochs 1-15 --html
     """
-    from timevis_cli.animate import write_gif, write_mp4
     from timevis_cli.device import resolve_device
-    from timevis_cli.fit_io import load_fit
-    from timevis_cli.playback import (
+    from timevis_cli.fit.io import load_fit
+    from timevis_cli.render.animate import write_gif, write_mp4
+    from timevis_cli.render.playback import (
         FrameBuilder,
         GridLandscapes,
         export_viewer,
@@ -264,7 +264,7 @@ def render(
         raise InputError("--track draws trails in the HTML page; add --html")
     torch_device = resolve_device(settings.device)  # of the landscape, in this process only
     if settings.mp4:
-        from timevis_cli import animate
+        from timevis_cli.render import animate
 
         animate._import_video_writer()  # before any earlier frame is replaced
     out = _writable_output(run.path, "render")
@@ -275,7 +275,7 @@ def render(
         "dpi": settings.dpi,
         "show_test": len(plan.test_rows) > 0,
     }
-    from timevis_cli.render import render_epochs
+    from timevis_cli.render.frames import render_epochs
 
     log.info("rendering %d epochs with %d worker(s)", len(plan.epochs), min(workers, len(plan.epochs)))
     landscapes = GridLandscapes(run, fit_result, plan, torch_device)
@@ -320,8 +320,8 @@ def evaluate_command(
 
     Example: timevis eval runs/mnist/store --epochs 3- --k 15
     """
-    from timevis_cli.evaluate import evaluate, select_eval_epochs, write_eval
-    from timevis_cli.fit_io import load_fit
+    from timevis_cli.evaluate.loop import evaluate, select_eval_epochs, write_eval
+    from timevis_cli.fit.io import load_fit
 
     config = _resolve_config(
         config_file,
@@ -334,7 +334,7 @@ def evaluate_command(
     chosen = select_eval_epochs(run, fitted, config.eval.epochs)
     result = evaluate(
         run, fitted, chosen, config.eval.k, config.eval.temporal_k, config.knn.backend,
-        _BarReporter(logging.getLogger("timevis_cli.evaluate"))
+        _BarReporter(logging.getLogger("timevis_cli.evaluate.loop"))
     )
     path = write_eval(run.path, result)
     averages = result.averages

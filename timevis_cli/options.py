@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from timevis_cli.neighbors import KNN_BACKENDS
+from timevis_cli.fit.neighbors import KNN_BACKENDS
 
 run_dir_argument = click.argument(
     "run_dir",

@@ -38,7 +38,7 @@ from stores import drifting_clusters
 from timevis_callback import open_run
 from timevis_cli.cli import main
 from timevis_cli.errors import TimeVisError
-from timevis_cli.fit_io import load_fit
+from timevis_cli.fit.io import load_fit
 
 SCRIPT = Path(__file__).resolve().parents[1] / "digits_model.py"
 FAST = (
@@ -203,7 +203,7 @@ def _no_cuda(store, tmp, mp):
 
 def _faiss_without_gpu(store, tmp, mp):
     pytest.importorskip("faiss")
-    mp.setattr("timevis_cli.neighbors._faiss_gpu_count", lambda faiss: 0)
+    mp.setattr("timevis_cli.fit.neighbors._faiss_gpu_count", lambda faiss: 0)
 
 
 def _not_installed(module: str) -> Setup:
@@ -218,14 +218,14 @@ def _training_fails(store, tmp, mp):
         kwargs["progress"]({"epoch": 0, "loss": 1.0})  # midway: training has started
         raise TimeVisError("simulated failure during training")
 
-    mp.setattr("timevis_cli.fit.fit_projector", fail)
+    mp.setattr("timevis_cli.fit.pipeline.fit_projector", fail)
 
 
 def _ctrl_c_in_training(store, tmp, mp):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    mp.setattr("timevis_cli.fit.fit_projector", interrupt)
+    mp.setattr("timevis_cli.fit.pipeline.fit_projector", interrupt)
 
 
 def _disk_full_while_saving(store, tmp, mp):
@@ -279,7 +279,7 @@ def _render_is_a_file(store, tmp, mp):
 
 
 def _no_video_extra(store, tmp, mp):
-    import timevis_cli.animate as animate
+    import timevis_cli.render.animate as animate
 
     def missing():
         raise animate.MissingVideoDependencyError(
@@ -613,7 +613,7 @@ def test_a_crash_in_training_keeps_the_previous_fit(source, tmp_path, monkeypatc
         kwargs["progress"]({"epoch": 0, "loss": 1.0})
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr("timevis_cli.fit.fit_projector", crash)
+    monkeypatch.setattr("timevis_cli.fit.pipeline.fit_projector", crash)
     before = snapshot(store)
     result = invoke("fit", store, "--overwrite", *FAST)
     assert result.exit_code != 0

@@ -101,14 +101,14 @@ def test_preset_applies_exactly_its_overrides(name: str) -> None:
 
 
 def test_knn_backends_match_the_neighbors_module() -> None:
-    from timevis_cli.neighbors import KNN_BACKENDS
+    from timevis_cli.fit.neighbors import KNN_BACKENDS
 
     for backend in KNN_BACKENDS:
         assert KNNConfig(backend=backend).backend == backend
 
 
 def test_reduction_keys_construct_reduction_params() -> None:
-    from timevis_cli.reduction import ReductionParams
+    from timevis_cli.fit.reduction import ReductionParams
 
     values = dataclasses.asdict(load_config(preset="fmnist").reduction)
     values.pop("enabled")

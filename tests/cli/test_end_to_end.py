@@ -98,7 +98,7 @@ def test_render_into_an_unwritable_folder(store, monkeypatch):
 
 
 def test_mp4_without_the_video_extra_names_the_install(store, monkeypatch):
-    import timevis_cli.animate as animate
+    import timevis_cli.render.animate as animate
 
     def missing():
         raise animate.MissingVideoDependencyError('pip install "timevis[video]"')

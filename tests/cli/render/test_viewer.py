@@ -1,4 +1,4 @@
-"""index.html (timevis_cli.viewer): self-contained, safe with hostile class names, data that
+"""index.html (timevis_cli.render.viewer): self-contained, safe with hostile class names, data that
 decode back, a documented size, subsampling that warns; and, in headless Chromium, a page whose
 slider, title and hover tooltip work (skipped where no ``chromium`` is installed)."""
 
@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from timevis_cli.errors import InputError
-from timevis_cli.landscape import Bounds, canvas_bounds, palette
-from timevis_cli.viewer import BYTES_PER_POINT_EPOCH, payload_bytes, write_viewer
+from timevis_cli.render.landscape import Bounds, canvas_bounds, palette
+from timevis_cli.render.viewer import BYTES_PER_POINT_EPOCH, payload_bytes, write_viewer
 
 EVIL = '<b>"cat"</b>'
 NAMES = ["plane", EVIL, "</script><img src=x onerror=alert(1)>", "a & b \u2028 猫"]
@@ -169,7 +169,7 @@ def test_size_grows_as_documented(tmp_path):
 def test_subsampling_warns_and_keeps_tracked_rows(tmp_path, caplog):
     inputs = _inputs(n_epochs=3, n=500, thumbnails="grey")
     inputs["track"] = [3, 17, 499]
-    with caplog.at_level(logging.WARNING, logger="timevis_cli.viewer"):
+    with caplog.at_level(logging.WARNING, logger="timevis_cli.render.viewer"):
         text = write_viewer(tmp_path / "i.html", max_points=100, **inputs).read_text("utf-8")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "max_points=100" in warnings[0].getMessage()
@@ -189,7 +189,7 @@ def test_subsampling_warns_and_keeps_tracked_rows(tmp_path, caplog):
 
 
 def test_no_warning_within_max_points(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="timevis_cli.viewer"):
+    with caplog.at_level(logging.WARNING, logger="timevis_cli.render.viewer"):
         data = _data(write_viewer(tmp_path / "i.html", max_points=60, **_inputs()).read_text())
     assert not caplog.records
     assert data["sourceRows"] is None and data["n"] == 60

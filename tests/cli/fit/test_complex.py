@@ -8,7 +8,8 @@ import weakref
 import numpy as np
 import pytest
 
-from timevis_cli.complex import (
+from timevis_cli.errors import InputError
+from timevis_cli.fit.complex import (
     EdgeKind,
     EdgeSet,
     EpochVertices,
@@ -21,7 +22,6 @@ from timevis_cli.complex import (
     temporal_edges,
     temporal_memberships,
 )
-from timevis_cli.errors import InputError
 
 umap_ = pytest.importorskip("umap.umap_")
 sparse = pytest.importorskip("scipy.sparse")

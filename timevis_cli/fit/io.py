@@ -24,9 +24,9 @@ import torch
 from timevis_callback.reader import Run
 from timevis_cli.config import Config
 from timevis_cli.errors import InputError, StoreError
-from timevis_cli.fit import FitModel, FitResult, ModelTransforms
+from timevis_cli.fit.pipeline import FitModel, FitResult, ModelTransforms
+from timevis_cli.fit.projector import Projector
 from timevis_cli.outputs import OutputExists, replaced_folder
-from timevis_cli.projector import Projector
 
 FIT_DIR = "fit"
 PROJECTOR_FILE = "projector.pt"

@@ -1,7 +1,7 @@
 """The spatio-temporal complex: one fuzzy graph over the vertices of all epochs (METHOD.md §3).
 
 Every function here is a pure numpy computation on arrays; nothing reads the store or computes
-nearest neighbours (``timevis_cli.neighbors`` does, and hands its results in as arrays:
+nearest neighbours (``timevis_cli.fit.neighbors`` does, and hands its results in as arrays:
 ``knn_indices`` int64 [n, k] and Euclidean ``knn_dists`` float32 [n, k], each row ascending).
 
 Global vertex numbering: the caller lays the epochs out one after another; epoch ``t`` owns the

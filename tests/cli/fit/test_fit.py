@@ -14,9 +14,9 @@ from timevis_callback import open_run
 from timevis_cli.cli import main
 from timevis_cli.config import load_config
 from timevis_cli.errors import ConfigError, InputError
-from timevis_cli.fit import Reporter, fit
-from timevis_cli.fit_io import load_fit
-from timevis_cli.metrics import nnpv
+from timevis_cli.evaluate.metrics import nnpv
+from timevis_cli.fit.io import load_fit
+from timevis_cli.fit.pipeline import Reporter, fit
 
 FAST = ["training.max_epochs=6", "reduction.init_size=100"]
 
@@ -320,8 +320,8 @@ def test_nan_in_a_stored_boundary_point_names_the_fix(tmp_path):
 
 def test_linear_head_attention_is_stored_once_per_class_pair():
     from timevis_callback.head import Head
-    from timevis_cli.fit import vertex_attention
-    from timevis_cli.losses import attention_weights
+    from timevis_cli.fit.losses import attention_weights
+    from timevis_cli.fit.pipeline import vertex_attention
 
     rng = np.random.default_rng(0)
     weight, bias = rng.normal(size=(5, 8)), rng.normal(size=5)

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from timevis_cli.complex import EdgeSet
 from timevis_cli.errors import InputError
-from timevis_cli.losses import find_ab_params, reconstruction_loss, total_loss, umap_loss
-from timevis_cli.projector import DEFAULT_DEPTH, DEFAULT_HIDDEN, Projector
+from timevis_cli.fit.complex import EdgeSet
+from timevis_cli.fit.losses import find_ab_params, reconstruction_loss, total_loss, umap_loss
+from timevis_cli.fit.projector import DEFAULT_DEPTH, DEFAULT_HIDDEN, Projector
 
 __all__ = [
     "MAX_MULTINOMIAL_CATEGORIES",
@@ -51,7 +51,7 @@ sampled in chunks of at most this many."""
 class TrainParams:
     """Hyper-parameters of :func:`fit_projector` (defaults: METHOD.md §5, the reference's values).
 
-    hidden, depth: the :class:`~timevis_cli.projector.Projector`'s width and hidden layers.
+    hidden, depth: the :class:`~timevis_cli.fit.projector.Projector`'s width and hidden layers.
     batch_size: sampled edges per mini-batch. lr, weight_decay: Adam's. lr_step, lr_gamma: the
     learning rate is multiplied by ``lr_gamma`` every ``lr_step`` epochs. patience,
     min_improvement: stop once ``patience`` epochs in a row fail to lower the epoch loss below
@@ -60,7 +60,7 @@ class TrainParams:
     negative_rate: negatives per edge. recon_weight: λ in ``L_umap + λ·L_rec``.
     min_dist, spread: UMAP's, for the ``a, b`` of the low-dimensional similarity.
     init: ``"random"`` (PyTorch's layer initialisation) or ``"pca"`` (then
-    :meth:`~timevis_cli.projector.Projector.init_pca` on the complex's vertices, so training
+    :meth:`~timevis_cli.fit.projector.Projector.init_pca` on the complex's vertices, so training
     starts from a global PCA of all epochs; ``init_scale`` is the standard deviation of its first
     coordinate).
     """
@@ -359,7 +359,7 @@ def fit_projector(
     ``features`` [V, D] float32 (vertex v is row v; moved to ``device`` if elsewhere),
     ``attention`` [V, D] (the ``a_v`` of the reconstruction loss; a tensor, or
     :class:`SharedRows` when rows repeat), ``edges``: head/tail vertex
-    ids and sampling weights ``w`` (after :func:`~timevis_cli.complex.mix_edges`). Each
+    ids and sampling weights ``w`` (after :func:`~timevis_cli.fit.complex.mix_edges`). Each
     training epoch draws :func:`edges_per_epoch` edges with :func:`sample_edges` and runs
     mini-batches of ``params.batch_size`` edges with Adam and a step learning-rate schedule,
     until ``params.max_epochs`` or the patience rule (:class:`TrainParams`).

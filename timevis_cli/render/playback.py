@@ -29,7 +29,9 @@ import numpy as np
 from timevis_callback.reader import Run, open_run
 from timevis_cli.config import RenderConfig
 from timevis_cli.errors import InputError
-from timevis_cli.landscape import (
+from timevis_cli.ranges import parse_range
+from timevis_cli.render.frames import EpochFrame
+from timevis_cli.render.landscape import (
     Bounds,
     canvas_bounds,
     classify_grid_torch,
@@ -39,13 +41,11 @@ from timevis_cli.landscape import (
     palette,
     shared_canvas_bounds,
 )
-from timevis_cli.ranges import parse_range
-from timevis_cli.render import EpochFrame
 
 if TYPE_CHECKING:
     import torch
 
-    from timevis_cli.fit_io import LoadedFit
+    from timevis_cli.fit.io import LoadedFit
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
 
     Bounds (from the training samples' positions): ``per-epoch``, each epoch's own canvas;
     ``global``, one canvas shared by every epoch except those lying far from the rest
-    (:func:`~timevis_cli.landscape.shared_canvas_bounds`, e.g. the untrained epoch 0 embedded as
+    (:func:`~timevis_cli.render.landscape.shared_canvas_bounds`, e.g. the untrained epoch 0 embedded as
     a distant blob): the shared canvas covers every point of the other epochs, and each epoch
     apart is drawn on its own canvas (as with ``per-epoch``) rather than shrinking every other
     frame or being clipped away; they are logged at INFO and kept in ``epochs_apart``.
@@ -174,7 +174,7 @@ class GridLandscapes:
 
         A decoder shared by every epoch decodes each canvas once; a decoder with one bias per
         epoch decodes every epoch, then on every ``plan.landscape_step``-th row and column
-        and at class borders only (:func:`~timevis_cli.landscape.landscape_coarse_to_fine`).
+        and at class borders only (:func:`~timevis_cli.render.landscape.landscape_coarse_to_fine`).
         """
         index = self._decode_index(epoch)
         if index is not None:
@@ -329,8 +329,8 @@ def export_viewer(
     The backgrounds are computed on ``device``; ``landscapes`` (those of the PNGs) is reused
     when the canvas is the same, so the grid is not decoded again.
     """
-    from timevis_cli.render import title_text
-    from timevis_cli.viewer import write_viewer
+    from timevis_cli.render.frames import title_text
+    from timevis_cli.render.viewer import write_viewer
 
     if not plan.global_bounds or plan.epochs_apart:
         log.info(

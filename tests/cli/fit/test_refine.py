@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from timevis_cli import refine
-from timevis_cli.complex import mix_edges, spatial_edges
 from timevis_cli.errors import InputError
-from timevis_cli.losses import find_ab_params
-from timevis_cli.metrics import nnpv
-from timevis_cli.neighbors import TorchExact
-from timevis_cli.projector import Projector
-from timevis_cli.refine import (
+from timevis_cli.evaluate.metrics import nnpv
+from timevis_cli.fit import refine
+from timevis_cli.fit.complex import mix_edges, spatial_edges
+from timevis_cli.fit.losses import find_ab_params
+from timevis_cli.fit.neighbors import TorchExact
+from timevis_cli.fit.projector import Projector
+from timevis_cli.fit.refine import (
     EdgeBlock,
     EpochPoints,
     PairBlock,
@@ -24,7 +24,7 @@ from timevis_cli.refine import (
     trajectory_pairs,
     trajectory_term,
 )
-from timevis_cli.trainer import fit_decoder
+from timevis_cli.fit.trainer import fit_decoder
 
 A, B = find_ab_params(1.0, 0.1)
 

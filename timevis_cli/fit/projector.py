@@ -111,7 +111,7 @@ class Projector(nn.Module):
         ``epoch``: the fitted-epoch index (an int, or int64 [n]) whose bias the decoder adds
         when it has per-epoch biases (:meth:`add_epoch_bias`); otherwise ignored. An int is
         range-checked here; an index tensor is the caller's to check once (as
-        :func:`~timevis_cli.trainer.fit_decoder` does), not on every batch (a device sync).
+        :func:`~timevis_cli.fit.trainer.fit_decoder` does), not on every batch (a device sync).
         """
         if epoch is None or self.epoch_bias is None:
             return self.decoder(y)

@@ -18,7 +18,7 @@ held in place.
 
 Memory stays flat in the number of epochs: only the positions of every (sample, epoch) point are
 held (the output itself); the edges of runs of epochs and the trajectory targets of blocks of
-samples sit in a :class:`~timevis_cli.blocks.BlockStore`, in memory up to a budget, past it in a
+samples sit in a :class:`~timevis_cli.fit.blocks.BlockStore`, in memory up to a budget, past it in a
 scratch file read back block by block once per optimisation epoch (the same blocks in the same
 order: on the CPU bitwise the same result; CUDA's ``index_add_`` sums in no fixed order).
 
@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from timevis_cli.blocks import BlockStore
-from timevis_cli.complex import mix_edges, spatial_edges
 from timevis_cli.errors import InputError
-from timevis_cli.neighbors import KNNBackend
+from timevis_cli.fit.blocks import BlockStore
+from timevis_cli.fit.complex import mix_edges, spatial_edges
+from timevis_cli.fit.neighbors import KNNBackend
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ def layout_graph(
 ) -> LayoutGraph:
     """The refinement's graph: each epoch's fuzzy kNN graph over all its points (tracked samples
     and boundary points together), pruned and weighted as the complex's spatial edges are
-    (``rate``, ``prune_offset``: :func:`timevis_cli.complex.mix_edges`, epoch by epoch: every
+    (``rate``, ``prune_offset``: :func:`timevis_cli.fit.complex.mix_edges`, epoch by epoch: every
     epoch's largest membership is 1, so this prunes what one pass over all epochs would).
 
     ``epochs`` is read once, in time order; one epoch's features are held at a time, and the

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from timevis_cli import trainer
-from timevis_cli.complex import EdgeKind, EdgeSet, mix_edges, spatial_edges
 from timevis_cli.errors import InputError
-from timevis_cli.losses import find_ab_params, reconstruction_loss, umap_loss
-from timevis_cli.projector import Projector
-from timevis_cli.trainer import (
+from timevis_cli.fit import trainer
+from timevis_cli.fit.complex import EdgeKind, EdgeSet, mix_edges, spatial_edges
+from timevis_cli.fit.losses import find_ab_params, reconstruction_loss, umap_loss
+from timevis_cli.fit.projector import Projector
+from timevis_cli.fit.trainer import (
     SharedRows,
     TrainParams,
     _batch_losses,

@@ -15,12 +15,11 @@ from PIL import Image
 from stores import drifting_clusters
 
 from timevis_callback import open_run
-from timevis_cli import evaluate as evaluate_module
-from timevis_cli import fit_io
-from timevis_cli import metrics as m
 from timevis_cli.config import Config, load_config
 from timevis_cli.errors import InputError
-from timevis_cli.evaluate import (
+from timevis_cli.evaluate import loop as evaluate_module
+from timevis_cli.evaluate import metrics as m
+from timevis_cli.evaluate.loop import (
     CONVENTIONS,
     METRICS,
     EvalResult,
@@ -28,9 +27,10 @@ from timevis_cli.evaluate import (
     select_eval_epochs,
     write_eval,
 )
-from timevis_cli.fit import fit
-from timevis_cli.fit_io import LoadedFit, load_fit, save_fit
-from timevis_cli.neighbors import TorchExact
+from timevis_cli.fit import io as fit_io
+from timevis_cli.fit.io import LoadedFit, load_fit, save_fit
+from timevis_cli.fit.neighbors import TorchExact
+from timevis_cli.fit.pipeline import fit
 
 K = 10
 TEMPORAL_K = 3
@@ -254,7 +254,7 @@ def test_bad_requests_are_input_errors(fitted, kwargs, message):
 
 def test_temporal_k_counting_every_other_epoch_is_flagged(fitted, caplog):
     run, loaded = fitted
-    with caplog.at_level("WARNING", logger="timevis_cli.evaluate"):
+    with caplog.at_level("WARNING", logger="timevis_cli.evaluate.loop"):
         result = evaluate(run, loaded, loaded.epochs, k=K, temporal_k=len(loaded.epochs) - 1)
     assert "every map scores 1" in caplog.text and "--temporal-k 2" in caplog.text
     assert result.value("temp_l", "train") == pytest.approx(1.0)

@@ -10,9 +10,9 @@ import types
 import numpy as np
 import pytest
 
-import timevis_cli.neighbors as neighbors_module
+import timevis_cli.fit.neighbors as neighbors_module
 from timevis_cli.errors import ConfigError, InputError
-from timevis_cli.neighbors import (
+from timevis_cli.fit.neighbors import (
     KNN_BACKENDS,
     FaissCPU,
     FaissGPU,
@@ -366,10 +366,10 @@ class TestResolveBackend:
     @needs_faiss
     @pytest.mark.skipif(FAISS_GPUS > 0, reason="this host has a FAISS GPU")
     def test_auto_on_cpu_host_is_faiss_cpu(self, caplog: pytest.LogCaptureFixture) -> None:
-        with caplog.at_level(logging.INFO, logger="timevis_cli.neighbors"):
+        with caplog.at_level(logging.INFO, logger="timevis_cli.fit.neighbors"):
             backend = resolve_backend("auto", "cpu")
         assert isinstance(backend, FaissCPU)
-        messages = [r.getMessage() for r in caplog.records if r.name == "timevis_cli.neighbors"]
+        messages = [r.getMessage() for r in caplog.records if r.name == "timevis_cli.fit.neighbors"]
         assert len(messages) == 1 and "FaissCPU" in messages[0] and "auto" in messages[0]
 
     def test_auto_without_faiss_is_torch(self, monkeypatch: pytest.MonkeyPatch) -> None:

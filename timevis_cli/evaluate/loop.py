@@ -1,6 +1,6 @@
 """``timevis eval``: the faithfulness metrics of a fit, per epoch and split (METHOD.md section 7).
 
-The maths lives in :mod:`timevis_cli.metrics`; this module only reads, loops and collects, and
+The maths lives in :mod:`timevis_cli.evaluate.metrics`; this module only reads, loops and collects, and
 writes ``RUN_DIR/eval/`` (``metrics.json``, ``metrics.md``, ``metrics.png``).
 
 Two passes over the data:
@@ -21,8 +21,8 @@ Two passes over the data:
    selected epochs ([T, N, 2]) are kept from pass 1.
 
 Every metric is reported in the paper's convention (fractions) and in the reference code's
-(counts including the sample itself); see :mod:`timevis_cli.metrics`. Neighbours come from the
-shared exact kNN backend (:func:`timevis_cli.neighbors.resolve_backend`), wrapped in a small cache
+(counts including the sample itself); see :mod:`timevis_cli.evaluate.metrics`. Neighbours come from the
+shared exact kNN backend (:func:`timevis_cli.fit.neighbors.resolve_backend`), wrapped in a small cache
 so both conventions and temppv reuse the lists nnpv already asked for.
 """
 
@@ -46,8 +46,7 @@ import numpy as np
 
 from timevis_callback.reader import FeatureRows, Run, format_epochs
 from timevis_cli.errors import InputError
-from timevis_cli.fit_io import LoadedFit
-from timevis_cli.metrics import (
+from timevis_cli.evaluate.metrics import (
     HIGHER_IS_BETTER,
     Convention,
     _rowwise_pearson,  # temppv's per-sample correlation, shared so its maths exists once
@@ -59,7 +58,8 @@ from timevis_cli.metrics import (
     temporal_global_scores,
     temporal_local_scores,
 )
-from timevis_cli.neighbors import KNNBackend, resolve_backend
+from timevis_cli.fit.io import LoadedFit
+from timevis_cli.fit.neighbors import KNNBackend, resolve_backend
 from timevis_cli.outputs import replaced_folder
 from timevis_cli.ranges import parse_range
 
@@ -528,7 +528,7 @@ def evaluate(
     epochs: fitted epoch numbers (``select_eval_epochs`` reads a RANGE). k: neighbours for nnpv,
     boundary and temppv. temporal_k: nearest other epochs for temp_l. knn_backend: a ``--knn``
     name (resolved on the fit's device) or a backend. reporter: progress (``start``/``advance``/
-    ``finish``, as :class:`timevis_cli.fit.Reporter`). block_size: samples per block of the
+    ``finish``, as :class:`timevis_cli.fit.pipeline.Reporter`). block_size: samples per block of the
     temporal pass (default: :data:`TEMPORAL_BLOCK_ELEMENTS` / (T x D)); it changes memory only.
     Raises InputError for epochs outside the fit, ``k`` >= the training samples, or
     ``temporal_k`` >= the selected epochs.
@@ -690,7 +690,7 @@ class _SpatialPass:
         self._previous[split] = (x, y)
 
     def temppv(self, split: str) -> dict[str, dict[str, float]]:
-        """temppv of one split in both conventions (as :func:`timevis_cli.metrics.temppv`)."""
+        """temppv of one split in both conventions (as :func:`timevis_cli.evaluate.metrics.temppv`)."""
         if len(self.epochs) < 3 or not self._temppv_ok[split]:
             return {"temppv": dict.fromkeys(CONVENTIONS, float("nan"))}
         moved = np.stack(self._moved[split], axis=1)

@@ -38,9 +38,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image
 
-from timevis_cli import landscape
 from timevis_cli.errors import InputError
-from timevis_cli.landscape import Bounds
+from timevis_cli.render import landscape
+from timevis_cli.render.landscape import Bounds
 
 __all__ = [
     "DEFAULT_SIZE_PX",

@@ -4,7 +4,7 @@ Stages: reduce every epoch to a covering subset (last epoch first), build each e
 and boundary fuzzy graphs, link each sample's copies across epochs (temporal edges), mix the edge
 types, train the projector on the joined complex, then either embed every sample of every epoch
 with the encoder or (``[refine]``, the default) refine every tracked sample's and boundary
-point's position (:mod:`timevis_cli.refine`) and fit the decoder, with one bias per epoch, to
+point's position (:mod:`timevis_cli.fit.refine`) and fit the decoder, with one bias per epoch, to
 the refined positions. Features are read one epoch at a time (the refinement's trajectory
 distances: blocks of samples across epochs); what stays in memory is the reduced complex, the
 positions of every (sample, epoch), and the refinement's edges and targets up to
@@ -36,7 +36,10 @@ import torch
 from timevis_callback.boundary import bisect, select_pairs
 from timevis_callback.head import Head
 from timevis_callback.reader import Run, format_epochs
-from timevis_cli.complex import (
+from timevis_cli.config import Config
+from timevis_cli.device import resolve_device
+from timevis_cli.errors import InputError
+from timevis_cli.fit.complex import (
     EdgeKind,
     EdgeSet,
     EpochVertices,
@@ -45,20 +48,16 @@ from timevis_cli.complex import (
     spatial_edges,
     temporal_edges,
 )
-from timevis_cli.config import Config
-from timevis_cli.device import resolve_device
-from timevis_cli.errors import InputError
-from timevis_cli.losses import (
+from timevis_cli.fit.losses import (
     attention_weights_autograd,
     class_pair_attention,
     find_ab_params,
     top2_classes,
 )
-from timevis_cli.neighbors import KNNBackend, resolve_backend
-from timevis_cli.projector import Projector
-from timevis_cli.ranges import parse_range
-from timevis_cli.reduction import select_epochs
-from timevis_cli.refine import (
+from timevis_cli.fit.neighbors import KNNBackend, resolve_backend
+from timevis_cli.fit.projector import Projector
+from timevis_cli.fit.reduction import select_epochs
+from timevis_cli.fit.refine import (
     EpochPoints,
     LayoutGraph,
     Trajectories,
@@ -68,7 +67,8 @@ from timevis_cli.refine import (
     trajectory_pairs,
     trajectory_term,
 )
-from timevis_cli.trainer import SharedRows, TrainParams, TrainReport, fit_decoder, fit_projector
+from timevis_cli.fit.trainer import SharedRows, TrainParams, TrainReport, fit_decoder, fit_projector
+from timevis_cli.ranges import parse_range
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class FitModel:
         if self.projector.epochs not in (0, len(self.epochs)):
             raise InputError(
                 f"the decoder has {self.projector.epochs} per-epoch biases but {len(self.epochs)} "
-                "fitted epochs are given; load the fit with timevis_cli.fit_io.load_fit"
+                "fitted epochs are given; load the fit with timevis_cli.fit.io.load_fit"
             )
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Tests of timevis_cli.render (frames, the process pool) and timevis_cli.animate (GIF, MP4)."""
+"""Tests of timevis_cli.render.frames (frames, the process pool) and timevis_cli.render.animate (GIF, MP4)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from timevis_cli.animate import MissingVideoDependencyError, write_gif, write_mp4
 from timevis_cli.config import load_config
 from timevis_cli.errors import InputError
-from timevis_cli.landscape import Bounds, canvas_bounds, palette, shared_canvas_bounds
-from timevis_cli.playback import plan_render
-from timevis_cli.render import EpochFrame, FrameRenderer, render_epochs, title_text
+from timevis_cli.render.animate import MissingVideoDependencyError, write_gif, write_mp4
+from timevis_cli.render.frames import EpochFrame, FrameRenderer, render_epochs, title_text
+from timevis_cli.render.landscape import Bounds, canvas_bounds, palette, shared_canvas_bounds
+from timevis_cli.render.playback import plan_render
 
 NAMES = ["zero", "one", "two"]
 WHITE = np.full((4, 4, 3), 255, dtype=np.uint8)
@@ -211,7 +211,7 @@ def test_global_bounds_leave_out_an_epoch_far_from_the_others(caplog):
     epochs = _drifting_epochs()
     rng = np.random.default_rng(6)
     epochs[0] = rng.normal(size=(300, 2)) * 0.3 + np.array([-30.0, 4.0])  # the untrained blob
-    with caplog.at_level(logging.INFO, logger="timevis_cli.landscape"):
+    with caplog.at_level(logging.INFO, logger="timevis_cli.render.landscape"):
         bounds, apart = shared_canvas_bounds(epochs)
     assert apart == [0]
     assert "0" in caplog.text and "own canvas" in caplog.text

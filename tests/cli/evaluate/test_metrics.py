@@ -12,9 +12,9 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 from scipy.stats import kendalltau, pearsonr, spearmanr
 
-from timevis_cli import metrics
 from timevis_cli.errors import InputError
-from timevis_cli.metrics import (
+from timevis_cli.evaluate import metrics
+from timevis_cli.evaluate.metrics import (
     HIGHER_IS_BETTER,
     boundary_counts,
     boundary_preservation,

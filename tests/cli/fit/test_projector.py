@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from timevis_cli.errors import InputError
-from timevis_cli.projector import EMBEDDING_DIM, Projector
+from timevis_cli.fit.projector import EMBEDDING_DIM, Projector
 
 
 def linear_sizes(module: nn.Sequential) -> list[tuple[int, int]]:

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from timevis_cli.blocks import BlockStore
 from timevis_cli.errors import InputError
+from timevis_cli.fit.blocks import BlockStore
 
 FIELDS = {"rows": np.int32, "values": np.float32}
 
@@ -76,7 +76,7 @@ class _FullDisk:
 
 
 def test_a_full_disk_is_a_one_line_error_and_leaves_the_store_closed(tmp_path, monkeypatch):
-    monkeypatch.setattr("timevis_cli.blocks.tempfile.TemporaryFile", _FullDisk)
+    monkeypatch.setattr("timevis_cli.fit.blocks.tempfile.TemporaryFile", _FullDisk)
     store = BlockStore(FIELDS, 50, scratch_dir=tmp_path, label="the test's edges")
     store.append(rows=np.arange(2), values=np.zeros((2, 3)))
     with pytest.raises(InputError, match="No space left on device") as error:

@@ -54,9 +54,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from timevis_cli import landscape
 from timevis_cli.errors import InputError
-from timevis_cli.landscape import Bounds
+from timevis_cli.render import landscape
+from timevis_cli.render.landscape import Bounds
 
 __all__ = ["BYTES_PER_POINT_EPOCH", "DEFAULT_MAX_POINTS", "payload_bytes", "write_viewer"]
 

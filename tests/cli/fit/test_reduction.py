@@ -1,4 +1,4 @@
-"""Tests of timevis_cli.reduction: k-center greedy coverage, TwoNN, nested epoch selection."""
+"""Tests of timevis_cli.fit.reduction: k-center greedy coverage, TwoNN, nested epoch selection."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from timevis_cli import reduction
 from timevis_cli.errors import InputError
-from timevis_cli.reduction import (
+from timevis_cli.fit import reduction
+from timevis_cli.fit.reduction import (
     ReductionParams,
     covering_radius_after,
     k_center_greedy,
@@ -322,7 +322,7 @@ def test_init_size_at_least_n_keeps_everything() -> None:
 
 
 def test_selection_logs_sizes(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="timevis_cli.reduction"):
+    with caplog.at_level(logging.DEBUG, logger="timevis_cli.fit.reduction"):
         _select(_Loader(_drifting_epochs(200, 2)), np.arange(200))
     messages = [record.getMessage() for record in caplog.records]
     assert sum("keeps" in message for message in messages) == 2

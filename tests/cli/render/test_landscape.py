@@ -1,4 +1,4 @@
-"""Tests of timevis_cli.landscape: canvas bounds, grid orientation, classification, colours."""
+"""Tests of timevis_cli.render.landscape: canvas bounds, grid orientation, classification, colours."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from timevis_callback.boundary import margin
 from timevis_callback.head import Head
 from timevis_cli.errors import InputError
-from timevis_cli.landscape import (
+from timevis_cli.render.landscape import (
     BOUNDARY_MARGIN,
     Bounds,
     canvas_bounds,
@@ -211,7 +211,7 @@ def test_landscape_image_shape_dtype_and_errors():
 
 def test_landscape_module_does_not_import_matplotlib():
     code = (
-        "import sys, timevis_cli.landscape, timevis_cli.animate; "
+        "import sys, timevis_cli.render.landscape, timevis_cli.render.animate; "
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

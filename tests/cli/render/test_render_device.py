@@ -14,12 +14,13 @@ from stores import drifting_clusters
 
 from timevis_callback import open_run
 from timevis_callback.head import Head
-from timevis_cli import playback
 from timevis_cli.cli import main
 from timevis_cli.config import load_config
 from timevis_cli.errors import InputError
-from timevis_cli.fit_io import load_fit
-from timevis_cli.landscape import (
+from timevis_cli.fit.io import load_fit
+from timevis_cli.render import playback
+from timevis_cli.render.frames import render_epochs
+from timevis_cli.render.landscape import (
     Bounds,
     class_dtype,
     classify_grid,
@@ -28,8 +29,7 @@ from timevis_cli.landscape import (
     decode_grid_torch,
     landscape_coarse_to_fine,
 )
-from timevis_cli.playback import FrameBuilder, GridLandscapes, frame_inputs, plan_render
-from timevis_cli.render import render_epochs
+from timevis_cli.render.playback import FrameBuilder, GridLandscapes, frame_inputs, plan_render
 
 CUDA = torch.cuda.is_available()
 UNIT = Bounds(-2.0, 2.0, -1.5, 2.5)
@@ -223,7 +223,7 @@ def test_workers_build_frames_without_torch(store, tmp_path):
     assert [p.name for p in paths] == ["epoch_0001.png", "epoch_0002.png"]
     # what a spawned render worker imports: no torch, so no CUDA either
     code = (
-        "import sys, timevis_cli.playback, timevis_cli.render; "
+        "import sys, timevis_cli.render.playback, timevis_cli.render.frames; "
         "assert 'torch' not in sys.modules, 'a render worker imports torch'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from timevis_cli import losses
 from timevis_cli.errors import InputError
-from timevis_cli.losses import (
+from timevis_cli.fit import losses
+from timevis_cli.fit.losses import (
     attention_weights,
     attention_weights_autograd,
     find_ab_params,
