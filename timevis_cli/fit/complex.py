@@ -1,4 +1,4 @@
-"""The spatio-temporal complex: one fuzzy graph over the vertices of all epochs (METHOD.md §3).
+"""The spatio-temporal complex: one fuzzy graph over the vertices of all epochs (docs/method.md §3).
 
 Every function here is a pure numpy computation on arrays; nothing reads the store or computes
 nearest neighbours (``timevis_cli.fit.neighbors`` does, and hands its results in as arrays:
@@ -68,7 +68,7 @@ class EdgeKind(IntEnum):
 DEFAULT_RATES: Mapping[str, float] = MappingProxyType(
     {"spatial": 5.0, "boundary": 5.0, "temporal": 100.0}
 )
-"""The sampling rate of each edge kind (METHOD.md "Mixing"); keys are lower-case kind names."""
+"""The sampling rate of each edge kind (docs/method.md §3, mixing); keys are lower-case kind names."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -595,7 +595,7 @@ def mix_edges(
     rates: Mapping[str, float] = DEFAULT_RATES,
     prune_offset: float = PRUNE_OFFSET,
 ) -> EdgeSet:
-    """Prune and weight each edge kind for sampling (METHOD.md "Mixing").
+    """Prune and weight each edge kind for sampling (docs/method.md §3, mixing).
 
     Per kind, with ``μ`` the weights of that kind's edges in ``edge_set``: drop the edges with
     ``μ < max(μ) / rate + prune_offset``, then set ``w = μ · rate``. ``rates`` maps lower-case

@@ -1,4 +1,4 @@
-"""Complex reduction (METHOD.md section 4): per epoch, a nested subset of training samples that
+"""Complex reduction (docs/method.md §4): per epoch, a nested subset of training samples that
 covers the epoch's normalised point cloud within a radius (k-center greedy, Gonzalez).
 
 Epochs are visited last to first; the last epoch starts from ``init_size`` random samples, every
@@ -280,7 +280,7 @@ def covering_radius_after(
     """Covering radius (max distance to the nearest centre) after ``n_centers`` centres in all.
 
     features: (n_samples, n_features). initial: int64 row positions the greedy starts from; it adds
-    ``n_centers - len(initial)`` centres (none if initial is larger). This is ``c_t`` of METHOD.md
+    ``n_centers - len(initial)`` centres (none if initial is larger). This is ``c_t`` of docs/method.md §4
     with ``n_centers = init_size + 100``.
     """
     matrix = _as_matrix(features, device)

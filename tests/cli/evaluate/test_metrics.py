@@ -1,4 +1,4 @@
-"""Invariance, oracle and hand-computed tests of the faithfulness metrics (METHOD.md section 7)."""
+"""Invariance, oracle and hand-computed tests of the faithfulness metrics (docs/method.md §8)."""
 
 from __future__ import annotations
 

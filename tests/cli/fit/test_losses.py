@@ -62,7 +62,7 @@ def test_find_ab_params_refuses_bad_values(spread, min_dist):
 
 
 def reference_umap_loss(head, tail, neg_heads, neg_tails, a, b, clip=1e-4, eps=1e-8):
-    """The loss written out in numpy (float64) from METHOD.md §5."""
+    """The loss written out in numpy (float64) from docs/method.md §5."""
 
     def q(u, v):
         d = np.sqrt(((u - v) ** 2).sum(1) + eps)
