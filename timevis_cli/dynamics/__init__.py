@@ -1,0 +1,32 @@
+"""``timevis dynamics``: per-sample training dynamics from the stored logits (no fit needed).
+
+Modules: ``measures`` (the measures as pure numpy functions, the streaming pass over a store's
+epochs and the :class:`~timevis_cli.dynamics.measures.Dynamics` result), ``outputs`` (the
+``dynamics/`` folder: samples.csv, datamap.png, events.png, summary.json) and ``command`` (the
+click command).
+
+The public API is importable from here (``from timevis_cli.dynamics import compute_dynamics``);
+it is loaded on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_PUBLIC = {
+    "compute_dynamics": "measures",
+    "dynamics_from_logits": "measures",
+    "select_epochs": "measures",
+    "Dynamics": "measures",
+    "DynamicsSettings": "measures",
+    "write_dynamics": "outputs",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
