@@ -65,54 +65,14 @@ def _ab_curve(x: np.ndarray, a: float, b: float) -> np.ndarray:
     return 1.0 / (1.0 + a * x ** (2.0 * b))
 
 
-def _fit_ab_numpy(x: np.ndarray, y: np.ndarray, iterations: int = 200) -> tuple[float, float]:
-    """Levenberg-Marquardt least squares of :func:`_ab_curve` on (x, y), from ``a = b = 1``.
-
-    The fallback when scipy is missing; it minimises the same residual as ``curve_fit`` (whose
-    default method is also Levenberg-Marquardt), so both land on the same optimum.
-    """
-    params = np.array([1.0, 1.0])
-    damping = 1e-3
-    positive = x > 0
-    log_x = np.zeros_like(x)
-    log_x[positive] = np.log(x[positive])
-
-    def residual(p: np.ndarray) -> np.ndarray:
-        return _ab_curve(x, p[0], p[1]) - y
-
-    cost = float(np.sum(residual(params) ** 2))
-    for _ in range(iterations):
-        a, b = params
-        power = np.where(positive, x ** (2.0 * b), 0.0)
-        denom = (1.0 + a * power) ** 2
-        jacobian = np.stack([-power / denom, -a * power * 2.0 * log_x / denom], axis=1)
-        res = residual(params)
-        normal = jacobian.T @ jacobian
-        grad = jacobian.T @ res
-        improved = converged = False
-        while damping < 1e12:
-            step = np.linalg.solve(normal + damping * np.diag(np.diag(normal)), -grad)
-            candidate = params + step
-            new_cost = float(np.sum(residual(candidate) ** 2))
-            if np.isfinite(new_cost) and new_cost < cost:
-                params, damping, improved = candidate, damping / 10.0, True
-                converged = cost - new_cost <= 1e-15 * max(cost, 1e-300)
-                cost = new_cost
-                break
-            damping *= 10.0
-        if not improved or converged:
-            break
-    return float(params[0]), float(params[1])
-
-
 @functools.lru_cache(maxsize=32)
 def find_ab_params(spread: float = 1.0, min_dist: float = 0.1) -> tuple[float, float]:
     """The ``a, b`` of ``q = 1 / (1 + a·d^{2b})`` fitted as umap-learn does (``find_ab_params``).
 
     Least squares of the curve against 1 for ``d < min_dist`` and ``exp(-(d - min_dist) /
-    spread)`` beyond, on 300 points of ``[0, 3·spread]``. scipy's ``curve_fit`` when scipy is
-    installed, else an equivalent Levenberg-Marquardt in numpy. Defaults give a ≈ 1.577,
-    b ≈ 0.895. Results are cached per ``(spread, min_dist)``.
+    spread)`` beyond, on 300 points of ``[0, 3·spread]``, with scipy's ``curve_fit`` (imported
+    here, so only a fit pays for it). Defaults give a ≈ 1.577, b ≈ 0.895. Results are cached per
+    ``(spread, min_dist)``.
     """
     spread, min_dist = float(spread), float(min_dist)
     if not (np.isfinite(spread) and spread > 0):
@@ -121,13 +81,10 @@ def find_ab_params(spread: float = 1.0, min_dist: float = 0.1) -> tuple[float, f
         raise InputError(
             f"min_dist={min_dist!r} must be in [0, spread={spread}] (umap-learn's default is 0.1)"
         )
+    from scipy.optimize import curve_fit
+
     x, y = _ab_target(spread, min_dist)
-    try:
-        from scipy.optimize import curve_fit
-    except ImportError:
-        a, b = _fit_ab_numpy(x, y)
-    else:
-        (a, b), _ = curve_fit(_ab_curve, x, y)
+    (a, b), _ = curve_fit(_ab_curve, x, y)
     logger.debug("a=%.6f b=%.6f for spread=%s min_dist=%s", a, b, spread, min_dist)
     return float(a), float(b)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -38,18 +36,6 @@ def test_find_ab_params_matches_umap_learn(spread, min_dist):
 def test_find_ab_params_defaults_are_the_published_values():
     a, b = find_ab_params()
     assert a == pytest.approx(1.577, abs=1e-3) and b == pytest.approx(0.895, abs=1e-3)
-
-
-@pytest.mark.parametrize(("spread", "min_dist"), AB_CASES)
-def test_find_ab_params_without_scipy_matches_umap_learn(monkeypatch, spread, min_dist):
-    monkeypatch.setitem(sys.modules, "scipy.optimize", None)
-    find_ab_params.cache_clear()
-    try:
-        a, b = find_ab_params(spread, min_dist)
-    finally:
-        find_ab_params.cache_clear()
-    ref_a, ref_b = umap_.find_ab_params(spread, min_dist)
-    assert a == pytest.approx(ref_a, rel=1e-4) and b == pytest.approx(ref_b, rel=1e-4)
 
 
 @pytest.mark.parametrize(("spread", "min_dist"), [(0.0, 0.1), (-1.0, 0.1), (1.0, -0.1), (1.0, 2.0)])
