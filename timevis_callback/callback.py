@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -22,13 +24,14 @@ from lightning.pytorch.callbacks import Callback
 from timevis_callback import schema
 from timevis_callback.boundary import bisect, select_pairs
 from timevis_callback.capture import AUTO, HeadInfo, capture_features, head_state, resolve_head
-from timevis_callback.errors import CallbackConfigError, StoreError
+from timevis_callback.errors import CallbackConfigError, StoreError, one_line
 from timevis_callback.samples import (
     UnpackItem,
     dataset_labels,
     default_unpack_item,
     iter_batches,
     make_thumbnails,
+    random_transforms,
     stratified_subset,
 )
 from timevis_callback.writer import (
@@ -61,7 +64,9 @@ class _Tracked:
 class TimeVisCallback(Callback):
     """Record what timevis needs, every epoch, into a run store (see docs/store-format.md).
 
-    Add it to a Trainer in one line: ``L.Trainer(callbacks=[TimeVisCallback()])``.
+    Add it to a Trainer in one line: ``L.Trainer(callbacks=[TimeVisCallback()])``. When
+    training starts it logs (INFO) the absolute path of the store; a script that configures no
+    logging still sees timevis's INFO lines on stderr, as it does Lightning's.
 
     Args:
         dirpath: the run store folder; default ``<trainer.log_dir or default_root_dir>/timevis``.
@@ -82,7 +87,9 @@ class TimeVisCallback(Callback):
         thumbnails: store ≤32×32 thumbnails of image inputs (for hover in the viewer).
         unpack_item: ``item -> (input, label)`` for datasets of other item shapes.
         overwrite: replace a store of another run found in ``dirpath``.
-        strict: raise on a failed write instead of reporting it and training on.
+        strict: raise when the store cannot be created or an epoch cannot be written,
+            instead of reporting it once (an error log line naming the path and the fix)
+            and training on without it.
     """
 
     def __init__(
@@ -133,6 +140,7 @@ class TimeVisCallback(Callback):
         self.run_id: str | None = None
         self.last_epoch: int | None = None
         self.failed_epochs: list[int] = []
+        self.store_error: str | None = None  # why the store could not be created: record nothing
         self._resume_state: dict[str, Any] | None = None
         self._tracked: list[_Tracked] = []
         self._head: HeadInfo | None = None
@@ -230,6 +238,14 @@ class TimeVisCallback(Callback):
         self.dirpath = Path(trainer.strategy.broadcast(str(self.dirpath), src=0))
         if not resuming:
             self.run_id = trainer.strategy.broadcast(uuid.uuid4().hex, src=0)
+        if trainer.is_global_zero:
+            _show_info_lines()
+            log.info(
+                "timevis: %s run %s in %s",
+                "resuming" if resuming else "recording",
+                self.run_id,
+                self.dirpath.absolute(),
+            )
         self._run_on_rank_zero(trainer, self._start, trainer, pl_module, resuming)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -290,12 +306,48 @@ class TimeVisCallback(Callback):
                     "pass overwrite=True to replace it, or choose another dirpath"
                 )
             log.warning("timevis: overwriting the store in %s", self.dirpath)
-            clear_store(self.dirpath)
+            try:
+                clear_store(self.dirpath)
+            except OSError as exc:
+                self._store_failed(exc)
+                return
         self._select_samples(trainer)
         self._resolve(trainer, pl_module)
-        self._write_header(trainer, pl_module)
+        try:
+            self._write_header(trainer, pl_module)
+        except OSError as exc:
+            self._store_failed(exc)
+            return
         if self._should_record(0):
             self._record(trainer, pl_module, 0)
+
+    def _store_failed(self, exc: OSError) -> None:
+        """The store cannot be created: report once and record nothing (raise when strict)."""
+        problem = f"timevis cannot create its store in {self.dirpath}: {self._why(exc)}"
+        self.store_error = problem
+        if self.strict:
+            raise StoreError(problem) from exc
+        log.error(
+            "%s; training goes on without recording (pass strict=True to stop instead)", problem
+        )
+
+    def _why(self, exc: OSError) -> str:
+        """What went wrong writing under dirpath, on one line, with the fix."""
+        blocker = next(
+            (p for p in (self.dirpath, *self.dirpath.parents) if p.exists() and not p.is_dir()), None
+        )
+        if blocker == self.dirpath:
+            return f"{blocker} is a file, not a folder; pass dirpath= a folder"
+        if blocker is not None:
+            return f"{blocker} is a file, so no folder can be made under it; pass another dirpath="
+        fix = {
+            errno.ENOSPC: "free disk space or pass dirpath= on another disk",
+            errno.EDQUOT: "free disk space or pass dirpath= on another disk",
+            errno.EACCES: "fix the folder's permissions or pass another dirpath=",
+            errno.EPERM: "fix the folder's permissions or pass another dirpath=",
+            errno.EROFS: "the file system is read-only; pass dirpath= on a writable disk",
+        }.get(_errno(exc), "free space, fix permissions or pass another dirpath=")
+        return f"{one_line(exc)}; {fix}"
 
     def _resume(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from timevis_callback.reader import open_run
@@ -338,11 +390,15 @@ class TimeVisCallback(Callback):
                     f"the trainer's train dataloader ({type(loaders).__name__}) has no single "
                     "dataset; pass train_data= to TimeVisCallback"
                 )
-            self._warn_once(
-                "train_aug",
-                "timevis: tracking the trainer's train dataset; its augmentation applies to the "
-                "recorded features (pass train_data= with eval transforms to avoid it)",
-            )
+            randomness = random_transforms(train)
+            if randomness:
+                self._warn_once(
+                    "train_aug",
+                    "timevis: tracking the trainer's train dataset, whose transforms look random "
+                    "(%s): each recorded epoch then sees other versions of the samples; pass "
+                    "train_data= the same data with eval transforms",
+                    ", ".join(randomness),
+                )
         if test is None and self.max_test_samples > 0:
             if trainer.val_dataloaders is None:
                 trainer.fit_loop.epoch_loop.val_loop.setup_data()
@@ -429,7 +485,6 @@ class TimeVisCallback(Callback):
             labels=labels,
             thumbnails=thumbnails,
         )
-        log.info("timevis: recording run %s into %s", self.run_id, self.dirpath)
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -460,6 +515,8 @@ class TimeVisCallback(Callback):
 
     # --- the recording pass ---------------------------------------------------------------
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        if self.store_error is not None:
+            return  # reported once when the store could not be created
         started = time.perf_counter()
         with self._eval_mode(trainer, pl_module):
             features, logits = self._feature_pass(trainer, pl_module)
@@ -507,17 +564,19 @@ class TimeVisCallback(Callback):
     def _write_failed(self, epoch: int, exc: OSError) -> None:
         self.failed_epochs.append(epoch)
         if self.strict:
-            raise StoreError(f"timevis could not write epoch {epoch} to {self.dirpath}: {exc}") from exc
+            raise StoreError(
+                f"timevis could not write epoch {epoch} to {self.dirpath}: {self._why(exc)}"
+            ) from exc
         if len(self.failed_epochs) == 1:
             log.error(
                 "timevis could not write epoch %d to %s: %s; training goes on without it "
-                "(pass strict=True to stop instead; free space or fix permissions to resume recording)",
+                "(pass strict=True to stop instead; once fixed, the next epochs are recorded)",
                 epoch,
                 self.dirpath,
-                exc,
+                self._why(exc),
             )
         else:
-            log.debug("timevis could not write epoch %d: %s", epoch, exc)
+            log.debug("timevis could not write epoch %d: %s", epoch, one_line(exc))
 
     def _storage_dtype(self, features: torch.Tensor, epoch: int) -> str:
         if self.dtype == "float16" and features.numel():
@@ -654,6 +713,26 @@ class TimeVisCallback(Callback):
         finally:
             for m, mode in modes.items():
                 m.train(mode)
+
+
+def _errno(exc: OSError) -> int | None:
+    """The errno of an OSError, also when HDF5 reports it only in its text (h5py raises
+    ``OSError: [Errno 28] Unable to synchronously create file (... errno = 28 ...)``)."""
+    if exc.errno is not None:
+        return exc.errno
+    match = re.search(r"errno = (\d+)", str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _show_info_lines() -> None:
+    """Let a plain training script see timevis's INFO lines (where the store goes, what is
+    tracked), as Lightning does for its own: when no logging is configured at all, timevis's
+    logger gets its own stderr handler. A script or tool that configures logging decides."""
+    package = logging.getLogger("timevis_callback")
+    if not package.hasHandlers():
+        package.addHandler(logging.StreamHandler())
+        package.setLevel(logging.INFO)
+        package.propagate = False
 
 
 def _to_numpy(value: torch.Tensor) -> np.ndarray:

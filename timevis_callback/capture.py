@@ -104,8 +104,9 @@ def resolve_head(
     """Trace one forward pass (``run_forward``) and resolve the feature layer and its head.
 
     Raises CallbackConfigError naming the problem and the fix for an unknown layer name, a model
-    without ``nn.Linear`` under "auto", a head outside the declarative set, or a head that does
-    not reproduce the model's output.
+    without ``nn.Linear`` under "auto", a head outside the declarative set, a head that does
+    not reproduce the model's output, or a forward that returns (log-)probabilities. Warns when
+    "auto" finds a Linear after the classifier (its input are class scores, not features).
     """
     named = dict(model.named_modules())
     if feature_layer != AUTO and feature_layer not in named:
@@ -119,92 +120,143 @@ def resolve_head(
             f"{type(model).__name__} has no nn.Linear, so feature_layer='auto' finds no classifier "
             "head; pass feature_layer= the name of the module whose output feeds the classifier"
         )
-    order: list[str] = []  # leaf modules and the named layer, in the order they FINISH
-    inputs: dict[str, torch.Tensor] = {}
-    outputs: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def make_hook(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            order.append(name)
-            if args and isinstance(args[0], torch.Tensor):
-                inputs.setdefault(name, args[0].detach())
-            if isinstance(output, torch.Tensor):
-                outputs.setdefault(name, output.detach())
-
-        return hook
-
-    for name, module in named.items():
-        if name and (not list(module.children()) or name == feature_layer):
-            handles.append(module.register_forward_hook(make_hook(name)))
+    trace = _Trace(named, feature_layer)
     try:
         logits = run_forward()
     finally:
-        for handle in handles:
-            handle.remove()
+        trace.remove()
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise CallbackConfigError(
             f"the model's forward returned {type(logits).__name__}"
             f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''}; TimeVisCallback "
             "needs logits of shape (batch, num_classes) from LightningModule.forward"
         )
-
+    linears = [n for n in trace.order if isinstance(named[n], nn.Linear)]
     if feature_layer == AUTO:
-        linears = [n for n in order if isinstance(named[n], nn.Linear)]
         if not linears:
             raise CallbackConfigError(
                 f"no nn.Linear of {type(model).__name__} ran in forward; pass feature_layer= the "
                 "name of the module whose output feeds the classifier"
             )
-        layer = linears[-1]
-        position = order.index(layer)
-        head_names = order[position:]
-        features = inputs[layer]
-        from_input = True
+        info, features = trace.head(linears[-1], from_input=True, logits=logits)
     else:
-        layer = feature_layer
-        if layer not in outputs:
+        if feature_layer not in trace.outputs:
             raise CallbackConfigError(
-                f"feature_layer={layer!r} did not run (or returned no tensor) in forward; "
-                + _suggest(layer, [n for n in order if n in outputs])
+                f"feature_layer={feature_layer!r} did not run (or returned no tensor) in forward; "
+                + _suggest(feature_layer, [n for n in trace.order if n in trace.outputs])
             )
-        position = order.index(layer)
-        head_names = [n for n in order[position + 1 :] if not list(named[n].children())]
-        features = outputs[layer]
-        from_input = False
-
-    repeated = sorted({n for n in (layer, *head_names) if order.count(n) > 1})
-    if repeated:
+        info, features = trace.head(feature_layer, from_input=False, logits=logits)
+    error = _head_error(info, features, logits)
+    if error is not None:
         raise CallbackConfigError(
-            f"modules {repeated} run more than once per forward pass, so the head cannot be "
-            "rebuilt from modules; pass feature_layer= a module after them"
+            _mismatch_advice(feature_layer, info, error, logits, trace, linears)
         )
-    features = features.reshape(features.shape[0], -1)
-    modules = tuple((n, named[n]) for n in head_names)
-    spec = [describe_layer(n, m) for n, m in modules]
-    if not spec:
-        spec = [{"type": "Identity", "name": ""}]
-    info = HeadInfo(
-        feature_layer=layer,
-        from_input=from_input,
-        head_modules=modules,
-        spec=spec,
-        feature_dim=int(features.shape[1]),
-        num_classes=int(logits.shape[1]),
-    )
-    _check_head(info, features, logits)
+    if feature_layer == AUTO:
+        _warn_if_after_the_classifier(info, trace, linears, logits)
     log.info(
         "timevis: features = %s of %r (dim %d); head = %s",
-        "input" if from_input else "output",
-        layer,
+        "input" if info.from_input else "output",
+        info.feature_layer,
         info.feature_dim,
-        " -> ".join(layer_["type"] for layer_ in spec),
+        " -> ".join(layer_["type"] for layer_ in info.spec),
     )
     return info
 
 
-def _check_head(info: HeadInfo, features: torch.Tensor, logits: torch.Tensor) -> None:
-    """Refuse a head whose rebuilt form does not reproduce the model's logits."""
+class _Trace:
+    """The order in which leaf modules (and the named feature layer) finish in one forward
+    pass, with their first input and output; every module's output, for naming a module that
+    produced a tensor."""
+
+    def __init__(self, named: dict[str, nn.Module], feature_layer: str) -> None:
+        self.named = named
+        self.order: list[str] = []
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.any_outputs: dict[str, torch.Tensor] = {}  # containers too
+        self._handles = []
+        for name, module in named.items():
+            if not name:
+                continue
+            traced = not list(module.children()) or name == feature_layer
+            self._handles.append(module.register_forward_hook(self._hook(name, traced)))
+
+    def _hook(self, name: str, traced: bool) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                self.any_outputs.setdefault(name, output.detach())
+            if not traced:
+                return
+            self.order.append(name)
+            if args and isinstance(args[0], torch.Tensor):
+                self.inputs.setdefault(name, args[0].detach())
+            if isinstance(output, torch.Tensor):
+                self.outputs.setdefault(name, output.detach())
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def head(
+        self, layer: str, from_input: bool, logits: torch.Tensor
+    ) -> tuple[HeadInfo, torch.Tensor]:
+        """The head of features taken at ``layer`` (its input or output), and those features."""
+        if from_input:
+            position = self.order.index(layer)
+            head_names = self.order[position:]
+            features = self.inputs[layer]
+        else:
+            features = self.outputs.get(layer, self.any_outputs[layer])
+            # a container (untraced) ends where the traced module that made its output ends
+            position = self.order.index(layer if layer in self.order else self.last_maker(features))
+            head_names = [
+                n for n in self.order[position + 1 :] if not list(self.named[n].children())
+            ]
+        repeated = sorted({n for n in (layer, *head_names) if self.order.count(n) > 1})
+        if repeated:
+            raise CallbackConfigError(
+                f"modules {repeated} run more than once per forward pass, so the head cannot be "
+                "rebuilt from modules; pass feature_layer= a module after them"
+            )
+        features = features.reshape(features.shape[0], -1)
+        modules = tuple((n, self.named[n]) for n in head_names)
+        spec = [describe_layer(n, m) for n, m in modules] or [{"type": "Identity", "name": ""}]
+        info = HeadInfo(
+            feature_layer=layer,
+            from_input=from_input,
+            head_modules=modules,
+            spec=spec,
+            feature_dim=int(features.shape[1]),
+            num_classes=int(logits.shape[1]),
+        )
+        return info, features
+
+    def makers(self, tensor: torch.Tensor, traced: bool = True) -> list[str]:
+        """The modules whose output is ``tensor`` (traced ones only, or containers too)."""
+        outputs = self.outputs if traced else self.any_outputs
+        return [
+            name
+            for name, out in outputs.items()
+            if out.data_ptr() == tensor.data_ptr() and out.shape == tensor.shape
+        ]
+
+    def producer(self, tensor: torch.Tensor) -> str | None:
+        """The outermost module (fewest dots in its name) whose output is ``tensor``."""
+        makers = self.makers(tensor, traced=False)
+        return min(makers, key=lambda n: n.count(".")) if makers else None
+
+    def last_maker(self, tensor: torch.Tensor) -> str:
+        """The traced module whose output is ``tensor`` and that finished last."""
+        makers = self.makers(tensor, traced=True)
+        if not makers:
+            raise CallbackConfigError("no traced module produced this tensor")
+        return max(makers, key=self.order.index)
+
+
+def _head_error(info: HeadInfo, features: torch.Tensor, logits: torch.Tensor) -> float | None:
+    """None when the rebuilt head reproduces the model's output, else the largest error."""
     head = Head(info.spec, head_state(info.spec, info.head_modules))
     rebuilt = head(features.float().cpu().numpy())
     expected = logits.detach().float().cpu().numpy()
@@ -212,14 +264,113 @@ def _check_head(info: HeadInfo, features: torch.Tensor, logits: torch.Tensor) ->
     error = float(np.abs(rebuilt - expected).max())
     # half-precision models differ from the float64 rebuild by their own rounding
     tolerance = scale * (5e-2 if features.dtype in (torch.float16, torch.bfloat16) else 1e-3)
-    if not error <= tolerance:
-        names = [n for n, _ in info.head_modules]
-        raise CallbackConfigError(
-            f"the modules after feature_layer={info.feature_layer!r} ({', '.join(names) or 'none'}) "
-            f"do not reproduce the model's output (max error {error:.3g}): forward does work "
-            "outside these modules (F.relu, a residual sum, a reshape); use feature_layer='auto' "
-            "(the input of the last nn.Linear) or name the module that feeds it"
+    return None if error <= tolerance else error
+
+
+def _probabilities(logits: torch.Tensor) -> str | None:
+    """"log_softmax" or "softmax" when the model's output rows are (log-)probabilities."""
+    out = logits.detach().double().cpu()
+    if out.shape[1] < 2 or not torch.isfinite(out).all():
+        return None
+    ones = torch.ones(len(out), dtype=out.dtype)
+    if (out <= 1e-6).all() and torch.allclose(out.exp().sum(1), ones, atol=1e-3):
+        return "log_softmax"
+    if (out >= 0).all() and torch.allclose(out.sum(1), ones, atol=1e-3):
+        return "softmax"
+    return None
+
+
+def _mismatch_advice(
+    feature_layer: str,
+    info: HeadInfo,
+    error: float,
+    logits: torch.Tensor,
+    trace: _Trace,
+    linears: list[str],
+) -> str:
+    """Why the rebuilt head does not reproduce the model's output, and a fix that is not the
+    setting already in use."""
+    probabilities = _probabilities(logits)
+    if probabilities:
+        kind = "log-probabilities" if probabilities == "log_softmax" else "probabilities"
+        return (
+            f"the model's forward returns {kind} (each output row is a {probabilities}), not "
+            "logits, so no feature_layer reproduces it with a head of modules; return the "
+            f"logits from forward and apply {probabilities} where it is needed (F.cross_entropy "
+            "takes logits; predictions are logits.argmax(1))"
         )
+    names = ", ".join(n for n, _ in info.head_modules) or "none"
+    if feature_layer == AUTO:
+        last = info.feature_layer
+        return (
+            f"the head found by feature_layer='auto' ({names}, from the input of {last!r}) does "
+            f"not reproduce the model's output (max error {error:.3g}): forward changes the "
+            f"output of {last!r} outside modules (an F.* call, a scaling, a residual sum); make "
+            "that work a module of the supported set (nn.ReLU for F.relu, ...) or move it out "
+            f"of forward, so that forward returns what {last!r} computes"
+        )
+    where = (
+        f"the modules after feature_layer={feature_layer!r} ({names}) do not reproduce the "
+        f"model's output (max error {error:.3g}): forward does work outside modules after "
+        f"{feature_layer!r} (an F.* call, a scaling, a residual sum)"
+    )
+    if linears:
+        try:
+            auto, features = trace.head(linears[-1], from_input=True, logits=logits)
+            if _head_error(auto, features, logits) is None:
+                return (
+                    f"{where}; use feature_layer='auto' (the input of {linears[-1]!r}, which "
+                    "reproduces it)"
+                )
+        except CallbackConfigError:
+            pass  # auto's head is not declarative either: the general advice below
+    return (
+        f"{where}; pass feature_layer= a module after that work, or make the work a module of "
+        "the supported set (nn.ReLU for F.relu, ...)"
+    )
+
+
+def _warn_if_after_the_classifier(
+    info: HeadInfo, trace: _Trace, linears: list[str], logits: torch.Tensor
+) -> None:
+    """Warn when "auto" took the input of a Linear whose input is, unchanged, the output of
+    another Linear with at most as many outputs as there are classes: those are class scores
+    (a Linear after the classifier), not the penultimate features. A hidden layer with an
+    activation before the last Linear is not warned about."""
+    last = linears[-1]
+    position = trace.order.index(last)
+    earlier = [n for n in trace.order[:position] if isinstance(trace.named[n], nn.Linear)]
+    if not earlier or info.feature_dim > info.num_classes:
+        return
+    classifier = earlier[-1]
+    between = trace.order[trace.order.index(classifier) + 1 : position]
+    if any(not isinstance(trace.named[n], (nn.Dropout, nn.Identity)) for n in between):
+        return
+    if classifier not in trace.makers(trace.inputs[last]):
+        return  # an F.* call between them: the input of the last Linear is another tensor
+    feeder = trace.producer(trace.inputs[classifier]) if classifier in trace.inputs else None
+    fix = "pass feature_layer= the name of the module whose output feeds it"
+    if feeder is not None:
+        try:
+            candidate, features = trace.head(feeder, from_input=False, logits=logits)
+            if _head_error(candidate, features, logits) is None:
+                fix = (
+                    f"pass feature_layer={feeder!r} (its output feeds {classifier!r}; dim "
+                    f"{candidate.feature_dim}) to record the features before the classifier"
+                )
+        except CallbackConfigError:
+            pass  # that module's head is not declarative: the general advice
+    log.warning(
+        "timevis: feature_layer='auto' took the input of %r, the last nn.Linear, which is the "
+        "output of the Linear %r (%d values, no more than the %d classes): %r follows the "
+        "classifier, so the recorded features are class scores; %s",
+        last,
+        classifier,
+        info.feature_dim,
+        info.num_classes,
+        last,
+        fix,
+    )
 
 
 @contextmanager

@@ -17,3 +17,9 @@ class StoreVersionError(StoreError):
 
 class CallbackConfigError(TimeVisError, ValueError):
     """A TimeVisCallback argument, or the model/data it was given, cannot be used."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (HDF5's errors can span several), for a message that
+    must stay one line."""
+    return " ".join(str(exc).split()) or exc.__class__.__name__

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,80 @@ def param_names(spec: Sequence[Mapping[str, Any]]) -> list[str]:
                 continue
             names.append(f"{i}.{p}")
     return names
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def param_shapes(
+    spec: Sequence[Mapping[str, Any]], feature_dim: int, num_classes: int
+) -> dict[str, tuple[int, ...]]:
+    """The shape of every head parameter, after checking that the spec maps features
+    [n, feature_dim] to logits [n, num_classes]: each layer's fields of the right type and
+    range, and each layer's width that of the layer before it.
+
+    Raises StoreError naming the layer and the field.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    width = feature_dim
+
+    def field(
+        i: int, layer: Mapping[str, Any], key: str, ok: Callable[[Any], bool], wanted: str,
+        default: Any = None,
+    ) -> Any:
+        value = layer.get(key, default)
+        if not ok(value):
+            raise StoreError(
+                f"head_spec layer {i} ({layer['type']}): {key}={value!r} must be {wanted}"
+            )
+        return value
+
+    for i, layer in enumerate(spec):
+        kind = layer["type"]
+
+        if kind == "Linear":
+            n_in = field(i, layer, "in_features", lambda v: _is_int(v) and v > 0, "an int > 0")
+            n_out = field(i, layer, "out_features", lambda v: _is_int(v) and v > 0, "an int > 0")
+            bias = field(i, layer, "bias", lambda v: isinstance(v, bool), "true or false", True)
+            if n_in != width:
+                raise StoreError(
+                    f"head_spec layer {i} (Linear) takes in_features={n_in}, but its input has "
+                    f"{width} values per sample (feature_dim={feature_dim})"
+                )
+            shapes[f"{i}.weight"] = (n_out, n_in)
+            if bias:
+                shapes[f"{i}.bias"] = (n_out,)
+            width = n_out
+        elif kind == "BatchNorm1d":
+            n = field(i, layer, "num_features", lambda v: _is_int(v) and v > 0, "an int > 0")
+            field(i, layer, "eps", lambda v: _is_number(v) and v > 0, "a number > 0", 1e-5)
+            affine = field(i, layer, "affine", lambda v: isinstance(v, bool), "true or false", True)
+            if n != width:
+                raise StoreError(
+                    f"head_spec layer {i} (BatchNorm1d) has num_features={n}, but its input has "
+                    f"{width} values per sample"
+                )
+            names = ("running_mean", "running_var") + (("weight", "bias") if affine else ())
+            shapes.update({f"{i}.{name}": (n,) for name in names})
+        elif kind == "GELU":
+            field(i, layer, "approximate", lambda v: v in ("none", "tanh"), "'none' or 'tanh'", "none")
+        elif kind == "Dropout":
+            field(i, layer, "p", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]", 0.5)
+        elif kind == "Flatten":
+            # features are [n, D]: only the Flatten that leaves them as they are is a head layer
+            for key, default in (("start_dim", 1), ("end_dim", -1)):
+                field(i, layer, key, lambda v: v in (1, -1) and not isinstance(v, bool), "1 or -1", default)
+    if width != num_classes:
+        raise StoreError(
+            f"head_spec ends with {width} values per sample, but the run has num_classes="
+            f"{num_classes}"
+        )
+    return shapes
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

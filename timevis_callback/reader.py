@@ -21,8 +21,8 @@ import h5py
 import numpy as np
 
 from timevis_callback import schema
-from timevis_callback.errors import StoreError, StoreVersionError
-from timevis_callback.head import Head, parse_head_spec
+from timevis_callback.errors import StoreError, StoreVersionError, one_line
+from timevis_callback.head import Head, param_shapes, parse_head_spec
 from timevis_callback.writer import Boundary
 
 log = logging.getLogger(__name__)
@@ -92,20 +92,39 @@ def _check_run_attrs(path: Path, attrs: h5py.AttributeManager) -> None:
         raise StoreError(f"{path}: missing attributes {missing}; the file is incomplete")
 
 
-def probe_epoch_file(path: Path) -> str | None:
-    """None when the epoch file opens and has every required key, else the reason it does not."""
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in schema.EPOCH_REQUIRED_KEYS if k not in f]
-            missing += [a for a in schema.EPOCH_REQUIRED_ATTRS if a not in f.attrs]
-            if missing:
-                return f"missing {missing}"
-            version = int(f.attrs[schema.ATTR_SCHEMA_VERSION])
-            if version > schema.SCHEMA_VERSION:
-                return f"schema_version {version} is newer than {schema.SCHEMA_VERSION}"
-            f[schema.FEATURES].shape  # noqa: B018 - touching the header detects truncation early
-    except OSError as exc:
-        return f"cannot be read ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+def _int_attr(attrs: h5py.AttributeManager, key: str) -> int | str:
+    """The integer attribute ``key``, or the reason it is not one."""
+    value = attrs[key]
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    return f"attribute {key!r} is {_shown(value)}, not an integer"
+
+
+def _shown(value: Any) -> str:
+    """A short repr of a stored value for a one-line message."""
+    text = repr(_plain(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _array_problem(
+    f: h5py.File, key: str, dtypes: str | tuple[str, ...], shape: tuple[int, ...], source: str
+) -> str | None:
+    """Why ``f[key]`` is not a dataset of ``shape`` whose dtype is one of ``dtypes`` (names)
+    or of a kind in ``dtypes`` ("f": floating point, "iu": integer), or None when it is.
+    ``source`` says where the expected shape comes from."""
+    data = f[key]
+    if not isinstance(data, h5py.Dataset):
+        return f"{key!r} is a group, not a dataset"
+    if isinstance(dtypes, tuple):
+        ok, wanted = data.dtype.name in dtypes, " or ".join(dtypes)
+    else:
+        ok, wanted = data.dtype.kind in dtypes, {"f": "floating point", "iu": "integer"}[dtypes]
+    if not ok:
+        return f"dataset {key!r} has dtype {data.dtype}, not {wanted}"
+    if data.shape != shape:
+        return f"dataset {key!r} has shape {data.shape}, expected {shape} ({source})"
     return None
 
 
@@ -134,12 +153,49 @@ class Run:
                     split=self._read(f, schema.SAMPLES_SPLIT, np.uint8),
                     label=self._read(f, schema.SAMPLES_LABEL, np.int64),
                 )
-                self.has_thumbnails = schema.SAMPLES_THUMBNAIL in f
+                self.has_thumbnails = self._thumbnails_usable(f)
         except OSError as exc:
-            raise StoreError(f"{self.run_file} cannot be read: {exc}") from exc
+            raise StoreError(f"{self.run_file} cannot be read: {one_line(exc)}") from exc
+        self._check_run()
+        self._scan()
+
+    def _check_run(self) -> None:
+        """Refuse a run.h5 whose sizes, samples, class names or head do not fit together (the
+        whole store depends on it); every epoch file is then checked against it."""
+        for key in (schema.ATTR_FEATURE_DIM, schema.ATTR_NUM_CLASSES):
+            value = self.attrs[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise StoreError(
+                    f"{self.run_file}: attribute {key!r} is {_shown(value)}, not an int >= 1; "
+                    "the file is corrupted"
+                )
+        n = len(self.samples.id)
+        for key, values in (
+            (schema.SAMPLES_ID, self.samples.id),
+            (schema.SAMPLES_SPLIT, self.samples.split),
+            (schema.SAMPLES_LABEL, self.samples.label),
+        ):
+            if values.shape != (n,):
+                raise StoreError(
+                    f"{self.run_file}: dataset {key!r} has shape {values.shape}, but "
+                    f"{schema.SAMPLES_ID!r} has ({n},): the sample arrays must be 1-D and of one "
+                    "length; the file is corrupted"
+                )
+        if not np.isin(self.samples.split, list(schema.SPLIT_CODES.values())).all():
+            raise StoreError(
+                f"{self.run_file}: dataset {schema.SAMPLES_SPLIT!r} holds values other than "
+                f"{sorted(schema.SPLIT_CODES.values())} (train, test); the file is corrupted"
+            )
+        if n and (self.samples.label.min() < 0 or self.samples.label.max() >= self.num_classes):
+            raise StoreError(
+                f"{self.run_file}: dataset {schema.SAMPLES_LABEL!r} ranges over "
+                f"[{self.samples.label.min()}, {self.samples.label.max()}], outside the "
+                f"{self.num_classes} classes; the file is corrupted"
+            )
         try:
             self.head_spec = parse_head_spec(self.attrs[schema.ATTR_HEAD_SPEC])
-        except (StoreError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+            self.head_shapes = param_shapes(self.head_spec, self.feature_dim, self.num_classes)
+        except (StoreError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
             raise StoreError(
                 f"{self.run_file}: attribute {schema.ATTR_HEAD_SPEC!r} is invalid: {exc}"
             ) from exc
@@ -147,16 +203,56 @@ class Run:
             names = json.loads(self.attrs[schema.ATTR_CLASS_NAMES])
             if not isinstance(names, list) or len(names) != self.num_classes:
                 raise ValueError(f"expected a JSON list of {self.num_classes} names")
+            if not all(isinstance(name, str) for name in names):
+                raise ValueError("the names must be strings")
         except (TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             raise StoreError(
                 f"{self.run_file}: attribute {schema.ATTR_CLASS_NAMES!r} is invalid: {exc}"
             ) from exc
-        self._scan()
+        try:
+            config = json.loads(self.attrs.get(schema.ATTR_CALLBACK_CONFIG, "{}"))
+            if not isinstance(config, dict):
+                raise ValueError("expected a JSON object")
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"{self.run_file}: attribute {schema.ATTR_CALLBACK_CONFIG!r} is invalid: {exc}"
+            ) from exc
 
     def _read(self, f: h5py.File, key: str, dtype: Any) -> np.ndarray:
         if key not in f:
             raise StoreError(f"{self.run_file}: dataset {key!r} is missing")
-        return np.asarray(f[key][...], dtype=dtype)
+        data = f[key]
+        if not isinstance(data, h5py.Dataset) or data.dtype.kind not in "iu":
+            kind = f"dtype {data.dtype}" if isinstance(data, h5py.Dataset) else "a group"
+            raise StoreError(
+                f"{self.run_file}: dataset {key!r} is {kind}, not integer; the file is corrupted"
+            )
+        return np.asarray(data[...], dtype=dtype)
+
+    def _thumbnails_usable(self, f: h5py.File) -> bool:
+        """Whether run.h5 holds thumbnails the viewer can show; damaged ones are ignored with
+        a warning (they only decorate the viewer)."""
+        if schema.SAMPLES_THUMBNAIL not in f:
+            return False
+        data = f[schema.SAMPLES_THUMBNAIL]
+        n = len(self.samples.id)
+        if (
+            isinstance(data, h5py.Dataset)
+            and data.dtype == np.uint8
+            and data.ndim in (3, 4)
+            and data.shape[0] == n
+            and (data.ndim == 3 or data.shape[3] == 3)
+        ):
+            return True
+        found = f"{data.dtype} {data.shape}" if isinstance(data, h5py.Dataset) else "a group"
+        log.warning(
+            "%s: ignoring %r, which is %s, not uint8 (%d, h, w[, 3]); the viewer shows no thumbnails",
+            self.run_file,
+            schema.SAMPLES_THUMBNAIL,
+            found,
+            n,
+        )
+        return False
 
     def _scan(self) -> None:
         """Find epoch files; skip (with a warning) the ones that cannot be read."""
@@ -167,7 +263,7 @@ class Run:
             epoch = schema.parse_epoch_filename(path.name)
             if epoch is None:
                 continue
-            reason = probe_epoch_file(path)
+            reason = self.check_epoch_file(path, epoch)
             if reason is None:
                 good.append(epoch)
             else:
@@ -180,6 +276,135 @@ class Run:
         """Re-scan epochs/ (training may still be writing); returns the readable epochs."""
         self._scan()
         return self.epochs
+
+    def check_epoch_file(self, path: Path, epoch: int) -> str | None:
+        """None when the epoch file at ``path`` can be used, else what is wrong with it (one
+        line; the caller names the file). The one check every epoch passes before any command
+        reads it: the file opens, its attributes have their types, its arrays their dtypes and
+        this run's shapes, its head parameters the shapes of run.h5's head_spec and finite
+        values. Reads metadata, the head parameters and the boundary pairs, never the
+        features."""
+        try:
+            with h5py.File(path, "r") as f:
+                return self._epoch_problem(f, epoch)
+        except OSError as exc:
+            return f"cannot be read ({exc.__class__.__name__}: {one_line(exc)})"
+        except (TypeError, ValueError) as exc:  # an attribute or dataset h5py cannot convert
+            return f"cannot be read ({exc.__class__.__name__}: {one_line(exc)})"
+
+    def _epoch_problem(self, f: h5py.File, epoch: int) -> str | None:
+        missing = [k for k in schema.EPOCH_REQUIRED_KEYS if k not in f]
+        missing += [a for a in schema.EPOCH_REQUIRED_ATTRS if a not in f.attrs]
+        if missing:
+            return f"missing {missing}; the file is incomplete"
+        return (
+            self._attrs_problem(f.attrs, epoch)
+            or _array_problem(
+                f,
+                schema.FEATURES,
+                schema.FEATURE_DTYPES,
+                (len(self.samples), self.feature_dim),
+                f"{len(self.samples)} samples x feature_dim {self.feature_dim} of {schema.RUN_FILE}",
+            )
+            or _array_problem(
+                f,
+                schema.LOGITS,
+                "f",
+                (len(self.samples), self.num_classes),
+                f"{len(self.samples)} samples x {self.num_classes} classes of {schema.RUN_FILE}",
+            )
+            or self._head_problem(f)
+            or self._boundary_problem(f)
+            or (
+                f"{schema.WEIGHTS_GROUP!r} is a dataset, not a group"
+                if isinstance(f.get(schema.WEIGHTS_GROUP), h5py.Dataset)
+                else None
+            )
+        )
+
+    @staticmethod
+    def _attrs_problem(attrs: h5py.AttributeManager, epoch: int) -> str | None:
+        version = _int_attr(attrs, schema.ATTR_SCHEMA_VERSION)
+        if isinstance(version, str):
+            return version
+        if version > schema.SCHEMA_VERSION:
+            return (
+                f"schema_version {version} is newer than this timevis reads "
+                f"({schema.SCHEMA_VERSION}); upgrade with: pip install -U timevis"
+            )
+        number = _int_attr(attrs, schema.ATTR_EPOCH)
+        if isinstance(number, str):
+            return number
+        if number != epoch:
+            return (
+                f"attribute {schema.ATTR_EPOCH!r} is {number}, but the file is named for epoch "
+                f"{epoch}"
+            )
+        if schema.ATTR_GLOBAL_STEP in attrs:
+            step = _int_attr(attrs, schema.ATTR_GLOBAL_STEP)
+            if isinstance(step, str):
+                return step
+        if schema.ATTR_WALL_TIME in attrs:
+            wall = _plain(attrs[schema.ATTR_WALL_TIME])
+            if not isinstance(wall, (int, float)) or isinstance(wall, bool):
+                return f"attribute {schema.ATTR_WALL_TIME!r} is {_shown(wall)}, not a number"
+        if schema.ATTR_METRICS in attrs:
+            return _metrics_problem(attrs[schema.ATTR_METRICS])
+        return None
+
+    def _head_problem(self, f: h5py.File) -> str | None:
+        group = f[schema.HEAD_GROUP]
+        if not isinstance(group, h5py.Group):
+            return f"{schema.HEAD_GROUP!r} is a dataset, not a group"
+        missing = [name for name in self.head_shapes if name not in group]
+        if missing:
+            return f"head parameters {missing} are missing (present: {sorted(group)})"
+        for name, shape in self.head_shapes.items():
+            key = f"{schema.HEAD_GROUP}/{name}"
+            problem = _array_problem(
+                f, key, "f", shape, f"{schema.RUN_FILE}'s {schema.ATTR_HEAD_SPEC}"
+            )
+            if problem:
+                return problem
+            values = f[key][...]
+            bad = int(values.size - np.isfinite(values).sum())
+            if bad:
+                return (
+                    f"head parameter {key!r} holds {bad} NaN or inf values (training diverged "
+                    "by this epoch?), so its predictions are undefined"
+                )
+        return None
+
+    def _boundary_problem(self, f: h5py.File) -> str | None:
+        group = schema.BOUNDARY_FEATURES.split("/")[0]
+        if group not in f:
+            return None
+        if not isinstance(f[group], h5py.Group):
+            return f"{group!r} is a dataset, not a group"
+        present = [k for k in (schema.BOUNDARY_FEATURES, schema.BOUNDARY_PAIR) if k in f]
+        if len(present) == 1:
+            absent = ({schema.BOUNDARY_FEATURES, schema.BOUNDARY_PAIR} - set(present)).pop()
+            return f"{present[0]!r} is stored without {absent!r}"
+        if not present:
+            return None
+        points = f[schema.BOUNDARY_FEATURES]
+        count = points.shape[0] if isinstance(points, h5py.Dataset) and points.ndim else 0
+        problem = _array_problem(
+            f,
+            schema.BOUNDARY_FEATURES,
+            schema.FEATURE_DTYPES,
+            (count, self.feature_dim),
+            f"feature_dim {self.feature_dim} of {schema.RUN_FILE}",
+        ) or _array_problem(f, schema.BOUNDARY_PAIR, "iu", (count, 2), f"{count} boundary points")
+        if problem:
+            return problem
+        pair = f[schema.BOUNDARY_PAIR][...]
+        if pair.size and (pair.min() < 0 or pair.max() >= self.num_classes):
+            return (
+                f"dataset {schema.BOUNDARY_PAIR!r} names classes {int(pair.min())} to "
+                f"{int(pair.max())}, outside the run's {self.num_classes} classes"
+            )
+        return None
 
     # --- run-level attributes -------------------------------------------------------------
     @property
@@ -475,13 +700,38 @@ def _read_selection(f: h5py.File, key: str, data: h5py.Dataset, selection: Any) 
         raise StoreError(f"{f.filename}: dataset {key!r} cannot be read: {exc}") from exc
 
 
+def _metrics_problem(value: Any) -> str | None:
+    """Why the ``metrics`` attribute is not a JSON object of numbers, or None when it is."""
+    text = _plain(value)
+    try:
+        metrics = json.loads(text) if isinstance(text, str) else None
+    except ValueError as exc:  # json.JSONDecodeError
+        return f"attribute {schema.ATTR_METRICS!r} is not valid JSON ({exc}): {_shown(value)}"
+    if not isinstance(metrics, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
+    ):
+        return f"attribute {schema.ATTR_METRICS!r} is {_shown(value)}, not a JSON object of numbers"
+    return None
+
+
 def _plain(value: Any) -> Any:
-    """h5py attribute values as plain Python values."""
-    if isinstance(value, bytes):
-        return value.decode()
+    """h5py attribute values as plain Python values: str, int, float, bool, None or lists of
+    them (bytes that are not UTF-8 keep their other characters; other values become text)."""
+    if isinstance(value, h5py.Empty):
+        return None
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()] if value.ndim else _plain(value[()])
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.void):
+        return _plain(value.item()) if value.dtype.names else value.tobytes().hex()
     if isinstance(value, np.generic):
-        return value.item()
-    return value
+        value = value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
 def format_epochs(epochs: list[int]) -> str:

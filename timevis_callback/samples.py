@@ -6,7 +6,10 @@ random state: the callback never changes the user's training randomness).
 
 from __future__ import annotations
 
+import inspect
 import logging
+import re
+import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -81,6 +84,61 @@ def dataset_labels(dataset: Any, unpack_item: UnpackItem, role: str) -> np.ndarr
                 return array.astype(np.int64)
     log.info("timevis: reading the labels of %d %s items one by one", n, role)
     return np.array([unpack(dataset, i, unpack_item, role)[1] for i in range(n)], dtype=np.int64)
+
+
+_RANDOM_NAME = re.compile(
+    r"random|augment|augmix|jitter|erasing|noise|mixup|cutmix|elastic|blur|dropout", re.IGNORECASE
+)
+_TRANSFORM_ATTRS = ("transform", "transforms", "augment", "augmentation", "augmentations")
+
+
+def random_transforms(dataset: Any) -> list[str]:
+    """Names of the transforms of ``dataset`` that look random, so that its items differ at
+    every read: classes or functions named like torchvision's and albumentations' random
+    transforms (``RandomCrop``, ``ColorJitter``, ``RandAugment``, ``GaussianBlur``, ...) and
+    transforms applied with a probability ``p`` below 1. Looks through wrapping datasets
+    (``.dataset``, ``.datasets``: Subset, ConcatDataset) and composed transforms
+    (``.transforms``, ``nn.Sequential``, lists). A plain ``TensorDataset`` has none; a custom
+    callable is not inspected."""
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if obj is None or depth > 8 or id(obj) in seen or isinstance(obj, (str, bytes)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            for item in obj:
+                visit(item, depth + 1)
+            return
+        if callable(obj) and not _is_dataset(obj):
+            plain = isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type))
+            name = obj.__name__ if plain else type(obj).__name__
+            p = _static(obj, "p")
+            chance = isinstance(p, (int, float)) and not isinstance(p, bool) and 0 < p < 1
+            if (_RANDOM_NAME.search(name) or chance) and name not in found:
+                found.append(name)
+        if isinstance(obj, torch.nn.Module):
+            for child in obj.children():
+                visit(child, depth + 1)
+        for attr in (*_TRANSFORM_ATTRS, "dataset", "datasets", "func"):
+            child = _static(obj, attr)
+            if child is not None and not isinstance(child, (torch.Tensor, np.ndarray)):
+                visit(child, depth + 1)
+
+    visit(dataset, 0)
+    return found
+
+
+def _static(obj: Any, name: str) -> Any:
+    """``obj.name`` without running a property or ``__getattr__`` (None when absent): looking
+    for transforms must not have side effects on the user's dataset."""
+    value = inspect.getattr_static(obj, name, None)
+    return None if isinstance(value, (property, staticmethod, classmethod)) else value
+
+
+def _is_dataset(obj: Any) -> bool:
+    return _static(obj, "__getitem__") is not None and _static(obj, "__len__") is not None
 
 
 def stratified_subset(labels: np.ndarray, max_samples: int, rng: np.random.Generator) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -18,12 +19,12 @@ def summarize(run: Run) -> dict[str, Any]:
     return {
         "path": str(run.path),
         "run_id": run.run_id,
-        "created": run.attrs.get(schema.ATTR_CREATED, ""),
+        "created": _text(run.attrs.get(schema.ATTR_CREATED)),
         "versions": {
-            "schema": run.attrs[schema.ATTR_SCHEMA_VERSION],
-            "timevis": run.attrs.get(schema.ATTR_TIMEVIS_VERSION, ""),
-            "torch": run.attrs.get(schema.ATTR_TORCH_VERSION, ""),
-            "lightning": run.attrs.get(schema.ATTR_LIGHTNING_VERSION, ""),
+            "schema": int(run.attrs[schema.ATTR_SCHEMA_VERSION]),  # checked at open
+            "timevis": _text(run.attrs.get(schema.ATTR_TIMEVIS_VERSION)),
+            "torch": _text(run.attrs.get(schema.ATTR_TORCH_VERSION)),
+            "lightning": _text(run.attrs.get(schema.ATTR_LIGHTNING_VERSION)),
         },
         "feature_layer": run.feature_layer,
         "feature_io": run.feature_io,
@@ -38,9 +39,18 @@ def summarize(run: Run) -> dict[str, Any]:
         "boundary_points": {str(e): c.n_boundary for e, c in contents.items()},
         "epochs_with_weights": [e for e, c in contents.items() if c.has_weights],
         "unreadable_epochs": {str(e): reason for e, reason in sorted(run.bad_epochs.items())},
+        "unreadable_files": {str(e): str(run.epoch_path(e)) for e in sorted(run.bad_epochs)},
         "disk_bytes": usage,
         "outputs": {name: (run.path / name).is_dir() for name in schema.OUTPUT_DIRS},
     }
+
+
+def _text(value: Any) -> str:
+    """An informational attribute of run.h5 as text, whatever was stored (a damaged or foreign
+    attribute is shown as read, never breaks the summary or its JSON)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def _size(n: int) -> str:
@@ -94,7 +104,7 @@ def format_summary(info: dict[str, Any]) -> str:
         ("weights", f"full model state in {len(info['epochs_with_weights'])} of {len(epochs)} epochs"),
     ]
     for epoch, reason in info["unreadable_epochs"].items():
-        lines.append(("UNREADABLE", f"epoch {epoch}: {reason}"))
+        lines.append(("UNREADABLE", f"epoch {epoch}: {reason} ({info['unreadable_files'][epoch]})"))
     usage = info["disk_bytes"]
     lines.append(
         (

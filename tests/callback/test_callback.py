@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
+import h5py
 import lightning.pytorch as L
 import numpy as np
 import pytest
@@ -432,3 +434,189 @@ def test_one_class_model_skips_boundary_points_with_a_warning(tmp_path, caplog):
         make_trainer(tmp_path, callback, epochs=1).fit(model, DataLoader(data, batch_size=32))
     assert open_run(tmp_path / "s").boundary(1) is None
     assert any("one class" in r.getMessage() for r in caplog.records)
+
+
+# --- the store cannot be created: training goes on, nothing is recorded -----------------------
+SMALL = dict(max_train_samples=100, max_test_samples=20, boundary_fraction=0)
+
+
+def _a_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes")
+    return path, path
+
+
+def _under_a_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes")
+    return path / "store", path
+
+
+def _disk_full_at_creation(monkeypatch):
+    real_file = h5py.File
+
+    def full(name, mode="r", *args, **kwargs):
+        if mode == "w":  # HDF5's error text spans lines
+            raise OSError(
+                errno.ENOSPC,
+                "Unable to synchronously create file\n  (unable to open file: errno = 28, "
+                "error message = 'No space left on device')",
+            )
+        return real_file(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr("timevis_callback.writer.h5py.File", full)
+
+
+@pytest.mark.parametrize(
+    ("where", "problem"),
+    [
+        ("a-file", "is a file, not a folder; pass dirpath= a folder"),
+        ("under-a-file", "is a file, so no folder can be made under it; pass another dirpath="),
+        ("disk-full", "No space left on device'); free disk space or pass dirpath= on another disk"),
+    ],
+)
+def test_a_store_that_cannot_be_created_is_reported_once_and_training_goes_on(
+    tmp_path, monkeypatch, caplog, where, problem
+):
+    blocker = None
+    if where == "a-file":
+        dirpath, blocker = _a_file(tmp_path)
+    elif where == "under-a-file":
+        dirpath, blocker = _under_a_file(tmp_path)
+    else:
+        dirpath = tmp_path / "store"
+        _disk_full_at_creation(monkeypatch)
+    callback = TimeVisCallback(dirpath, **SMALL)
+    train_loader, val_loader = loaders()
+    trainer = make_trainer(tmp_path, callback, epochs=2)
+    with caplog.at_level(logging.WARNING, logger="timevis_callback"):
+        trainer.fit(DigitsCNN(), train_loader, val_loader)
+    assert trainer.current_epoch == 2  # trained to the end
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert f"timevis cannot create its store in {dirpath}" in errors[0] and problem in errors[0]
+    assert "training goes on without recording" in errors[0]
+    assert callback.store_error and callback.failed_epochs == [] and callback.last_epoch is None
+    if blocker is not None:
+        assert blocker.read_text() == "my notes"
+    else:
+        assert not list((tmp_path / "store").rglob("*.h5"))
+
+
+@pytest.mark.parametrize("where", ["a-file", "disk-full"])
+def test_a_store_that_cannot_be_created_stops_training_when_strict(tmp_path, monkeypatch, where):
+    if where == "a-file":
+        dirpath, _ = _a_file(tmp_path)
+    else:
+        dirpath = tmp_path / "store"
+        _disk_full_at_creation(monkeypatch)
+    callback = TimeVisCallback(dirpath, strict=True, **SMALL)
+    train_loader, val_loader = loaders()
+    with pytest.raises(StoreError, match="timevis cannot create its store in") as info:
+        make_trainer(tmp_path, callback, epochs=1).fit(DigitsCNN(), train_loader, val_loader)
+    assert "\n" not in str(info.value)
+
+
+def test_a_multi_line_write_error_is_reported_on_one_line(tmp_path, monkeypatch, caplog):
+    def write(run_dir, epoch, **kwargs):
+        if epoch == 1:
+            raise OSError("Can't write data (file write failed:\n  errno = 28, error message = "
+                          "'No space left on device')")
+        return real_write_epoch(run_dir, epoch, **kwargs)
+
+    monkeypatch.setattr("timevis_callback.callback.write_epoch", write)
+    train_loader, val_loader = loaders()
+    callback = TimeVisCallback(tmp_path / "s", **SMALL)
+    with caplog.at_level(logging.WARNING, logger="timevis_callback"):
+        make_trainer(tmp_path, callback, epochs=2).fit(DigitsCNN(), train_loader, val_loader)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert "epoch 1" in errors[0] and "free disk space" in errors[0]
+    assert open_run(tmp_path / "s").epochs == [0, 2]
+
+
+# --- what the callback says at the start ----------------------------------------------------
+def test_the_store_path_is_logged_once_and_absolute(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    train_loader, val_loader = loaders()
+    callback = TimeVisCallback("runs/store", **SMALL)
+    with caplog.at_level(logging.INFO, logger="timevis_callback"):
+        make_trainer(tmp_path, callback, epochs=1).fit(DigitsCNN(), train_loader, val_loader)
+    where = str(tmp_path / "runs" / "store")
+    lines = [r for r in caplog.records if where in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert lines[0].getMessage() == f"timevis: recording run {callback.run_id} in {where}"
+
+
+def test_info_lines_reach_a_script_that_configured_no_logging():
+    from timevis_callback.callback import _show_info_lines
+
+    root, package = logging.getLogger(), logging.getLogger("timevis_callback")
+    saved = root.handlers[:], package.handlers[:], package.propagate, package.level
+    try:
+        root.handlers[:], package.handlers[:], package.propagate = [], [], True
+        package.setLevel(logging.NOTSET)
+        _show_info_lines()
+        assert package.isEnabledFor(logging.INFO) and not package.propagate
+        assert [type(h) for h in package.handlers] == [logging.StreamHandler]
+        # a script (or pytest) that configured logging keeps control
+        root.handlers[:], package.handlers[:], package.propagate = [logging.NullHandler()], [], True
+        package.setLevel(logging.NOTSET)
+        _show_info_lines()
+        assert package.handlers == [] and package.level == logging.NOTSET and package.propagate
+    finally:
+        root.handlers[:], package.handlers[:], package.propagate = saved[:3]
+        package.setLevel(saved[3])
+
+
+class RandomHorizontalFlip:
+    """A random transform, as torchvision names them."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1) if torch.rand(()) < self.p else x
+
+
+class Compose:
+    def __init__(self, transforms) -> None:
+        self.transforms = transforms
+
+    def __call__(self, x):
+        for transform in self.transforms:
+            x = transform(x)
+        return x
+
+
+class Transformed(Dataset):
+    def __init__(self, base: Dataset, transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return self.transform(x), y
+
+
+@pytest.mark.parametrize("augmented", [False, True])
+def test_augmentation_is_warned_about_only_for_random_transforms(tmp_path, caplog, augmented):
+    train, test = digits_datasets()
+    if augmented:
+        train = torch.utils.data.Subset(
+            Transformed(train, Compose([lambda x: x * 1.0, RandomHorizontalFlip()])),
+            range(len(train)),
+        )
+    callback = TimeVisCallback(tmp_path / "s", **SMALL)
+    with caplog.at_level(logging.WARNING, logger="timevis_callback"):
+        make_trainer(tmp_path, callback, epochs=1).fit(
+            DigitsCNN(), DataLoader(train, batch_size=64), DataLoader(test, batch_size=256)
+        )
+    warned = [r.getMessage() for r in caplog.records if "transforms look random" in r.getMessage()]
+    if augmented:
+        assert len(warned) == 1 and "(RandomHorizontalFlip)" in warned[0]
+        assert "pass train_data=" in warned[0]
+    else:
+        assert warned == [] and not [r for r in caplog.records if "augmentation" in r.getMessage()]

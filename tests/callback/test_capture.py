@@ -273,3 +273,99 @@ def test_capture_features_removes_its_hook_when_the_block_raises() -> None:
     assert not model.pool._forward_hooks
     model(inputs(2, 1, 8, 8))
     assert len(captured) == 1  # nothing collected after the block
+
+
+# --- advice that is correct for the model at hand ---------------------------------------------
+class Probabilities(nn.Module):
+    """MLP whose forward returns log_softmax (or softmax) of its logits."""
+
+    def __init__(self, log: bool) -> None:
+        super().__init__()
+        self.log = log
+        self.body = nn.Sequential(nn.Linear(D_IN, HIDDEN), nn.ReLU())
+        self.fc = nn.Linear(HIDDEN, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(self.body(x))
+        return F.log_softmax(logits, dim=1) if self.log else F.softmax(logits, dim=1)
+
+
+@pytest.mark.parametrize("feature_layer", [AUTO, "body"])
+@pytest.mark.parametrize(("log", "kind"), [(True, "log-probabilities"), (False, "probabilities")])
+def test_forward_returning_probabilities_is_told_to_return_logits(feature_layer, log, kind) -> None:
+    model = Probabilities(log).eval()
+    with pytest.raises(CallbackConfigError) as info:
+        resolve(model, feature_layer, inputs(N, D_IN))
+    message = str(info.value)
+    assert f"forward returns {kind}" in message and "return the logits from forward" in message
+    assert "feature_layer='auto'" not in message  # no setting can fix it: none is suggested
+    assert_no_hooks(model)
+
+
+class Scaled(nn.Module):
+    """MLP whose forward changes the last Linear's output outside modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D_IN, HIDDEN), nn.ReLU())
+        self.fc = nn.Linear(HIDDEN, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x)) * 3.0 + 1.0
+
+
+def test_work_after_the_last_linear_under_auto_does_not_suggest_auto() -> None:
+    with pytest.raises(CallbackConfigError) as info:
+        resolve(Scaled().eval(), AUTO, inputs(N, D_IN))
+    message = str(info.value)
+    assert "use feature_layer='auto'" not in message
+    assert "feature_layer='auto' (fc, from the input of 'fc')" in message
+    assert "forward changes the output of 'fc' outside modules" in message
+    assert "so that forward returns what 'fc' computes" in message
+
+
+def test_work_after_a_named_layer_suggests_auto_only_when_it_reproduces() -> None:
+    with pytest.raises(CallbackConfigError) as info:
+        resolve(FunctionalReLU().eval(), "proj", inputs(N, D_IN) * 3.0)
+    assert "use feature_layer='auto' (the input of 'fc', which reproduces it)" in str(info.value)
+    with pytest.raises(CallbackConfigError) as info:
+        resolve(Scaled().eval(), "body", inputs(N, D_IN))
+    assert "feature_layer='auto'" not in str(info.value)
+    assert "pass feature_layer= a module after that work" in str(info.value)
+
+
+class ExtraLinear(nn.Module):
+    """body -> fc (the classifier) -> extra Linear on the class scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D_IN, HIDDEN), nn.ReLU())
+        self.fc = nn.Linear(HIDDEN, N_CLASSES)
+        self.extra = nn.Linear(N_CLASSES, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extra(self.fc(self.body(x)))
+
+
+def test_a_linear_after_the_classifier_is_warned_with_a_layer_that_works(caplog) -> None:
+    model = ExtraLinear().eval()
+    x = inputs(N, D_IN)
+    with caplog.at_level("WARNING", logger="timevis_callback.capture"):
+        info = resolve(model, AUTO, x)
+    assert info.feature_layer == "extra" and info.feature_dim == N_CLASSES  # auto as documented
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "'extra' follows the classifier, so the recorded features are class scores" in warnings[0]
+    assert f"pass feature_layer='body' (its output feeds 'fc'; dim {HIDDEN})" in warnings[0]
+    # the advice works: the features before the classifier, and a head that reproduces
+    better = resolve(model, "body", x)
+    assert better.feature_dim == HIDDEN
+    expected, got = rebuilt_logits(model, better, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # a hidden layer narrower than the classes, with an activation before the classifier, is
+    # a layer of features: not warned about
+    caplog.clear()
+    narrow = nn.Sequential(nn.Linear(D_IN, 3), nn.ReLU(inplace=True), nn.Linear(3, N_CLASSES))
+    with caplog.at_level("WARNING", logger="timevis_callback.capture"):
+        assert resolve(narrow.eval(), AUTO, x).feature_dim == 3
+    assert not caplog.records

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from timevis_callback.errors import CallbackConfigError
 from timevis_callback.samples import (
@@ -13,6 +13,7 @@ from timevis_callback.samples import (
     default_unpack_item,
     iter_batches,
     make_thumbnails,
+    random_transforms,
     stratified_subset,
     unpack,
 )
@@ -220,3 +221,73 @@ def test_labels_of_one_hot_tensor_dataset_follow_unpack_item() -> None:
     dataset = TensorDataset(torch.zeros(4, 2), torch.nn.functional.one_hot(y, 3).float())
     got = dataset_labels(dataset, lambda item: (item[0], item[1].argmax()), "train")
     np.testing.assert_array_equal(got, [2, 0, 1, 2])
+
+
+# --- random_transforms ----------------------------------------------------------------------
+class ColorJitter:
+    def __call__(self, x):
+        return x * (1 + 0.1 * torch.rand(()))
+
+
+class Flip:
+    """Random by its probability ``p``, whatever its name (albumentations style)."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, x):
+        return x.flip(-1) if torch.rand(()) < self.p else x
+
+
+class Normalize:
+    def __call__(self, x):
+        return (x - 0.5) / 0.5
+
+
+class Compose:
+    def __init__(self, transforms) -> None:
+        self.transforms = transforms
+
+    def __call__(self, x):
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+
+class WithTransform(Dataset):
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i):
+        return self.transform(torch.zeros(2)), 0
+
+    @property
+    def classes(self):  # a property is never run by the search
+        raise AssertionError("random_transforms ran a property")
+
+
+def add_noise(x):
+    return x + torch.randn_like(x)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "found"),
+    [
+        (TensorDataset(torch.zeros(4, 2), torch.zeros(4)), []),
+        (WithTransform(Compose([Normalize(), Flip(p=1.0)])), []),
+        (WithTransform(lambda x: x * 2), []),
+        (WithTransform(Compose([Normalize(), ColorJitter()])), ["ColorJitter"]),
+        (WithTransform(Compose([Flip(p=0.5)])), ["Flip"]),
+        (WithTransform(add_noise), ["add_noise"]),
+        (WithTransform(torch.nn.Sequential(torch.nn.Identity(), torch.nn.Dropout(0.2))), ["Dropout"]),
+        (Subset(ConcatDataset([TensorDataset(torch.zeros(4, 2)), WithTransform(ColorJitter())]), [0]),
+         ["ColorJitter"]),
+    ],
+    ids=["tensor-dataset", "deterministic", "lambda", "jitter", "probability", "noise-function",
+         "module", "wrapped"],
+)  # fmt: skip
+def test_random_transforms_are_found_through_wrappers(dataset, found) -> None:
+    assert random_transforms(dataset) == found

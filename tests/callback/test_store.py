@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -662,21 +663,77 @@ def test_bad_head_spec_names_the_file_and_key(store: Path, head_spec: str) -> No
     assert "head_spec" in str(info.value)
 
 
-def test_missing_head_parameter_names_the_epoch_file(store: Path) -> None:
+def test_missing_head_parameter_makes_the_epoch_unreadable(
+    store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     rng = np.random.default_rng(0)
     n = N_TRAIN + N_TEST
-    write_epoch(
+    path = write_epoch(
         store,
         3,
         features=rng.normal(size=(n, DIM)).astype(np.float32),
         logits=rng.normal(size=(n, N_CLASSES)),
         head_state={"0.weight": rng.normal(size=(N_CLASSES, DIM))},
     )
-    run = open_run(store)
-    assert 3 in run.epochs
-    with pytest.raises(StoreError, match=r"\['0.bias'\]") as info:
+    with caplog.at_level(logging.WARNING, logger="timevis_callback.reader"):
+        run = open_run(store)
+    assert run.epochs == [0, 1, 2]
+    assert run.bad_epochs[3] == "head parameters ['0.bias'] are missing (present: ['0.weight'])"
+    assert [r.getMessage() for r in caplog.records] == [f"skipping {path}: {run.bad_epochs[3]}"]
+    with pytest.raises(StoreError, match=r"epoch 3 is not recorded.*unreadable: head parameters"):
         run.head(3)
-    assert "epoch_0003.h5" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        (
+            [{"type": "Linear", "name": "fc", "in_features": DIM + 1, "out_features": N_CLASSES}],
+            f"takes in_features={DIM + 1}, but its input has {DIM} values per sample",
+        ),
+        (
+            [{"type": "Linear", "name": "fc", "in_features": DIM, "out_features": N_CLASSES + 2}],
+            f"ends with {N_CLASSES + 2} values per sample, but the run has num_classes={N_CLASSES}",
+        ),
+        (
+            [{"type": "Linear", "name": "fc", "in_features": DIM, "out_features": "3"}],
+            "layer 0 (Linear): out_features='3' must be an int > 0",
+        ),
+        (
+            [{"type": "Flatten", "start_dim": 0}, {"type": "Linear", "in_features": DIM, "out_features": 3}],
+            "layer 0 (Flatten): start_dim=0 must be 1 or -1",
+        ),
+        (
+            [{"type": "BatchNorm1d", "num_features": DIM, "eps": -1.0},
+             {"type": "Linear", "in_features": DIM, "out_features": 3}],
+            "layer 0 (BatchNorm1d): eps=-1.0 must be a number > 0",
+        ),
+    ],
+    ids=["in-features", "out-features", "text-size", "flatten-batch", "negative-eps"],
+)
+def test_head_spec_that_does_not_map_features_to_classes_is_refused(
+    store: Path, spec: list, problem: str
+) -> None:
+    with h5py.File(store / schema.RUN_FILE, "a") as f:
+        f.attrs[schema.ATTR_HEAD_SPEC] = json.dumps(spec)
+    with pytest.raises(StoreError, match=re.escape(problem)) as info:
+        open_run(store)
+    assert str(store / schema.RUN_FILE) in str(info.value) and "'head_spec' is invalid" in str(info.value)
+
+
+def test_epoch_check_reads_no_features(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    read = []
+    real = h5py.Dataset.__getitem__
+
+    def spy(self, selection):
+        read.append(self.name)
+        return real(self, selection)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    run = open_run(store)
+    assert run.epochs == [0, 1, 2]
+    assert not [name for name in read if name.startswith(("/features", "/logits", "/weights"))]
+    assert "/head/0.weight" in read and "/boundary/pair" in read
 
 
 def test_epoch_deleted_after_opening_names_the_file(store: Path) -> None:
