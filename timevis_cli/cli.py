@@ -165,8 +165,7 @@ def fit(
             "with the refinement; drop --temporal-weight or refine.enabled=false"
         )
     run = open_run(run_dir)
-    if (run.path / FIT_DIR).exists() and not overwrite:
-        raise InputError(f"{run.path / FIT_DIR} already exists; pass --overwrite to replace it")
+    _prepare(run.path, FIT_DIR, overwrite=overwrite, replace_file=True)
     result = run_fit(run, config, _BarReporter(logging.getLogger("timevis_cli.fit.pipeline")))
     path = save_fit(run.path, result, overwrite)
     seconds = result.stats["seconds"]
@@ -176,17 +175,17 @@ def fit(
     )
 
 
-def _writable_output(run_dir: Path, name: str) -> Path:
-    out = run_dir / name
-    if out.exists() and not out.is_dir():
+def _prepare(run_dir: Path, name: str, overwrite: bool = True, replace_file: bool = False) -> None:
+    """Before any computing: RUN_DIR/NAME may be (re)written, and RUN_DIR can be written at all
+    (a full disk shows only when writing; that is a one-line error too, see outputs)."""
+    from timevis_cli.outputs import OutputExists, prepare_output
+
+    try:
+        prepare_output(run_dir, name, overwrite=overwrite, replace_file=replace_file)
+    except OutputExists as exc:
         raise InputError(
-            f"{out} is a file, not a folder; move it away so timevis can write {name}/"
-        )
-    target = out if out.exists() else run_dir
-    if not os.access(target, os.W_OK):
-        raise InputError(f"{target} is not writable; fix its permissions or copy the run store")
-    out.mkdir(exist_ok=True)
-    return out
+            f"{run_dir / name} already exists; pass --overwrite to replace it"
+        ) from exc
 
 
 @main.command()
@@ -224,6 +223,10 @@ def render(
 
     The landscape (grid decode, each epoch's head) is computed on --device (the GPU when there is
     one) in this process; --jobs worker processes draw the frames.
+
+    Every render replaces RUN_DIR/render/ as a whole (no --overwrite: it is derived from the fit
+    and cheap to redo), so frames of epochs not rendered this time do not linger; the previous
+    render stays untouched until the new one is complete.
 
     Example: timevis render runs/mnist/store --epochs 1-15 --html
     """
@@ -266,8 +269,7 @@ def render(
     if settings.mp4:
         from timevis_cli.render import animate
 
-        animate._import_video_writer()  # before any earlier frame is replaced
-    out = _writable_output(run.path, "render")
+        animate._import_video_writer()  # before any frame is drawn
     workers = settings.jobs or os.cpu_count() or 1
     renderer = {
         "class_names": run.class_names,
@@ -275,25 +277,32 @@ def render(
         "dpi": settings.dpi,
         "show_test": len(plan.test_rows) > 0,
     }
+    from timevis_cli.outputs import replaced_folder
     from timevis_cli.render.frames import render_epochs
 
-    log.info("rendering %d epochs with %d worker(s)", len(plan.epochs), min(workers, len(plan.epochs)))
-    landscapes = GridLandscapes(run, fit_result, plan, torch_device)
-    inputs = frame_inputs(landscapes, fit_result)  # computed here while the workers draw
-    paths = render_epochs(
-        FrameBuilder(plan), plan.epochs, out, renderer, jobs=workers, inputs=inputs
-    )
-    written = [f"{len(paths)} frames ({paths[0].name} ... {paths[-1].name})"]
-    if settings.gif:
-        written.append(str(write_gif(paths, out / "training.gif", frame_ms=int(1000 / settings.fps))))
-    if settings.mp4:
-        written.append(str(write_mp4(paths, out / "training.mp4", fps=settings.fps)))
-    if settings.html:
-        page = out / "index.html"
-        written.append(
-            str(export_viewer(run, fit_result, plan, page, track_rows, torch_device, landscapes))
+    out = run.path / "render"
+    # written into a temporary folder that replaces render/ only once everything is in it
+    with replaced_folder(run.path, "render") as tmp:
+        shown = min(workers, len(plan.epochs))
+        log.info("rendering %d epochs with %d worker(s)", len(plan.epochs), shown)
+        landscapes = GridLandscapes(run, fit_result, plan, torch_device)
+        inputs = frame_inputs(landscapes, fit_result)  # computed here while the workers draw
+        paths = render_epochs(
+            FrameBuilder(plan), plan.epochs, tmp, renderer, jobs=workers, inputs=inputs
         )
-    (out / "config.toml").write_text(config.to_toml())
+        written = [f"{len(paths)} frames ({paths[0].name} ... {paths[-1].name})"]
+        if settings.gif:
+            animation = write_gif(paths, tmp / "training.gif", frame_ms=int(1000 / settings.fps))
+            written.append(str(out / animation.name))
+        if settings.mp4:
+            video = write_mp4(paths, tmp / "training.mp4", fps=settings.fps)
+            written.append(str(out / video.name))
+        if settings.html:
+            page = export_viewer(
+                run, fit_result, plan, tmp / "index.html", track_rows, torch_device, landscapes
+            )
+            written.append(str(out / page.name))
+        (tmp / "config.toml").write_text(config.to_toml())
     click.echo("wrote " + ", ".join(written) + f" into {out}")
 
 
@@ -318,9 +327,12 @@ def evaluate_command(
 ) -> None:
     """Faithfulness metrics of the fit (nnpv, boundary, ppr, recon, temporal); writes RUN_DIR/eval/.
 
+    Every eval replaces RUN_DIR/eval/ as a whole (no --overwrite: it is derived from the fit and
+    cheap to redo); the previous one stays untouched until the new one is complete.
+
     Example: timevis eval runs/mnist/store --epochs 3- --k 15
     """
-    from timevis_cli.evaluate.loop import evaluate, select_eval_epochs, write_eval
+    from timevis_cli.evaluate.loop import EVAL_DIR, evaluate, select_eval_epochs, write_eval
     from timevis_cli.fit.io import load_fit
 
     config = _resolve_config(
@@ -332,6 +344,7 @@ def evaluate_command(
     run = open_run(run_dir)
     fitted = load_fit(run)
     chosen = select_eval_epochs(run, fitted, config.eval.epochs)
+    _prepare(run.path, EVAL_DIR)
     result = evaluate(
         run, fitted, chosen, config.eval.k, config.eval.temporal_k, config.knn.backend,
         _BarReporter(logging.getLogger("timevis_cli.evaluate.loop"))

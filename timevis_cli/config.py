@@ -1,7 +1,7 @@
 """One experiment's settings: frozen dataclasses, one per TOML section.
 
 Precedence, lowest first: the dataclass defaults < a preset (``configs/<name>.toml``) < the
-config file < ``--set section.key=value`` < command-line flags (DESIGN.md §4). Every value is
+config file < ``--set section.key=value`` < command-line flags. Every value is
 checked when it arrives, so an error names the key, the value, where it came from and the fix.
 ``input_dims`` is deliberately absent: it comes from the run store, never from configuration.
 
@@ -55,6 +55,18 @@ _RANGE_PATTERN = (
     r"\s*(all|(\d+|(\d+-\d*|-\d+)(:[1-9]\d*)?)(\s*,\s*(\d+|(\d+-\d*|-\d+)(:[1-9]\d*)?))*)\s*"
 )
 _RANGE_TEXT = "an epoch RANGE such as all, 5, 1-160, 1,5,10-20, 10-, -20 or 0-200:10"
+
+
+# Upper bounds of the integer keys: far above any useful value, low enough that a typo (an extra
+# zero, 2e9 for 2e3) is refused at once instead of allocating for minutes and running out of
+# memory.
+_MAX_NEIGHBOURS = 1000  # kNN sizes: an [n, k] index per epoch
+_MAX_EPOCHS = 100_000  # counts of recorded epochs
+_MAX_ROWS = 10_000_000  # samples, vertices or edges held at once
+_MAX_EDGES = 1_000_000_000  # edges sampled per training epoch
+_MAX_STEPS = 1_000_000  # optimisation epochs and steps
+_MAX_MEMORY_MB = 1 << 20  # 1 TiB
+_MAX_HIDDEN_WEIGHTS = 1 << 28  # the projector's hidden layers: 1 GiB of float32
 
 
 @dataclass(frozen=True)
@@ -118,10 +130,12 @@ class KNNConfig(_Section):
     n_neighbors: int = _setting(
         15,
         "nearest neighbours per training vertex in each epoch's spatial fuzzy graph",
-        _at_least(2),
+        _within(2, _MAX_NEIGHBOURS),
     )
     boundary_neighbors: int = _setting(
-        15, "nearest boundary points linked to every vertex of an epoch", _at_least(2)
+        15,
+        "nearest boundary points linked to every vertex of an epoch",
+        _within(2, _MAX_NEIGHBOURS),
     )
 
 
@@ -132,12 +146,15 @@ class ComplexConfig(_Section):
     temporal_neighbors: int = _setting(
         14,
         "nearest other-epoch copies of a sample kept as temporal edges (the copy itself excluded)",
-        _at_least(1),
+        _within(1, _MAX_NEIGHBOURS),
     )
     temporal_window: int = _setting(
         0,
         "temporal window W in recorded-epoch steps (copies within t ± W/2); 0 = all epochs",
-        _Rule(lambda value: value == 0 or value >= 2, "must be 0 (all epochs) or >= 2"),
+        _Rule(
+            lambda value: value == 0 or 2 <= value <= _MAX_EPOCHS,
+            f"must be 0 (all epochs) or in [2, {_MAX_EPOCHS}]",
+        ),
     )
     rate_spatial: float = _setting(
         5.0,
@@ -174,7 +191,7 @@ class ReductionConfig(_Section):
     init_size: int = _setting(
         300,
         "random initial centres of the last epoch's selection (later epochs start nested)",
-        _at_least(1),
+        _within(1, _MAX_ROWS),
     )
     r0: float = _setting(
         0.25, "covering radius of the last epoch (features scaled to norm <= 1)", _above(0)
@@ -194,9 +211,11 @@ class ReductionConfig(_Section):
 class ProjectorConfig(_Section):
     """The encoder/decoder networks (``[projector]``)."""
 
-    hidden: int = _setting(256, "width of the hidden layers", _at_least(2))
+    hidden: int = _setting(256, "width of the hidden layers", _within(2, 8192))
     depth: int = _setting(
-        3, "encoder r -> hidden -> (hidden ->) x depth -> 2; the decoder mirrors it", _at_least(1)
+        3,
+        "encoder r -> hidden -> (hidden ->) x depth -> 2; the decoder mirrors it",
+        _within(1, 32),
     )
     init: str = _setting(
         "random",
@@ -204,33 +223,45 @@ class ProjectorConfig(_Section):
         _one_of("random", "pca"),
     )
 
+    def _check_together(self) -> None:
+        weights = 2 * self.depth * self.hidden**2  # the hidden-to-hidden layers of both halves
+        if weights > _MAX_HIDDEN_WEIGHTS:
+            raise ConfigError(
+                f"projector.hidden = {self.hidden} with projector.depth = {self.depth} makes "
+                f"{weights:,} hidden-layer weights ({weights * 16 / 2**30:.0f} GiB with the "
+                f"optimiser's state); keep 2 x depth x hidden^2 <= {_MAX_HIDDEN_WEIGHTS:,} "
+                "(e.g. hidden 1024 with depth 32, or 4096 with depth 8; default 256 with 3)"
+            )
+
 
 @dataclass(frozen=True)
 class TrainingConfig(_Section):
     """Fitting the projector on the complex (``[training]``)."""
 
-    batch_size: int = _setting(1000, "sampled edges per optimiser step", _at_least(1))
+    batch_size: int = _setting(1000, "sampled edges per optimiser step", _within(1, _MAX_ROWS))
     lr: float = _setting(0.01, "Adam learning rate", _above(0))
     weight_decay: float = _setting(1e-5, "Adam weight decay", _at_least(0))
-    lr_step: int = _setting(4, "training epochs between learning-rate decays", _at_least(1))
+    lr_step: int = _setting(
+        4, "training epochs between learning-rate decays", _within(1, _MAX_STEPS)
+    )
     lr_gamma: float = _setting(
         0.1, "learning-rate factor at each decay", _within(0, 1, open_low=True)
     )
     patience: int = _setting(
-        3, "training epochs without enough improvement before stopping", _at_least(1)
+        3, "training epochs without enough improvement before stopping", _within(1, _MAX_STEPS)
     )
     min_improvement: float = _setting(
         0.01, "relative loss improvement that resets the patience", _at_least(0)
     )
-    max_epochs: int = _setting(2, "most training epochs", _at_least(1))
+    max_epochs: int = _setting(2, "most training epochs", _within(1, _MAX_STEPS))
     edges_per_epoch_factor: float = _setting(
         0.8, "edges sampled per training epoch: floor(factor * sum(w / max w))", _above(0)
     )
     min_edges_per_epoch: int = _setting(
         100_000, "fewest edges sampled per training epoch (small runs still train enough)",
-        _at_least(0),
+        _within(0, _MAX_EDGES),
     )
-    negative_rate: int = _setting(5, "negative samples per positive edge", _at_least(1))
+    negative_rate: int = _setting(5, "negative samples per positive edge", _within(1, 100))
     recon_weight: float = _setting(
         1.0, "weight λ of the reconstruction loss against the UMAP loss", _at_least(0)
     )
@@ -261,11 +292,11 @@ class RefineConfig(_Section):
         "trajectory shaped like its feature-space path, then fit the decoder to the moved "
         "positions (false: the projector's positions as they are)",
     )
-    epochs: int = _setting(100, "optimisation epochs of the layout", _at_least(0))
+    epochs: int = _setting(100, "optimisation epochs of the layout", _within(0, _MAX_STEPS))
     learning_rate: float = _setting(
         0.1, "initial step of the layout optimisation (decays linearly to 0)", _above(0)
     )
-    negative_rate: int = _setting(5, "negative samples per sampled edge", _at_least(0))
+    negative_rate: int = _setting(5, "negative samples per sampled edge", _within(0, 100))
     trajectory_weight: float = _setting(
         0.5,
         "the one knob between space and time: strength of the trajectory stress that keeps each "
@@ -283,14 +314,14 @@ class RefineConfig(_Section):
         32,
         "epoch lags per sample in the trajectory stress: every lag when the run has at most "
         "this many + 1 epochs, else this many spaced geometrically",
-        _at_least(1),
+        _within(1, _MAX_EPOCHS),
     )
     memory_mb: int = _setting(
         2048,
         "the refinement's edges and trajectory targets are held in memory (on the fit device) up "
         "to this many MB; past it they go to a scratch file in RUN_DIR, read back once per layout "
         "epoch, so memory stays flat in the number of epochs (0: always the file)",
-        _at_least(0),
+        _within(0, _MAX_MEMORY_MB),
     )
     epoch_decoder: bool = _setting(
         True,
@@ -298,9 +329,9 @@ class RefineConfig(_Section):
         "can decode to different features at different epochs (false: one decoder for all)",
     )
     decoder_steps: int = _setting(
-        300, "Adam steps fitting the decoder to the refined positions", _at_least(0)
+        300, "Adam steps fitting the decoder to the refined positions", _within(0, _MAX_STEPS)
     )
-    decoder_batch: int = _setting(2000, "vertices per decoder step", _at_least(1))
+    decoder_batch: int = _setting(2000, "vertices per decoder step", _within(1, _MAX_ROWS))
     decoder_lr: float = _setting(0.01, "Adam learning rate of the decoder fit", _above(0))
 
 
@@ -341,7 +372,9 @@ class RenderConfig(_Section):
     split: str = _setting(
         "train", "samples drawn: train, test or both", _one_of("train", "test", "both")
     )
-    max_points: int = _setting(10000, "most samples drawn per frame (a fixed subset)", _at_least(1))
+    max_points: int = _setting(
+        10000, "most samples drawn per frame (a fixed subset)", _within(1, _MAX_ROWS)
+    )
     size_px: int = _setting(800, "frame width and height in pixels", _within(64, 8192))
     dpi: int = _setting(100, "resolution of the PNG frames", _within(10, 1200))
     fps: float = _setting(
@@ -350,7 +383,7 @@ class RenderConfig(_Section):
     gif: bool = _setting(True, "write render/training.gif")
     mp4: bool = _setting(False, "write render/training.mp4 (needs the video extra)")
     html: bool = _setting(False, "write render/index.html (one self-contained file)")
-    jobs: int = _setting(0, "parallel frame workers; 0 = one per CPU core", _at_least(0))
+    jobs: int = _setting(0, "parallel frame workers; 0 = one per CPU core", _within(0, 1024))
     device: str = _setting(
         "auto",
         "torch device of the grid decode and per-epoch heads (in the parent; workers only draw): "
@@ -366,8 +399,10 @@ class EvalConfig(_Section):
     epochs: str = _setting(
         "all", "fitted epochs to score (RANGE)", _matching(_RANGE_PATTERN, _RANGE_TEXT)
     )
-    k: int = _setting(15, "neighbours for nnpv and boundary preservation", _at_least(1))
-    temporal_k: int = _setting(5, "nearest other epochs for temp_l", _at_least(1))
+    k: int = _setting(
+        15, "neighbours for nnpv and boundary preservation", _within(1, _MAX_NEIGHBOURS)
+    )
+    temporal_k: int = _setting(5, "nearest other epochs for temp_l", _within(1, _MAX_EPOCHS))
 
 
 @dataclass(frozen=True)
@@ -386,7 +421,7 @@ class Config:
 
     @classmethod
     def defaults(cls) -> Config:
-        """The built-in defaults (METHOD.md)."""
+        """The built-in defaults (docs/method.md explains them)."""
         return cls()
 
     @classmethod
@@ -517,13 +552,42 @@ def _read_file(path: Path, source: str) -> dict[_Key, Any]:
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise ConfigError(f"{source} {what}")
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{source} cannot be read: {error.strerror or error}") from error
+    try:
+        data = tomllib.loads(_utf8_text(raw, source))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source} is not valid TOML: {error}") from error
-    except OSError as error:
-        raise ConfigError(f"{source} cannot be read: {error}") from error
     return _from_tables(data, source)
+
+
+_BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+
+
+def _utf8_text(raw: bytes, source: str) -> str:
+    """The text of a TOML file, which must be UTF-8 (a UTF-8 byte-order mark is dropped); a
+    ConfigError saying which encoding it seems to have and how to convert it otherwise."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    found = next((name for bom, name in _BOMS.items() if raw.startswith(bom)), None)
+    if found is None and raw.count(0) > len(raw) // 4:  # NUL is never in TOML text
+        found = "UTF-32" if raw.count(0) > len(raw) // 2 else "UTF-16"
+    seems = f"it looks like {found}" if found else ""
+    if not found:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            seems = f"byte {error.start} is 0x{raw[error.start]:02x}"
+    raise ConfigError(
+        f"{source} is not UTF-8 text ({seems}); TOML files must be UTF-8: re-save it as UTF-8 "
+        f"(e.g. iconv -f {found or 'LATIN1'} -t UTF-8 FILE > NEW_FILE)"
+    )
 
 
 def _from_tables(data: Mapping[str, Any], source: str) -> dict[_Key, Any]:
@@ -576,6 +640,8 @@ def _parse_value(raw: str, expected: type) -> Any:
     value = parsed["value"] if list(parsed) == ["value"] else raw
     if expected is str and not isinstance(value, str):
         return raw
+    if expected is int and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)  # 1e5 on a command line means 100000
     if expected is float and isinstance(value, str):
         try:
             return float(raw)

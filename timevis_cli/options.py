@@ -59,7 +59,10 @@ temporal_weight_option = click.option(
 )
 seed_option = click.option("--seed", type=int, help="Seed of every random choice.")
 overwrite_option = click.option(
-    "--overwrite", is_flag=True, help="Replace existing outputs (kept otherwise)."
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing RUN_DIR/fit/ (refused otherwise; the previous fit stays until the "
+    "new one is complete).",
 )
 
 split_option = click.option(

@@ -4,7 +4,8 @@ changed. Each case breaks a fresh copy of one small fitted store.
 
 Commands run with ``-q``: the progress log lines (INFO) are by design and not part of the error.
 Where a store holds an unreadable epoch file, the reader's one ``WARNING ... skipping`` line per
-file is expected before the error (``reader_warnings``).
+file is expected before the error (``reader_warnings``); a case may expect other WARNING lines
+(``warns``), such as a fit set aside by a killed writer being put back.
 
 The slow tests SIGKILL a real training (tests/digits_model.py) and read the store while the
 training process is still writing it.
@@ -123,6 +124,7 @@ class Case:
     setup: Setup = _nothing  # breaks the store; may return another RUN
     exit: int = 1
     reader_warnings: bool = False  # the store has unreadable epochs: WARNING lines are expected
+    warns: str = ""  # a regular expression of other WARNING lines expected before the error
     writes: tuple[str, ...] = ()  # outputs (relative to tmp_path) the command may replace
     check: Callable[[Path], None] | None = None  # more assertions on the store afterwards
 
@@ -289,6 +291,129 @@ def _no_video_extra(store, tmp, mp):
     mp.setattr(animate, "_import_video_writer", missing)
 
 
+def _computing_fails(mp: pytest.MonkeyPatch) -> None:
+    """Computing a fit, an eval or a render's landscapes raises AssertionError (not a one-line
+    error): a case passes only when the command refuses before it computes anything."""
+
+    def compute(*args, **kwargs):
+        raise AssertionError("computed before checking that the output can be written")
+
+    mp.setattr("timevis_cli.fit.pipeline.fit", compute)
+    mp.setattr("timevis_cli.evaluate.loop.evaluate", compute)
+    mp.setattr("timevis_cli.render.playback.GridLandscapes", compute)
+
+
+def _read_only(name: str) -> Setup:
+    """RUN_DIR refuses new folders for ``name`` (as a read-only file system would: tests run as
+    root, where permissions do not stop writes)."""
+
+    def setup(store, tmp, mp):
+        mkdir = Path.mkdir
+
+        def refuse(self, *args, **kwargs):
+            if self.name.startswith(f".{name}."):
+                raise OSError(errno.EROFS, "Read-only file system", str(self))
+            return mkdir(self, *args, **kwargs)
+
+        mp.setattr(Path, "mkdir", refuse)
+        if name != "render":  # render draws inside its temporary folder: nothing comes before
+            _computing_fails(mp)
+
+    return setup
+
+
+def _disk_full() -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def _disk_full_after_frames(count: int) -> Setup:
+    def setup(store, tmp, mp):
+        from timevis_cli.render.frames import FrameRenderer
+
+        real, written = FrameRenderer.save_png, []
+
+        def save_png(self, frame, path):
+            if len(written) == count:
+                raise _disk_full()
+            written.append(path)
+            return real(self, frame, path)
+
+        mp.setattr(FrameRenderer, "save_png", save_png)
+
+    return setup
+
+
+def _disk_full_writing_the_gif(store, tmp, mp):
+    def write_gif(*args, **kwargs):
+        raise _disk_full()
+
+    mp.setattr("timevis_cli.render.animate.write_gif", write_gif)
+
+
+def _disk_full_writing_the_plot(store, tmp, mp):
+    def plot(self, path):
+        Path(path).write_bytes(b"half a PNG")
+        raise _disk_full()
+
+    mp.setattr("timevis_cli.evaluate.loop.EvalResult.plot", plot)
+
+
+def _eval_is_a_file(store, tmp, mp):
+    shutil.rmtree(store / "eval")
+    (store / "eval").write_text("my notes, not an eval")
+    _computing_fails(mp)
+
+
+def _edit_projector(change: Callable[[dict], None]) -> Setup:
+    def setup(store, tmp, mp):
+        path = store / "fit" / "projector.pt"
+        saved = torch.load(path, weights_only=True)
+        change(saved)
+        torch.save(saved, path)
+
+    return setup
+
+
+def _drop_weight(saved: dict) -> None:
+    state = saved["projector"]["state_dict"]
+    del state[sorted(state)[0]]
+
+
+def _fewer_rows(key: str, keep: int) -> Setup:
+    def setup(store, tmp, mp):
+        with h5py.File(store / "fit" / "embedding.h5", "r+") as f:
+            data = f[key][:, :keep]
+            del f[key]
+            f[key] = data
+
+    return setup
+
+
+def _fit_set_aside(store, tmp, mp):
+    """A fit killed between its two renames: the previous fit/ set aside, no fit/ in place."""
+    (store / "fit").rename(store / ".fit.old-0123abcd")
+    _computing_fails(mp)
+
+
+def _fit_restored(store: Path) -> None:
+    assert not (store / ".fit.old-0123abcd").exists()
+    assert load_fit(open_run(store)).epochs == [0, 1, 2, 3]
+
+
+def _config_bytes(data: bytes) -> Setup:
+    def setup(store, tmp, mp):
+        (tmp / "config.toml").write_bytes(data)
+
+    return setup
+
+
+def _store_without_test_samples(store, tmp, mp):
+    other = drifting_clusters(tmp / "train_only", n_train=100, n_test=0, epochs=4)
+    result = invoke("fit", other, *FAST, "--set", "refine.enabled=false")
+    assert result.exit_code == 0, result.output
+    return other
+
+
 def _fitted_epochs(*epochs: int) -> Callable[[Path], None]:
     def check(store: Path) -> None:
         assert json.loads((store / "fit" / "fit.json").read_text())["epochs"] == list(epochs)
@@ -397,14 +522,19 @@ CASES = [
     Case(
         "epoch-features-of-another-run",
         ("fit", "RUN", "--overwrite", *FAST),
-        ("epoch_0002.h5", "features"),
+        ("fitted 3 epochs",),
         _features_of_another_run,
+        exit=0,
+        reader_warnings=True,
+        writes=("store/fit",),
+        check=_fitted_epochs(0, 1, 3),
     ),
     Case(
         "epoch-features-of-another-dim",
-        ("fit", "RUN", "--overwrite", *FAST),
-        ("epoch_0002.h5", "features"),
+        ("fit", "RUN", "--overwrite", "--epochs", "0-3"),
+        ("names unreadable epoch files (2; epoch 2:", "features"),
         _features_of_another_dim,
+        reader_warnings=True,
     ),
     # epoch ranges
     Case("range-not-a-range", ("fit", "RUN", "--overwrite", "--epochs", "3-x"),
@@ -542,9 +672,77 @@ CASES = [
         _no_video_extra,
     ),
     Case("eval-k-too-large", ("eval", "RUN", "--k", "1000"), ("k=1000 needs more than",)),
-    Case("eval-k-zero", ("eval", "RUN", "--k", "0"), ("eval.k = 0", "must be >= 1")),
+    Case("eval-k-zero", ("eval", "RUN", "--k", "0"), ("eval.k = 0", "must be in [1, 1000]")),
     Case("eval-temporal-k-too-large", ("eval", "RUN", "--temporal-k", "9"),
          ("temporal_k=9 must be <= 3",)),
+    # writing outputs: a read-only RUN_DIR is found before computing, a full disk keeps the
+    # previous output whole
+    Case("fit-run-dir-read-only", ("fit", "RUN", "--overwrite", *FAST),
+         ("cannot write", "fit (Read-only file system); nothing was computed; make", "writable"),
+         _read_only("fit")),
+    Case("eval-run-dir-read-only", ("eval", "RUN", "--k", "5", "--temporal-k", "2"),
+         ("cannot write", "eval (Read-only file system); nothing was computed",),
+         _read_only("eval")),
+    Case("render-run-dir-read-only", ("render", "RUN", "--resolution", "24", "--jobs", "1"),
+         ("cannot write", "render (Read-only file system); the previous render/ is kept"),
+         _read_only("render")),
+    Case("render-disk-full-midway", ("render", "RUN", "--resolution", "24", "--jobs", "1"),
+         ("render (No space left on device); the previous render/ is kept", "free space"),
+         _disk_full_after_frames(2)),
+    Case("render-disk-full-writing-the-gif", ("render", "RUN", "--resolution", "24", "--jobs", "1"),
+         ("render (No space left on device); the previous render/ is kept",),
+         _disk_full_writing_the_gif),
+    Case("eval-disk-full-while-writing", ("eval", "RUN", "--k", "4", "--temporal-k", "2"),
+         ("eval (No space left on device); the previous eval/ is kept", "free space"),
+         _disk_full_writing_the_plot),
+    Case("eval-folder-is-a-file", ("eval", "RUN", "--k", "5", "--temporal-k", "2"),
+         ("eval is a file, not a folder; move it away",), _eval_is_a_file),
+    # huge epoch ranges: refused at once, naming what is recorded
+    Case("range-huge-fit", ("fit", "RUN", "--overwrite", "--epochs", "0-2000000000"),
+         ("not recorded (4-2000000000); recorded: 0-3",)),
+    Case("range-huge-render", ("render", "RUN", "--epochs", "2-2000000000"),
+         ("not recorded (4-2000000000); recorded: 0-3",)),
+    Case("range-huge-eval", ("eval", "RUN", "--epochs", "1-2000000000:2"),
+         ("not recorded (5-1999999999:2); recorded: 0-3",)),
+    # damaged or half-replaced fits
+    Case("render-projector-without-its-weights", ("render", "RUN"),
+         ("projector.pt has no 'projector' entry", "refit with"),
+         _edit_projector(lambda saved: saved.pop("projector"))),
+    Case("eval-projector-missing-a-weight", ("eval", "RUN"),
+         ("projector.pt cannot be used", "Missing key(s)", "refit with"),
+         _edit_projector(_drop_weight)),
+    Case("render-projector-deleted", ("render", "RUN"),
+         ("projector.pt is missing, so the fit in", "refit with"),
+         lambda store, tmp, mp: (store / "fit" / "projector.pt").unlink()),
+    Case("render-embedding-fewer-rows", ("render", "RUN"),
+         ("embedding.h5 holds 50 train samples per epoch, but the store tracks 100", "refit with"),
+         _fewer_rows("train", 50)),
+    Case("eval-embedding-fewer-test-rows", ("eval", "RUN"),
+         ("embedding.h5 holds 5 test samples per epoch, but the store tracks 20", "refit with"),
+         _fewer_rows("test", 5)),
+    Case("render-fit-set-aside-by-a-killed-fit", ("render", "RUN"),
+         (".fit.old-0123abcd holds the fit", "put it back with: mv"), _fit_set_aside),
+    Case("fit-set-aside-by-a-killed-fit", ("fit", "RUN", *FAST),
+         ("fit already exists; pass --overwrite",), _fit_set_aside,
+         warns="restoring fit/ from", writes=("store/fit", "store/.fit.old-0123abcd"),
+         check=_fit_restored),
+    # configuration: encodings, absurd sizes, a split the store lacks
+    Case("config-utf16", ("fit", "RUN", "--config", "TMP/config.toml"),
+         ("config.toml is not UTF-8 text (it looks like UTF-16)", "re-save it as UTF-8"),
+         _config_bytes("[training]\nlr = 0.1\n".encode("utf-16"))),
+    Case("config-latin1", ("render", "RUN", "--config", "TMP/config.toml"),
+         ("config.toml is not UTF-8 text (byte 14 is 0xe9)", "iconv"),
+         _config_bytes("[render]\n# caf\u00e9\n".encode("latin-1"))),
+    Case("set-hidden-absurd", ("fit", "RUN", "--set", "projector.hidden=2e9"),
+         ("projector.hidden = 2000000000 in --set is out of range", "[2, 8192]")),
+    Case("set-neighbours-absurd", ("fit", "RUN", "--set", "knn.n_neighbors=1000000"),
+         ("knn.n_neighbors = 1000000", "[2, 1000]")),
+    Case("config-projector-too-large", ("fit", "RUN", "--config", "TMP/config.toml"),
+         ("makes 1,073,741,824 hidden-layer weights", "keep 2 x depth x hidden^2"),
+         _config("[projector]\nhidden = 8192\ndepth = 8\n")),
+    Case("render-split-test-without-test-samples", ("render", "RUN", "--split", "test"),
+         ('render.split = "test"', "tracks no test samples (100 train); use --split train"),
+         _store_without_test_samples),
 ]  # fmt: skip
 
 
@@ -578,6 +776,10 @@ def test_bad_input(case: Case, source: Path, tmp_path: Path, monkeypatch: pytest
         warnings = [line for line in lines if READER_WARNING.match(line)]
         assert warnings, out
         lines = [line for line in lines if not READER_WARNING.match(line)]
+    if case.warns:
+        warned = [line for line in lines if re.match(f"WARNING .*{case.warns}", line)]
+        assert warned, out
+        lines = [line for line in lines if line not in warned]
     if case.exit == 0:
         for text in case.expect:
             assert text in out, out
@@ -598,8 +800,9 @@ def test_bad_input(case: Case, source: Path, tmp_path: Path, monkeypatch: pytest
     old, new = kept(before), kept(after)
     changed = sorted(p for p in set(old) | set(new) if old.get(p, "<none>") != new.get(p, "<none>"))
     assert not changed, f"earlier outputs changed: {changed}"
-    if store.is_dir():
-        assert not [p.name for p in store.iterdir() if p.name.startswith(".")]
+    if store.is_dir():  # no temporary folder left behind (a case may have made hidden ones)
+        left = {p for p in after if p.startswith("store/.") and "/" not in p[len("store/") :]}
+        assert left <= set(before), sorted(left - set(before))
     if case.check is not None:
         case.check(store)
 

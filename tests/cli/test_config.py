@@ -48,7 +48,7 @@ PRESETS = {
         "training": {"recon_weight": 10.0},
     },
 }
-"""METHOD.md sections 4-5."""
+"""The presets' values (docs/method.md §4-5)."""
 
 
 def _flat(tables: dict) -> dict[str, object]:
@@ -311,10 +311,10 @@ def test_type_error_in_file_and_flags(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("entry", "rule"),
     [
-        ("knn.n_neighbors=1", "must be >= 2"),
-        ("knn.boundary_neighbors=0", "must be >= 2"),
-        ("complex.temporal_neighbors=0", "must be >= 1"),
-        ("complex.temporal_window=1", "0 (all epochs) or >= 2"),
+        ("knn.n_neighbors=1", "must be in [2, 1000]"),
+        ("knn.boundary_neighbors=0", "must be in [2, 1000]"),
+        ("complex.temporal_neighbors=0", "must be in [1, 1000]"),
+        ("complex.temporal_window=1", "0 (all epochs) or in [2, 100000]"),
         ("complex.rate_temporal=0", "must be > 0"),
         ("complex.prune_offset=-1", "must be >= 0"),
         ("complex.boundary_source=input", "must be one of auto, store, feature, none"),
@@ -322,21 +322,35 @@ def test_type_error_in_file_and_flags(tmp_path: Path) -> None:
         ("reduction.coverage=1.5", "must be in (0, 1]"),
         ("reduction.r0=0", "must be > 0"),
         ("reduction.alpha=-1", "must be >= 0"),
-        ("reduction.init_size=0", "must be >= 1"),
-        ("projector.depth=0", "must be >= 1"),
+        ("reduction.init_size=0", "must be in [1, 10000000]"),
+        ("projector.depth=0", "must be in [1, 32]"),
         ("training.lr=0", "must be > 0"),
         ("training.lr=nan", "finite"),
         ("training.lr=inf", "finite"),
         ("training.lr_gamma=1.5", "must be in (0, 1]"),
-        ("training.batch_size=0", "must be >= 1"),
+        ("training.batch_size=0", "must be in [1, 10000000]"),
         ("render.resolution=8", "must be in [16, 2048]"),
         ("render.resolution=4096", "must be in [16, 2048]"),
-        ("render.jobs=-1", "must be >= 0"),
+        ("render.jobs=-1", "must be in [0, 1024]"),
         ("render.bounds=local", "must be one of global, per-epoch"),
         ("fit.device=gpu", "auto, cpu, cuda or cuda:<i>"),
         ("fit.seed=-1", "must be in [0, 4294967295]"),
         ("fit.epochs=1-x", "epoch RANGE"),
-        ("eval.k=0", "must be >= 1"),
+        ("eval.k=0", "must be in [1, 1000]"),
+        # absurd sizes are refused before anything is allocated
+        ("projector.hidden=2000000000", "must be in [2, 8192]"),
+        ("projector.hidden=2e9", "must be in [2, 8192]"),
+        ("projector.depth=1000", "must be in [1, 32]"),
+        ("knn.n_neighbors=100000", "must be in [2, 1000]"),
+        ("complex.temporal_window=1000000000", "0 (all epochs) or in [2, 100000]"),
+        ("training.batch_size=1e12", "must be in [1, 10000000]"),
+        ("training.max_epochs=1e9", "must be in [1, 1000000]"),
+        ("training.min_edges_per_epoch=1e12", "must be in [0, 1000000000]"),
+        ("refine.memory_mb=1e9", "must be in [0, 1048576]"),
+        ("refine.decoder_batch=1e9", "must be in [1, 10000000]"),
+        ("render.max_points=1e9", "must be in [1, 10000000]"),
+        ("render.jobs=100000", "must be in [0, 1024]"),
+        ("eval.temporal_k=1e6", "must be in [1, 100000]"),
     ],
 )
 def test_range_errors_state_the_rule_and_default(entry: str, rule: str) -> None:
@@ -348,6 +362,52 @@ def test_range_errors_state_the_rule_and_default(entry: str, rule: str) -> None:
     assert rule in message
     if "finite" not in rule:
         assert f"(default: {name} = " in message
+
+
+def test_a_projector_too_large_for_memory_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["projector.hidden=8192", "projector.depth=8"])
+    message = str(info.value)
+    assert message.startswith("projector.hidden = 8192 with projector.depth = 8 makes 1,073,741,824")
+    assert "16 GiB" in message and "keep 2 x depth x hidden^2 <= 268,435,456" in message
+    assert load_config(overrides=["projector.hidden=4096", "projector.depth=8"]).projector.depth == 8
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"), [("training.max_epochs=1e2", 100), ("knn.n_neighbors=2.0e1", 20)]
+)
+def test_integer_keys_take_whole_numbers_in_exponent_form(entry: str, expected: int) -> None:
+    section, key = entry.partition("=")[0].split(".")
+    value = getattr(getattr(load_config(overrides=[entry]), section), key)
+    assert value == expected and type(value) is int
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("[training]\nlr = 0.1\n".encode("utf-16"), "(it looks like UTF-16)"),
+        ("[training]\nlr = 0.1\n".encode("utf-16-be"), "(it looks like UTF-16)"),
+        ("[training]\nlr = 0.1\n".encode("utf-32"), "(it looks like UTF-32)"),
+        ('[render]\nsplit = "tést"\n'.encode("latin-1"), "(byte 19 is 0xe9)"),
+    ],
+    ids=["utf-16", "utf-16-be-without-bom", "utf-32", "latin-1"],
+)
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_encoding(
+    tmp_path: Path, data: bytes, expected: str
+) -> None:
+    path = tmp_path / "run.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"config file {path} is not UTF-8 text {expected}")
+    assert "re-save it as UTF-8 (e.g. iconv -f " in message and "\n" not in message
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_bytes(b"\xef\xbb\xbf[training]\nlr = 0.1\n")
+    assert load_config(path).training.lr == 0.1
 
 
 def test_cross_key_check() -> None:

@@ -1,8 +1,17 @@
-"""fit -> render -> eval through the CLI on a tiny synthetic store, and render/eval bad inputs."""
+"""fit -> render -> eval through the CLI on a tiny synthetic store, and render/eval bad inputs;
+render and eval replace their folder as a whole, and a render that stops midway (an error,
+Ctrl-C, SIGKILL) leaves the previous one byte-identical."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -10,6 +19,7 @@ from PIL import Image
 from stores import drifting_clusters
 
 from timevis_cli.cli import main
+from timevis_cli.render.frames import FrameRenderer
 
 
 def invoke(*args):
@@ -87,14 +97,22 @@ def test_render_without_a_fit_says_to_fit_first(tmp_path):
 
 
 def test_render_into_an_unwritable_folder(store, monkeypatch):
-    import os
+    mkdir = Path.mkdir
 
-    real_access = os.access
-    monkeypatch.setattr(
-        "timevis_cli.cli.os.access", lambda path, mode: mode != os.W_OK and real_access(path, mode)
-    )
-    result = invoke("render", store, "--no-gif")
-    assert result.exit_code == 1 and "not writable" in result.output
+    def read_only(self, *args, **kwargs):  # tests run as root: permissions would not stop it
+        if self.parent == store:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    result = invoke("-q", "render", store, "--no-gif")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        f"Error: cannot write {store / 'render'} (Read-only file system); "
+        + ("the previous render/ is kept as it was" if (store / "render").exists() else
+           "no render/ was written")
+        + f"; make {store} writable, or copy the run store to a writable folder, then run again"
+    )  # fmt: skip
 
 
 def test_mp4_without_the_video_extra_names_the_install(store, monkeypatch):
@@ -115,3 +133,148 @@ def test_a_fit_of_another_run_is_refused(store, tmp_path):
     shutil.copytree(store / "fit", other / "fit")
     result = invoke("render", other)
     assert result.exit_code == 1 and "another run" in result.output
+
+
+# --- render and eval replace their folder as a whole --------------------------------------------
+FAST_RENDER = ("--resolution", "16", "--jobs", "1")
+
+
+def _copy(store: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(store, tmp_path / "store"))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _hidden(run: Path) -> list[str]:
+    return sorted(p.name for p in run.iterdir() if p.name.startswith("."))
+
+
+def test_rerendering_fewer_epochs_leaves_no_old_frames(store, tmp_path):
+    run = _copy(store, tmp_path)
+    result = invoke("render", run, "--html", *FAST_RENDER)
+    assert result.exit_code == 0, result.output
+    out = run / "render"
+    assert len(_files(out)) == 9  # 6 frames, GIF, page, config
+    assert (  # the paths printed are the final ones, not the temporary folder's
+        f"wrote 6 frames (epoch_0000.png ... epoch_0005.png), {out / 'training.gif'}, "
+        f"{out / 'index.html'} into {out}"
+    ) in result.output
+    page = (out / "index.html").read_text()
+    assert ".render." not in page and "epoch_0001.png" not in page  # backgrounds are embedded
+
+    result = invoke("render", run, "--epochs", "2-3", "--no-gif", *FAST_RENDER)
+    assert result.exit_code == 0, result.output
+    assert sorted(_files(run / "render")) == ["config.toml", "epoch_0002.png", "epoch_0003.png"]
+    assert f"replaced {run / 'render'}/ (previous: 9 files)" in result.output
+    assert f"wrote 2 frames (epoch_0002.png ... epoch_0003.png) into {run / 'render'}" in (
+        result.output
+    )
+    assert "/.render." not in result.output  # every path printed or logged is the final one
+    assert _hidden(run) == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt(), RuntimeError("boom")],
+    ids=["disk-full", "ctrl-c", "crash"],
+)
+def test_a_render_that_stops_midway_keeps_the_previous_render_byte_identical(
+    store, tmp_path, monkeypatch, error
+):
+    run = _copy(store, tmp_path)
+    assert invoke("render", run, "--html", *FAST_RENDER).exit_code == 0
+    before = _files(run / "render")
+    real, drawn = FrameRenderer.save_png, []
+
+    def fails_after_two_frames(self, frame, path):
+        if len(drawn) == 2:
+            raise error
+        drawn.append(Path(path))
+        return real(self, frame, path)
+
+    monkeypatch.setattr(FrameRenderer, "save_png", fails_after_two_frames)
+    # other frames than the previous render's (another resolution), fewer epochs, no page
+    result = invoke("-q", "render", run, "--epochs", "1-4", "--resolution", "24", "--jobs", "1")
+    assert result.exit_code == 1, result.output
+    assert len(drawn) == 2 and all(path.parent.name.startswith(".render.") for path in drawn)
+    assert _files(run / "render") == before
+    assert _hidden(run) == []
+    if isinstance(error, OSError):
+        assert result.output.strip().startswith(
+            f"Error: cannot write {run / 'render'} (No space left on device); the previous "
+            "render/ is kept as it was; free space on the disk of"
+        )
+
+
+KILLED_RENDER = """
+import sys, time
+from timevis_cli.render.frames import FrameRenderer
+
+real = FrameRenderer.save_png
+
+
+def save_then_hang(self, frame, path):
+    written = real(self, frame, path)
+    print(path, flush=True)
+    time.sleep(600)  # SIGKILLed here, after its first frame
+    return written
+
+
+FrameRenderer.save_png = save_then_hang
+from timevis_cli.cli import main
+
+main(["-q", "render", sys.argv[1], "--epochs", "1-4", "--resolution", "24", "--jobs", "1"])
+"""
+
+
+def test_a_sigkilled_render_keeps_the_previous_render_and_the_next_cleans_up(store, tmp_path):
+    run = _copy(store, tmp_path)
+    assert invoke("render", run, *FAST_RENDER).exit_code == 0
+    before = _files(run / "render")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RENDER, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        frame = Path(proc.stdout.readline().strip())  # the first new frame is on disk
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert frame.name == "epoch_0001.png" and frame.is_file()
+    assert frame.parent.parent == run and frame.parent.name.startswith(".render.")
+    assert _files(run / "render") == before
+    assert _hidden(run) == [frame.parent.name]
+
+    result = invoke("render", run, "--epochs", "1-2", "--no-gif", *FAST_RENDER)
+    assert result.exit_code == 0, result.output
+    assert f"removing {frame.parent}, left by a writer of render/" in result.output
+    assert _hidden(run) == []
+    assert sorted(_files(run / "render")) == ["config.toml", "epoch_0001.png", "epoch_0002.png"]
+
+
+def test_eval_rerun_with_other_options_leaves_only_the_new_files(store, tmp_path):
+    run = _copy(store, tmp_path)
+    assert invoke("eval", run, "--k", "10", "--temporal-k", "3").exit_code == 0
+    (run / "eval" / "notes.txt").write_text("written into eval/ by hand")
+
+    result = invoke("eval", run, "--epochs", "2-4", "--k", "5", "--temporal-k", "1")
+    assert result.exit_code == 0, result.output
+    assert sorted(_files(run / "eval")) == ["metrics.json", "metrics.md", "metrics.png"]
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert {row["epoch"] for row in metrics["per_epoch"]} == {2, 3, 4}
+    assert f"replaced {run / 'eval'}/ (previous: 4 files)" in result.output
+    assert _hidden(run) == []
+
+
+@pytest.mark.parametrize("command", ["render", "eval"])
+def test_render_and_eval_help_say_they_replace_their_folder(command):
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert f"replaces RUN_DIR/{command}/ as a whole (no --overwrite" in text
+    assert "untouched until the new one is complete" in text

@@ -1,14 +1,25 @@
-"""Output folders written whole or not at all: ``timevis_cli.outputs.replaced_folder``."""
+"""Output folders written whole or not at all, replaced as a whole, and write failures as one
+line: ``timevis_cli.outputs``."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from timevis_cli.outputs import OutputExists, replaced_folder
+from timevis_cli.errors import InputError, TimeVisError
+from timevis_cli.outputs import (
+    OutputExists,
+    OutputWriteError,
+    prepare_output,
+    replaced_folder,
+    set_aside,
+    write_error,
+)
 
 
 def _previous(run_dir: Path) -> Path:
@@ -108,3 +119,117 @@ def test_writers_of_one_run_dir_take_turns(tmp_path):
     # first's folder, or been replaced by the first's rename a moment later)
     assert (tmp_path / "fit" / "who.txt").read_text() == "second"
     assert _hidden(tmp_path) == []
+
+
+# --- replacing as a whole, write failures, the check before computing ------------------------
+
+
+def test_a_new_output_replaces_the_previous_one_as_a_whole_and_says_so(tmp_path, caplog):
+    (tmp_path / "render").mkdir()
+    for name in ("epoch_0000.png", "epoch_0001.png", "index.html"):
+        (tmp_path / "render" / name).write_text("previous")
+    with caplog.at_level(logging.INFO, logger="timevis_cli.outputs"):
+        with replaced_folder(tmp_path, "render") as tmp:
+            (tmp / "epoch_0001.png").write_text("new")
+    assert sorted(p.name for p in (tmp_path / "render").iterdir()) == ["epoch_0001.png"]
+    assert f"replaced {tmp_path / 'render'}/ (previous: 3 files)" in caplog.text
+    assert _hidden(tmp_path) == []
+
+
+def test_log_lines_written_in_the_block_name_the_final_folder(tmp_path, caplog):
+    logger = logging.getLogger("timevis_cli.render.animate")
+    with caplog.at_level(logging.INFO, logger="timevis_cli"):
+        with replaced_folder(tmp_path, "render") as tmp:
+            logger.info("wrote %s: 4 frames", tmp / "training.gif")
+    assert f"wrote {tmp_path / 'render' / 'training.gif'}: 4 frames" in caplog.text
+    assert not [message for message in caplog.messages if ".render." in message]
+    logger.info("after the block: %s", "nothing rewritten")  # the factory is restored
+    assert logging.getLogRecordFactory() is logging.LogRecord
+
+
+@pytest.mark.parametrize(
+    ("error", "fix"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "free space on the disk"),
+        (OSError(errno.EROFS, "Read-only file system"), "writable"),
+    ],
+)
+def test_a_failed_write_is_one_line_and_keeps_the_previous_output(tmp_path, error, fix):
+    kept = _previous(tmp_path)
+    with pytest.raises(OutputWriteError) as info, replaced_folder(tmp_path, "fit") as tmp:
+        (tmp / "b.txt").write_text("half")
+        raise error
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "fit") in message
+    assert error.strerror in message and "previous fit/ is kept" in message and fix in message
+    assert isinstance(info.value, TimeVisError)
+    assert kept.read_text() == "previous" and _hidden(tmp_path) == []
+
+
+def test_an_error_naming_a_file_in_the_temporary_folder_is_a_write_error(tmp_path):
+    with pytest.raises(OutputWriteError, match="Permission denied"), replaced_folder(
+        tmp_path, "eval"
+    ) as tmp:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp / "metrics.png"))
+    assert _hidden(tmp_path) == [] and not (tmp_path / "eval").exists()
+
+
+def test_other_errors_pass_through_unchanged(tmp_path):
+    elsewhere = FileNotFoundError(errno.ENOENT, "No such file", str(tmp_path / "run.h5"))
+    with pytest.raises(FileNotFoundError) as info, replaced_folder(tmp_path, "eval"):
+        raise elsewhere
+    assert info.value is elsewhere and _hidden(tmp_path) == []
+
+
+def test_a_file_in_the_way_is_refused_unless_replacing_files_is_asked(tmp_path):
+    (tmp_path / "render").write_text("my notes")
+    with pytest.raises(InputError, match="is a file, not a folder; move it away"):
+        with replaced_folder(tmp_path, "render"):
+            pytest.fail("the block must not run")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        prepare_output(tmp_path, "render")
+    assert (tmp_path / "render").read_text() == "my notes" and _hidden(tmp_path) == []
+    with replaced_folder(tmp_path, "render", replace_file=True) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (tmp_path / "render" / "a.txt").read_text() == "new"
+
+
+def test_prepare_output_checks_the_folder_can_be_written_before_any_work(tmp_path, monkeypatch):
+    mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.parent == tmp_path:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(OutputWriteError) as info:
+        prepare_output(tmp_path, "fit")
+    message = str(info.value)
+    assert "Read-only file system" in message and "nothing was computed" in message
+    assert f"make {tmp_path} writable" in message
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    prepare_output(tmp_path, "fit")  # writable: nothing is left behind
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_output_restores_a_set_aside_output_then_refuses_to_overwrite_it(tmp_path):
+    set_aside_fit = tmp_path / ".fit.old-0123abcd"  # killed between its two renames
+    set_aside_fit.mkdir()
+    (set_aside_fit / "a.txt").write_text("previous")
+    assert set_aside(tmp_path, "fit") == [set_aside_fit]
+    with pytest.raises(OutputExists):
+        prepare_output(tmp_path, "fit", overwrite=False)
+    assert (tmp_path / "fit" / "a.txt").read_text() == "previous" and _hidden(tmp_path) == []
+    prepare_output(tmp_path, "fit", overwrite=True)
+    assert (tmp_path / "fit" / "a.txt").read_text() == "previous"
+
+
+def test_write_error_names_the_fix_for_a_full_disk_and_a_read_only_folder(tmp_path):
+    full = write_error(tmp_path / "eval", OSError(errno.ENOSPC, "No space left on device"))
+    assert str(full) == (
+        f"cannot write {tmp_path / 'eval'} (No space left on device); no eval/ was written; "
+        f"free space on the disk of {tmp_path} (or raise the quota), then run again"
+    )
+    denied = write_error(tmp_path / "eval", OSError(errno.EACCES, "Permission denied"), "x")
+    assert "(Permission denied); x; make" in str(denied)

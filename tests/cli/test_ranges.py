@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -54,6 +56,51 @@ def test_open_ranges_take_what_is_recorded():
 def test_bad_ranges_say_what_is_recorded(text, pattern):
     with pytest.raises(InputError, match=pattern):
         parse_range(text, PRESENT)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("0-2000000000", "4-2000000000"),
+        ("2-99999999999999999999", "4-99999999999999999999"),
+        ("0-2000000000:7", "7-1999999995:7"),
+        ("1,3,5-2000000000", "5-2000000000"),
+    ],
+)
+def test_huge_ranges_are_refused_at_once_without_building_them(text, named):
+    started = time.perf_counter()
+    with pytest.raises(InputError) as info:
+        parse_range(text, [0, 1, 2, 3])
+    assert time.perf_counter() - started < 0.5
+    assert str(info.value) == (
+        f"epoch range {text!r} names epochs that are not recorded ({named}); recorded: 0-3"
+    )
+
+
+def test_huge_open_and_stepped_ranges_select_what_is_recorded_at_once():
+    started = time.perf_counter()
+    present = list(range(0, 200, 2))
+    assert parse_range("0-:2000000000", present) == [0]
+    assert parse_range("-2000000000", present) == present
+    assert parse_range("2000000000-", [*present, 2_000_000_000]) == [2_000_000_000]
+    with pytest.raises(InputError, match="selects no recorded epoch"):
+        parse_range("2000000000-", present)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_many_gaps_are_named_as_a_few_ranges():
+    present = list(range(0, 40, 2))  # every other epoch
+    with pytest.raises(InputError) as info:
+        parse_range("0-2000000", present)
+    assert str(info.value) == (
+        "epoch range '0-2000000' names epochs that are not recorded (1, 3, 5, 7, 9, 11, 13, 15, "
+        "... (12 more ranges)); recorded: " + ", ".join(map(str, present))
+    )
+
+
+def test_an_unreadable_epoch_inside_a_huge_range_is_named():
+    with pytest.raises(InputError, match=r"names unreadable epoch files \(5; epoch 5: truncated"):
+        parse_range("0-2000000000", [0, 1, 2, 3, 4], {5: "truncated file"})
 
 
 def test_device_resolution_without_gpu(monkeypatch):

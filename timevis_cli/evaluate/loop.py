@@ -789,7 +789,9 @@ def _read_rows(reader: FeatureRows, rows: np.ndarray) -> np.ndarray:
 
 def write_eval(run_dir: str | os.PathLike, result: EvalResult) -> Path:
     """Write ``RUN_DIR/eval/`` (metrics.json, metrics.md, metrics.png) through a temporary
-    folder renamed at the end; a previous eval is replaced. Returns the folder."""
+    folder renamed at the end; the previous eval is replaced as a whole, and kept as it was when
+    writing fails (:class:`~timevis_cli.outputs.OutputWriteError`, one line: a full disk, a
+    read-only RUN_DIR). Returns the folder."""
     run_dir = Path(run_dir)
     with replaced_folder(run_dir, EVAL_DIR) as tmp:
         (tmp / JSON_FILE).write_text(result.to_json() + "\n", encoding="utf-8")

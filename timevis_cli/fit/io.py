@@ -23,10 +23,10 @@ import torch
 
 from timevis_callback.reader import Run
 from timevis_cli.config import Config
-from timevis_cli.errors import InputError, StoreError
+from timevis_cli.errors import InputError, StoreError, TimeVisError
 from timevis_cli.fit.pipeline import FitModel, FitResult, ModelTransforms
 from timevis_cli.fit.projector import Projector
-from timevis_cli.outputs import OutputExists, replaced_folder
+from timevis_cli.outputs import OutputExists, replaced_folder, set_aside, write_error
 
 FIT_DIR = "fit"
 PROJECTOR_FILE = "projector.pt"
@@ -69,7 +69,7 @@ def save_fit(run_dir: Path, result: FitResult, overwrite: bool) -> Path:
     run_dir = Path(run_dir)
     final = run_dir / FIT_DIR
     try:
-        with replaced_folder(run_dir, FIT_DIR, overwrite) as tmp:
+        with replaced_folder(run_dir, FIT_DIR, overwrite, replace_file=True) as tmp:
             torch.save(
                 {
                     "projector": result.model.projector.checkpoint(),
@@ -108,10 +108,8 @@ def save_fit(run_dir: Path, result: FitResult, overwrite: bool) -> Path:
             (tmp / CONFIG_FILE).write_text(result.config.to_toml())
     except OutputExists as exc:
         raise InputError(f"{final} already exists; pass --overwrite to replace it") from exc
-    except OSError as exc:
-        raise StoreError(
-            f"cannot write {final} ({exc.strerror or exc}); the previous fit, if any, is kept"
-        ) from exc
+    except OSError as exc:  # HDF5's and torch's failures to write, raised inside the block
+        raise write_error(final, exc) from exc
     return final
 
 
@@ -156,37 +154,114 @@ class LoadedFit(ModelTransforms):
 
 
 def load_fit(run: Run, device: torch.device | None = None) -> LoadedFit:
-    """The fit of ``run``; errors say to run ``timevis fit`` when it is missing or stale."""
+    """The fit of ``run``; every error is one line naming the file and the fix (run ``timevis
+    fit`` when there is none, refit when it is damaged, stale or of another store)."""
     path = run.path / FIT_DIR
-    if not (path / PROJECTOR_FILE).exists() or not (path / EMBEDDING_FILE).exists():
+    refit = f"refit with: timevis fit {run.path} --overwrite"
+    if not path.is_dir():
+        aside = set_aside(run.path, FIT_DIR)
+        if aside:
+            raise StoreError(
+                f"{path} is missing, but {aside[-1]} holds the fit a stopped `timevis fit` set "
+                f"aside while replacing it; put it back with: mv {aside[-1]} {path}"
+            )
         raise InputError(f"{run.path} has no fit yet; run: timevis fit {run.path}")
+    files = [path / PROJECTOR_FILE, path / EMBEDDING_FILE]
+    absent = [file for file in files if not file.is_file()]
+    if len(absent) == len(files):
+        raise InputError(f"{run.path} has no fit yet; run: timevis fit {run.path}")
+    if absent:
+        raise StoreError(f"{absent[0]} is missing, so the fit in {path} is incomplete; {refit}")
     try:
         saved = torch.load(path / PROJECTOR_FILE, map_location="cpu", weights_only=True)
         with h5py.File(path / EMBEDDING_FILE, "r") as f:
             run_id = str(f.attrs[ATTR_RUN_ID])
             epochs = [int(e) for e in f[EPOCHS][...]]
+            shapes = {key: f[key].shape for key in _SHAPED}
+            offsets = f[BOUNDARY_OFFSETS][...]
     except (OSError, KeyError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise StoreError(
-            f"{path} cannot be read ({reason}); refit with: timevis fit {run.path} --overwrite"
-        ) from exc
+        raise StoreError(f"{path} cannot be read ({reason}); {refit}") from exc
     if run_id != run.run_id:
         raise InputError(
             f"{path} was fitted on another run ({run_id[:12]}, this store is {run.run_id[:12]}); "
-            f"refit with: timevis fit {run.path} --overwrite"
+            f"{refit}"
         )
     missing = sorted(set(epochs) - set(run.epochs))
     if missing:
-        raise InputError(
-            f"{path} covers epochs {missing} that the store no longer has; "
-            f"refit with: timevis fit {run.path} --overwrite"
+        raise InputError(f"{path} covers epochs {missing} that the store no longer has; {refit}")
+    _check_embedding(run, path / EMBEDDING_FILE, len(epochs), shapes, offsets, refit)
+    projector_file = path / PROJECTOR_FILE
+    if not isinstance(saved, dict):
+        raise StoreError(
+            f"{projector_file} holds a {type(saved).__name__}, not a timevis fit; {refit}"
         )
+    for key in ("projector", "config"):
+        if key not in saved:
+            raise StoreError(
+                f"{projector_file} has no {key!r} entry (keys: {', '.join(map(str, saved))}); "
+                f"{refit}"
+            )
     device = device or torch.device("cpu")
-    projector = Projector.from_checkpoint(saved["projector"], map_location=device)
+    try:
+        projector = Projector.from_checkpoint(saved["projector"], map_location=device)
+        config = Config.from_dict(saved["config"], source=str(projector_file))
+    except (TimeVisError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise StoreError(f"{projector_file} cannot be used ({reason}); {refit}") from exc
+    if projector.input_dim != run.feature_dim:
+        raise StoreError(
+            f"{projector_file} maps {projector.input_dim}-d features, but the store's are "
+            f"{run.feature_dim}-d; {refit}"
+        )
     return LoadedFit(
         model=FitModel(projector.eval(), device, list(epochs)),
-        config=Config.from_dict(saved["config"], source=str(path / PROJECTOR_FILE)),
+        config=config,
         run_id=run_id,
         epochs=epochs,
         path=path,
     )
+
+
+#: embedding.h5 datasets whose shapes are checked against the store and each other on load
+_SHAPED = (TRAIN, TEST, BOUNDARY_POINTS, BOUNDARY_FEATURES, BOUNDARY_PAIR)
+
+
+def _check_embedding(
+    run: Run,
+    file: Path,
+    n_epochs: int,
+    shapes: dict[str, tuple[int, ...]],
+    offsets: np.ndarray,
+    refit: str,
+) -> None:
+    """StoreError unless ``embedding.h5``'s arrays fit the store: every epoch's positions of
+    every tracked sample, and boundary rows that the offsets index."""
+    for key in (TRAIN, TEST):
+        tracked = int(run.samples.mask(key).sum())
+        shape = shapes[key]
+        if len(shape) != 3 or shape[2] != 2:
+            raise StoreError(
+                f"{file}: {key!r} has shape {shape}, not (epochs, samples, 2); {refit}"
+            )
+        if shape[0] != n_epochs:
+            raise StoreError(
+                f"{file} holds {key} positions of {shape[0]} epochs but lists {n_epochs}; {refit}"
+            )
+        if shape[1] != tracked:
+            raise StoreError(
+                f"{file} holds {shape[1]} {key} samples per epoch, but the store tracks "
+                f"{tracked}; {refit}"
+            )
+    rows = shapes[BOUNDARY_POINTS][0] if shapes[BOUNDARY_POINTS] else 0
+    consistent = (
+        offsets.shape == (n_epochs + 1,)
+        and (offsets.size == 0 or (offsets[0] == 0 and offsets[-1] == rows))
+        and bool(np.all(np.diff(offsets) >= 0))
+        and all(shapes[key][:1] == (rows,) for key in (BOUNDARY_FEATURES, BOUNDARY_PAIR))
+    )
+    if not consistent:
+        raise StoreError(
+            f"{file}: the boundary points ({rows} rows) do not match their per-epoch offsets "
+            f"or features; {refit}"
+        )

@@ -1,5 +1,5 @@
-"""Frames of the training animation (METHOD.md section 6, DESIGN.md section 4): the only module
-that imports matplotlib.
+"""Frames of the training animation (docs/method.md §7): the only module that imports
+matplotlib.
 
 A :class:`FrameRenderer` owns ONE figure, drawn by the Agg canvas and never registered with
 pyplot, and updates its artists in place for each :class:`EpochFrame` (``imshow.set_data``, the

@@ -1,4 +1,4 @@
-"""What ``timevis render`` computes: per-epoch frames of the fitted map (METHOD.md section 6).
+"""What ``timevis render`` computes: per-epoch frames of the fitted map (docs/method.md §7).
 
 The work is split between the parent process and the render workers:
 
@@ -86,8 +86,10 @@ def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
     if settings.bounds not in BOUNDS:
         raise InputError(f"bounds={settings.bounds!r} must be one of {', '.join(BOUNDS)}")
     epochs = parse_range(settings.epochs, fit.epochs)
-    n_train = int(run.samples.mask("train").sum())
-    n_test = int(run.samples.mask("test").sum()) if settings.split != "train" else 0
+    tracked = {split: int(run.samples.mask(split).sum()) for split in ("train", "test")}
+    _check_split(run.path, settings.split, tracked)
+    n_train = tracked["train"]
+    n_test = tracked["test"] if settings.split != "train" else 0
     train_rows = np.arange(n_train) if settings.split != "test" else np.arange(0)
     test_rows = np.arange(n_test)
     total = len(train_rows) + len(test_rows)
@@ -123,6 +125,21 @@ def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
         class_names=run.class_names,
         epochs_apart=apart,
     )
+
+
+def _check_split(run_dir: Path, split: str, tracked: dict[str, int]) -> None:
+    """InputError when ``split`` draws no sample at all (a store without test samples asked
+    for ``--split test``); a warning when ``both`` finds one split empty."""
+    if split in tracked and tracked[split] == 0:
+        other = "test" if split == "train" else "train"
+        fix = f"use --split {other}" if tracked[other] else "the store tracks no sample at all"
+        raise InputError(
+            f'render.split = "{split}", but {run_dir} tracks no {split} samples '
+            f"({tracked[other]} {other}); {fix}"
+        )
+    empty = [name for name, count in tracked.items() if count == 0]
+    if split == "both" and empty:
+        log.warning("--split both: %s tracks no %s samples", run_dir, empty[0])
 
 
 #: One epoch's landscape: grid classes (R, R) (``landscape.class_dtype``), margins float32 (R, R).

@@ -256,6 +256,32 @@ def test_plan_render_draws_an_epoch_apart_on_its_own_canvas(tmp_path):
     assert per_epoch.epochs_apart == [] and per_epoch.bounds[3] == canvas_bounds(epochs[3])
 
 
+@pytest.mark.parametrize("only", ["train", "test"])
+def test_plan_render_refuses_a_split_the_store_has_no_samples_of(tmp_path, caplog, only):
+    epochs = _drifting_epochs(n_epochs=3, n=40)
+    split = np.array([only] * 40)
+    run = SimpleNamespace(
+        path=tmp_path, class_names=NAMES, samples=SimpleNamespace(mask=lambda s: split == s)
+    )
+    fit = SimpleNamespace(
+        epochs=list(epochs),
+        embedding=lambda t: {"train": epochs[t] if only == "train" else np.zeros((0, 2))},
+    )
+    other = "test" if only == "train" else "train"
+    settings = load_config(overrides=[f"render.split={other}"]).render
+    with pytest.raises(InputError) as info:
+        plan_render(run, fit, settings)
+    assert str(info.value) == (
+        f'render.split = "{other}", but {tmp_path} tracks no {other} samples (40 {only}); '
+        f"use --split {only}"
+    )
+    if only == "train":
+        with caplog.at_level(logging.WARNING, logger="timevis_cli.render.playback"):
+            both = plan_render(run, fit, load_config(overrides=["render.split=both"]).render)
+        assert len(both.train_rows) == 40 and len(both.test_rows) == 0
+        assert "tracks no test samples" in caplog.text
+
+
 def test_renderer_rejects_unknown_classes(renderer):
     frame = _frame()
     bad = dataclasses.replace(frame, train_preds=frame.train_preds + 5)
