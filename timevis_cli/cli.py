@@ -54,13 +54,25 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @options.verbose_option
 @options.quiet_option
+@options.threads_option
 @click.version_option(package_name="timevis")
-def main(verbose: int, quiet: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool, threads: int) -> None:
     """timevis: watch a classifier's predictions form during training.
 
     Record with TimeVisCallback, then: timevis info RUN_DIR.
     """
     _configure_logging(verbose, quiet)
+    ctx.obj = {"threads": threads}
+
+
+def _limit_threads() -> None:
+    """Size torch's, OpenMP's and the BLAS's thread pools (``timevis --threads``) before a
+    command computes; logs the count."""
+    from timevis_cli.threads import limit_threads
+
+    root = click.get_current_context().find_root()
+    limit_threads((root.obj or {}).get("threads", 0))
 
 
 @main.command()
@@ -71,7 +83,7 @@ def info(run_dir: Path, as_json: bool) -> None:
 
     Example: timevis info lightning_logs/version_0/timevis
     """
-    summary = summarize(open_run(run_dir))
+    summary = summarize(open_run(run_dir, warn_unreadable=False))  # listed as UNREADABLE
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -164,6 +176,7 @@ def fit(
             f"--temporal-weight {temporal_weight} sets refine.trajectory_weight, which acts only "
             "with the refinement; drop --temporal-weight or refine.enabled=false"
         )
+    _limit_threads()
     run = open_run(run_dir)
     _prepare(run.path, FIT_DIR, overwrite=overwrite, replace_file=True)
     result = run_fit(run, config, _BarReporter(logging.getLogger("timevis_cli.fit.pipeline")))
@@ -259,6 +272,7 @@ def render(
         },
     )
     settings = config.render
+    _limit_threads()
     run = open_run(run_dir)
     fit_result = load_fit(run)
     plan = plan_render(run, fit_result, settings)
@@ -341,6 +355,7 @@ def evaluate_command(
         overrides,
         **{"eval.epochs": epochs, "eval.k": k, "eval.temporal_k": temporal_k, "knn.backend": knn},
     )
+    _limit_threads()
     run = open_run(run_dir)
     fitted = load_fit(run)
     chosen = select_eval_epochs(run, fitted, config.eval.epochs)
@@ -358,3 +373,13 @@ def evaluate_command(
             for name, value in values.items()
         )
         click.echo(f"  {split}: {shown}")
+
+
+def _register_commands() -> None:
+    """Commands defined in their stage's subpackage (their heavy imports stay inside them)."""
+    from timevis_cli.dynamics.command import dynamics_command
+
+    main.add_command(dynamics_command, name="dynamics")
+
+
+_register_commands()

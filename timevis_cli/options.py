@@ -22,6 +22,15 @@ verbose_option = click.option(
     "-v", "--verbose", count=True, help="Debug detail on stderr (per-step progress, timings)."
 )
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    envvar="TIMEVIS_THREADS",
+    show_default=True,
+    help="CPU threads for torch, FAISS and the BLAS (0: the cores this process may use, from its "
+    "CPU affinity and cgroup quota; env TIMEVIS_THREADS).",
+)
 
 config_option = click.option(
     "--config",

@@ -395,6 +395,11 @@ def _import_faiss(backend_name: str) -> Any:
             f"--knn {backend_name} needs FAISS, which is not installed: "
             f"{_EXTRA_HINT[backend_name]}; or use --knn torch"
         ) from error
+    import torch
+
+    # FAISS's OpenMP pool starts one thread per core of the machine; keep it to torch's count,
+    # which the command sized to the cores this process may use (timevis_cli.threads)
+    faiss.omp_set_num_threads(torch.get_num_threads())
     return faiss
 
 
