@@ -14,7 +14,6 @@ from pathlib import Path
 import click
 
 from timevis_cli import options
-from timevis_cli.errors import TimeVisError
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +44,7 @@ ambiguous_variability_option = click.option(
 )
 
 
-class _Command(click.Command):
-    """Prints any TimeVisError as one line on stderr with exit code 1 (as the ``timevis``
-    group does), also when the command is invoked on its own."""
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except TimeVisError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(1)
-
-
-@click.command(name="dynamics", cls=_Command)
+@click.command(name="dynamics")
 @options.run_dir_argument
 @options.epochs_option
 @options.split_option

@@ -9,8 +9,7 @@ loaded on first use.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from timevis_cli.lazy import lazy_api
 
 _PUBLIC = {
     "evaluate": "loop",
@@ -19,10 +18,4 @@ _PUBLIC = {
     "select_eval_epochs": "loop",
 }
 
-__all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_api(__name__, _PUBLIC)

@@ -12,8 +12,7 @@ loaded on first use so that importing a light module of this package does not lo
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from timevis_cli.lazy import lazy_api
 
 _PUBLIC = {
     "fit": "pipeline",
@@ -25,10 +24,4 @@ _PUBLIC = {
     "LoadedFit": "io",
 }
 
-__all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_api(__name__, _PUBLIC)

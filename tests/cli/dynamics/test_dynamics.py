@@ -18,9 +18,9 @@ from PIL import Image
 
 from timevis_callback import open_run
 from timevis_callback.writer import RunHeader, write_epoch, write_run
+from timevis_cli.cli import main
 from timevis_cli.dynamics import measures as dm
 from timevis_cli.dynamics import outputs as do
-from timevis_cli.dynamics.command import dynamics_command
 from timevis_cli.dynamics.measures import (
     NEVER,
     NO_CLASS,
@@ -83,7 +83,7 @@ def _store(
 
 
 def _invoke(*args: str):
-    return CliRunner().invoke(dynamics_command, [str(a) for a in args])
+    return CliRunner().invoke(main, ["dynamics", *(str(a) for a in args)])
 
 
 def _one_line_error(result, *fragments: str) -> str:
