@@ -3,7 +3,7 @@
     python scripts/bench_faithfulness.py [STORE ...] [--preset P] [--set key=value ...]
                                          [--methods timevis,pca,umap,aligned]
                                          [--variant "key=value key=value" ...] [--epochs RANGE]
-                                         [--ppr-from 3] [--threads 2] [--out JSON]
+                                         [--threads 2] [--out JSON]
 
 For each run store (default ``/work/runs/mnist/store``, the demo's MNIST-5k run) it fits
 
@@ -26,10 +26,12 @@ For each run store (default ``/work/runs/mnist/store``, the demo's MNIST-5k run)
 and scores every method with the project's own ``timevis_cli.evaluate.loop.evaluate`` (same k, same
 temporal k, same splits, same boundary points: the store's, as the timevis fit uses them), then
 prints ONE markdown table per store: method x {fit seconds, nnpv(k) train/test, boundary(k)
-train, temp_l(tk) train, temp_g train, temppv train, ppr train/test}. ppr is the mean over the
-epochs from ``--ppr-from`` on (default 3: the MNIST run's classifier is past 85% accuracy there),
-with the worst such epoch in brackets. Spatial metrics are averaged over all epochs; the temporal
-ones are over the whole run (the eval convention). "fit s" is, for timevis, reduction + complex
+train, temp_l(tk) train, temp_g train, temppv train, ppr train/test}. ppr is the mean over ALL
+fitted epochs, with the worst epoch's value and number in brackets (an early, barely trained
+epoch counts like any other: a map that is wrong there is wrong where users look). Spatial
+metrics are averaged over all epochs; the temporal ones are over the whole run (the eval
+convention). Below the table, a per-epoch table of each timevis row: ppr train/test and
+nnpv train/test at every fitted epoch. "fit s" is, for timevis, reduction + complex
 + temporal + mixing + training + refine (the fit-time target; embedding every sample is left out), for
 the baselines the time to fit and embed the training samples.
 
@@ -266,22 +268,23 @@ def fit_aligned(data: StoreData, k: int, seed: int) -> MethodFit:
 # --------------------------------------------------------------------------- scoring
 
 
-def score(data: StoreData, method: MethodFit, k: int, temporal_k: int, ppr_from: int) -> dict:
+def score(data: StoreData, method: MethodFit, k: int, temporal_k: int) -> dict:
     from timevis_cli.evaluate.loop import evaluate
 
     started = time.perf_counter()
     result = evaluate(data.run, method, data.epochs, k=k, temporal_k=temporal_k, knn_backend="auto")
-    late = [e for e in data.epochs if e >= ppr_from] or data.epochs
     row: dict[str, Any] = {"method": method.name, "fit_seconds": method.seconds}
+    row["epochs"] = list(data.epochs)
     for split in result.splits:
         row[f"nnpv_{split}"] = result.value("nnpv", split)
         row[f"boundary_{split}"] = result.value("boundary", split)
         row[f"recon_{split}"] = result.value("recon", split)
         for metric in ("temp_l", "temp_g", "temppv"):
             row[f"{metric}_{split}"] = result.value(metric, split)
-        values = [result.value("ppr", split, e) for e in late]
-        row[f"ppr_{split}"] = float(np.mean(values))
-        row[f"ppr_{split}_min"] = float(np.min(values))
+        worst = result.worst[split]["ppr"]
+        row[f"ppr_{split}"] = result.value("ppr", split)  # the mean over every fitted epoch
+        row[f"ppr_{split}_min"] = float(worst["value"])
+        row[f"ppr_{split}_min_epoch"] = worst["epoch"]
         row[f"ppr_{split}_all"] = result.series("ppr", split)
         row[f"nnpv_{split}_per_epoch"] = result.series("nnpv", split)
     row["eval_seconds"] = time.perf_counter() - started
@@ -293,11 +296,18 @@ def _f(value: float, spec: str = ".3f") -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def table(rows: list[dict], k: int, temporal_k: int, ppr_from: int) -> str:
+def _worst(row: dict, split: str) -> str:
+    """``"0.962 (0.871 @ 2)"``: the mean ppr over every epoch, the worst epoch's in brackets."""
+    epoch = row.get(f"ppr_{split}_min_epoch")
+    at = f" @ {epoch}" if epoch is not None else ""
+    return f"{_f(row.get(f'ppr_{split}'))} ({_f(row.get(f'ppr_{split}_min'))}{at})"
+
+
+def table(rows: list[dict], k: int, temporal_k: int) -> str:
     header = [
         "method", "fit s", f"nnpv({k}) train", f"nnpv({k}) test", f"boundary({k})",
-        f"temp_l({temporal_k})", "temp_g τ", "temppv ↓", f"ppr train (e≥{ppr_from}, min)",
-        f"ppr test (e≥{ppr_from}, min)",
+        f"temp_l({temporal_k})", "temp_g τ", "temppv ↓", "ppr train (worst @ epoch)",
+        "ppr test (worst @ epoch)",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for r in rows:
@@ -310,10 +320,27 @@ def table(rows: list[dict], k: int, temporal_k: int, ppr_from: int) -> str:
             _f(r.get("temp_l_train")),
             _f(r.get("temp_g_train")),
             _f(r.get("temppv_train")),
-            f"{_f(r.get('ppr_train'))} ({_f(r.get('ppr_train_min'))})",
-            f"{_f(r.get('ppr_test'))} ({_f(r.get('ppr_test_min'))})",
+            _worst(r, "train"),
+            _worst(r, "test"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_epoch_table(row: dict) -> str:
+    """One timevis row epoch by epoch: ppr train/test and nnpv train/test."""
+    epochs = row.get("epochs") or list(range(len(row["ppr_train_all"])))
+    series = [row.get(key) or [] for key in ("ppr_train_all", "ppr_test_all")]
+    series += [row.get(f"nnpv_{split}_per_epoch") or [] for split in ("train", "test")]
+    lines = [
+        f"{row['method']}, per epoch:",
+        "",
+        "| epoch | ppr train | ppr test | nnpv train | nnpv test |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for i, epoch in enumerate(epochs):
+        cells = [_f(values[i]) if i < len(values) else "n/a" for values in series]
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -334,7 +361,7 @@ def targets(rows: list[dict]) -> list[str]:
             for metric, better in (("temp_l", 1), ("temp_g", 1), ("temppv", -1)):
                 ok = better * (r[f"{metric}_train"] - pca_row[f"{metric}_train"]) >= 0
                 checks.append(f"{metric} vs PCA: {'yes' if ok else 'NO'}")
-        for split in ("train", "test"):  # the mean over epochs >= --ppr-from (the worst is shown)
+        for split in ("train", "test"):  # the mean over every fitted epoch (the worst is shown)
             ok = r[f"ppr_{split}"] >= 0.95
             checks.append(f"ppr {split} ≥ 0.95: {'yes' if ok else 'NO'}")
         ok = r["fit_seconds"] < 60
@@ -359,7 +386,6 @@ def main() -> None:
     parser.add_argument("--epochs", default="all", help="RANGE of recorded epochs to fit and score")
     parser.add_argument("--k", type=int, default=15)
     parser.add_argument("--temporal-k", type=int, default=5)
-    parser.add_argument("--ppr-from", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--umap-inverse", choices=("knn", "umap"), default="knn")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
@@ -427,7 +453,7 @@ def main() -> None:
             for fitted in fits:
                 if fitted.name in LABELS:
                     fitted.name = LABELS[fitted.name]
-                row = score(data, fitted, args.k, temporal_k, args.ppr_from)
+                row = score(data, fitted, args.k, temporal_k)
                 rows.append(row)
                 if args.out:  # after every method, so a long run keeps what it measured
                     report["stores"][str(store)] = {"epochs": epochs, "rows": rows}
@@ -440,14 +466,19 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-        text = table(rows, args.k, temporal_k, args.ppr_from)
+        text = table(rows, args.k, temporal_k)
         print(f"\n### {store} ({len(data.train[0])} train, {len(data.test[0])} test, epochs "
               f"{epochs[0]}-{epochs[-1]})\n")  # fmt: skip
         print(text)
+        per_epoch = [per_epoch_table(r) for r in rows if r["method"].startswith("timevis")]
+        for block in per_epoch:
+            print("\n" + block)
         checks = targets(rows)
         if checks:
             print("\n" + "\n".join(checks))
-        report["stores"][str(store)] = {"epochs": epochs, "rows": rows, "table": text}
+        report["stores"][str(store)] = {
+            "epochs": epochs, "rows": rows, "table": text, "per_epoch": per_epoch,
+        }
         if args.out:
             args.out.write_text(json.dumps(report, indent=1, default=float))
 

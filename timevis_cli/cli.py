@@ -66,13 +66,13 @@ def main(ctx: click.Context, verbose: int, quiet: bool, threads: int) -> None:
     ctx.obj = {"threads": threads}
 
 
-def _limit_threads() -> None:
+def _limit_threads() -> int:
     """Size torch's, OpenMP's and the BLAS's thread pools (``timevis --threads``) before a
-    command computes; logs the count."""
+    command computes; returns the count (logged with -v; fit's summary line names it)."""
     from timevis_cli.threads import limit_threads
 
     root = click.get_current_context().find_root()
-    limit_threads((root.obj or {}).get("threads", 0))
+    return limit_threads((root.obj or {}).get("threads", 0))
 
 
 @main.command()
@@ -176,7 +176,7 @@ def fit(
             f"--temporal-weight {temporal_weight} sets refine.trajectory_weight, which acts only "
             "with the refinement; drop --temporal-weight or refine.enabled=false"
         )
-    _limit_threads()
+    threads = _limit_threads()
     run = open_run(run_dir)
     _prepare(run.path, FIT_DIR, overwrite=overwrite, replace_file=True)
     result = run_fit(run, config, _BarReporter(logging.getLogger("timevis_cli.fit.pipeline")))
@@ -184,7 +184,8 @@ def fit(
     seconds = result.stats["seconds"]
     click.echo(
         f"fitted {len(result.epochs)} epochs in {sum(seconds.values()):.1f} s "
-        f"({', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())}); wrote {path}"
+        f"({', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())}) on {threads} CPU "
+        f"thread(s); wrote {path}"
     )
 
 
@@ -210,6 +211,7 @@ def _prepare(run_dir: Path, name: str, overwrite: bool = True, replace_file: boo
 @options.split_option
 @options.resolution_option
 @options.bounds_option
+@options.agreement_option
 @options.gif_option
 @options.mp4_option
 @options.html_option
@@ -225,6 +227,7 @@ def render(
     split: str | None,
     resolution: int | None,
     bounds: str | None,
+    agreement: bool | None,
     gif: bool | None,
     mp4: bool | None,
     html: bool | None,
@@ -249,10 +252,12 @@ def render(
     from timevis_cli.render.playback import (
         FrameBuilder,
         GridLandscapes,
+        agreement_summary,
         export_viewer,
         frame_inputs,
         parse_track,
         plan_render,
+        write_agreement,
     )
 
     config = _resolve_config(
@@ -264,6 +269,7 @@ def render(
             "render.split": split,
             "render.resolution": resolution,
             "render.bounds": bounds,
+            "render.show_agreement": agreement,
             "render.gif": gif,
             "render.mp4": mp4,
             "render.html": html,
@@ -305,6 +311,8 @@ def render(
             FrameBuilder(plan), plan.epochs, tmp, renderer, jobs=workers, inputs=inputs
         )
         written = [f"{len(paths)} frames ({paths[0].name} ... {paths[-1].name})"]
+        write_agreement(tmp, landscapes.agreements)
+        written.append(str(out / "agreement.json"))
         if settings.gif:
             animation = write_gif(paths, tmp / "training.gif", frame_ms=int(1000 / settings.fps))
             written.append(str(out / animation.name))
@@ -317,7 +325,9 @@ def render(
             )
             written.append(str(out / page.name))
         (tmp / "config.toml").write_text(config.to_toml())
-    click.echo("wrote " + ", ".join(written) + f" into {out}")
+    click.echo(
+        "wrote " + ", ".join(written) + f" into {out}; " + agreement_summary(landscapes.agreements)
+    )
 
 
 @main.command(name="eval")
@@ -365,14 +375,9 @@ def evaluate_command(
         _BarReporter(logging.getLogger("timevis_cli.evaluate.loop"))
     )
     path = write_eval(run.path, result)
-    averages = result.averages
     click.echo(f"wrote {path}/metrics.json, metrics.md, metrics.png")
-    for split, values in averages.items():
-        shown = ", ".join(
-            f"{name} {value['paper'] if isinstance(value, dict) else value:.3f}"
-            for name, value in values.items()
-        )
-        click.echo(f"  {split}: {shown}")
+    for line in result.summary_lines():
+        click.echo(f"  {line}")
 
 
 def _register_commands() -> None:

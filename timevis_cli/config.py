@@ -365,9 +365,22 @@ class RenderConfig(_Section):
         _within(1, 16),
     )
     bounds: str = _setting(
-        "global",
-        "canvas bounds: global (one for all frames but epochs lying far apart) or per-epoch",
-        _one_of("global", "per-epoch"),
+        "follow",
+        "canvas bounds: follow (each epoch framed on its train samples and boundary points, "
+        "smoothed over the epochs, its train samples' 5-95% extent filling at least 0.6 of the "
+        "frame), global (one for all frames but epochs lying far apart) or per-epoch",
+        _one_of("global", "per-epoch", "follow"),
+    )
+    fade_distance: float = _setting(
+        0.08,
+        "the landscape fades to the background where no train/test sample or boundary point of "
+        "the epoch lies within this fraction of the canvas side (gone at 1.5 times it); 0: off",
+        _within(0, 1),
+    )
+    show_agreement: bool = _setting(
+        True,
+        "draw each epoch's landscape agreement (share of drawn train samples whose landscape "
+        "class is the model's prediction) in the frame's corner, red below 0.9",
     )
     split: str = _setting(
         "train", "samples drawn: train, test or both", _one_of("train", "test", "both")

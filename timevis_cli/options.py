@@ -84,9 +84,17 @@ resolution_option = click.option(
 )
 bounds_option = click.option(
     "--bounds",
-    type=click.Choice(["global", "per-epoch"]),
-    help="Canvas: one for all rendered epochs (default, no 'breathing'; an epoch lying far from "
-    "the rest, such as an untrained epoch 0, gets its own) or one per epoch.",
+    type=click.Choice(["follow", "global", "per-epoch"]),
+    help="Canvas: follow (default) frames each epoch on its samples and boundary points, "
+    "gliding between epochs, the data always filling most of the frame; global is one for all "
+    "rendered epochs (an epoch lying far from the rest, such as an untrained epoch 0, gets its "
+    "own); per-epoch is each epoch's own, jumping from frame to frame.",
+)
+agreement_option = click.option(
+    "--agreement/--no-agreement",
+    default=None,
+    help="Draw each epoch's landscape agreement (share of drawn train samples whose landscape "
+    "class is the model's prediction) in the frame's corner (default: on).",
 )
 gif_option = click.option("--gif/--no-gif", default=None, help="Write render/training.gif.")
 mp4_option = click.option(

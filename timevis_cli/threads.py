@@ -57,8 +57,8 @@ def usable_cores() -> int:
 
 def limit_threads(requested: int | None = None) -> int:
     """Size torch's intra-op pool, OpenMP's (FAISS) and the BLAS's (numpy, through threadpoolctl)
-    to ``requested`` threads, or to :func:`usable_cores` when None or 0. Returns the count, which
-    is also logged once."""
+    to ``requested`` threads, or to :func:`usable_cores` when None or 0. Returns the count (also
+    logged, at debug level: ``timevis fit`` names it in its summary line)."""
     if requested is not None and requested < 0:
         from timevis_cli.errors import ConfigError
 
@@ -80,7 +80,7 @@ def limit_threads(requested: int | None = None) -> int:
     if faiss is not None:
         faiss.omp_set_num_threads(threads)
         limited.append("faiss")
-    log.info(
+    log.debug(
         "using %d CPU thread(s) (%s; %d usable core(s)%s)",
         threads,
         ", ".join(limited),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -160,19 +161,24 @@ def test_rerendering_fewer_epochs_leaves_no_old_frames(store, tmp_path):
     result = invoke("render", run, "--html", *FAST_RENDER)
     assert result.exit_code == 0, result.output
     out = run / "render"
-    assert len(_files(out)) == 9  # 6 frames, GIF, page, config
+    assert len(_files(out)) == 10  # 6 frames, agreement, GIF, page, config
     assert (  # the paths printed are the final ones, not the temporary folder's
-        f"wrote 6 frames (epoch_0000.png ... epoch_0005.png), {out / 'training.gif'}, "
-        f"{out / 'index.html'} into {out}"
+        f"wrote 6 frames (epoch_0000.png ... epoch_0005.png), {out / 'agreement.json'}, "
+        f"{out / 'training.gif'}, {out / 'index.html'} into {out}"
     ) in result.output
     page = (out / "index.html").read_text()
     assert ".render." not in page and "epoch_0001.png" not in page  # backgrounds are embedded
 
     result = invoke("render", run, "--epochs", "2-3", "--no-gif", *FAST_RENDER)
     assert result.exit_code == 0, result.output
-    assert sorted(_files(run / "render")) == ["config.toml", "epoch_0002.png", "epoch_0003.png"]
-    assert f"replaced {run / 'render'}/ (previous: 9 files)" in result.output
-    assert f"wrote 2 frames (epoch_0002.png ... epoch_0003.png) into {run / 'render'}" in (
+    assert sorted(_files(run / "render")) == [
+        "agreement.json", "config.toml", "epoch_0002.png", "epoch_0003.png"
+    ]
+    assert f"replaced {run / 'render'}/ (previous: 10 files)" in result.output
+    assert (
+        f"wrote 2 frames (epoch_0002.png ... epoch_0003.png), {run / 'render' / 'agreement.json'} "
+        f"into {run / 'render'}"
+    ) in (
         result.output
     )
     assert "/.render." not in result.output  # every path printed or logged is the final one
@@ -254,7 +260,9 @@ def test_a_sigkilled_render_keeps_the_previous_render_and_the_next_cleans_up(sto
     assert result.exit_code == 0, result.output
     assert f"removing {frame.parent}, left by a writer of render/" in result.output
     assert _hidden(run) == []
-    assert sorted(_files(run / "render")) == ["config.toml", "epoch_0001.png", "epoch_0002.png"]
+    assert sorted(_files(run / "render")) == [
+        "agreement.json", "config.toml", "epoch_0001.png", "epoch_0002.png"
+    ]
 
 
 def test_eval_rerun_with_other_options_leaves_only_the_new_files(store, tmp_path):
@@ -278,3 +286,32 @@ def test_render_and_eval_help_say_they_replace_their_folder(command):
     text = " ".join(result.output.split())
     assert f"replaces RUN_DIR/{command}/ as a whole (no --overwrite" in text
     assert "untouched until the new one is complete" in text
+
+
+def test_render_writes_the_agreement_and_summarises_it(store):
+    result = invoke("-q", "render", store, "--resolution", "40", "--no-gif", "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    agreement = json.loads((store / "render" / "agreement.json").read_text())
+    assert sorted(agreement) == [str(e) for e in range(6)]
+    assert all(0.0 <= v <= 1.0 for v in agreement.values())
+    low = min(agreement.values())
+    assert f"agreement min {low:.3f}"[:-1] in result.output.replace("\n", " ")
+
+
+def test_no_agreement_flag_leaves_the_corner_empty(store):
+    shown = invoke("-q", "render", store, "--epochs", "3", "--resolution", "40", "--no-gif", "--jobs", "1")
+    assert shown.exit_code == 0, shown.output
+    with_badge = np.asarray(Image.open(store / "render" / "epoch_0003.png").convert("RGB"))
+    hidden = invoke(
+        "-q", "render", store, "--epochs", "3", "--resolution", "40", "--no-gif", "--jobs", "1",
+        "--no-agreement",
+    )
+    assert hidden.exit_code == 0, hidden.output
+    without = np.asarray(Image.open(store / "render" / "epoch_0003.png").convert("RGB"))
+    assert not np.array_equal(with_badge, without)
+
+
+def test_eval_prints_each_metrics_mean_and_worst_epoch(store):
+    result = invoke("-q", "eval", store, "--k", "10", "--temporal-k", "3")
+    assert result.exit_code == 0, result.output
+    assert "worst" in result.output and "(epoch " in result.output

@@ -52,7 +52,7 @@ def test_unreadable_quota_is_ignored(tmp_path, monkeypatch):
 def test_limit_threads_sets_torch_and_logs(caplog):
     before = torch.get_num_threads()
     try:
-        with caplog.at_level("INFO", logger="timevis_cli.threads"):
+        with caplog.at_level("DEBUG", logger="timevis_cli.threads"):
             assert threads.limit_threads(1) == 1
         assert torch.get_num_threads() == 1
         assert "using 1 CPU thread(s)" in caplog.text
@@ -76,11 +76,12 @@ def test_cli_threads_option_sizes_the_pools_and_logs_it(tmp_path):
     try:
         result = CliRunner().invoke(
             main,
-            ["--threads", "1", "fit", str(store), "--set", "training.max_epochs=1",
+            ["-v", "--threads", "1", "fit", str(store), "--set", "training.max_epochs=1",
              "--set", "refine.epochs=5", "--set", "refine.decoder_steps=5"],
         )
         assert result.exit_code == 0, result.output
-        assert "using 1 CPU thread(s)" in result.output
+        assert "using 1 CPU thread(s)" in result.output  # the debug log
+        assert "on 1 CPU thread(s); wrote" in result.output  # the summary line
         assert torch.get_num_threads() == 1
         bad = CliRunner().invoke(main, ["--threads", "-1", "info", str(store)])
         assert bad.exit_code == 2 and "-1" in bad.output

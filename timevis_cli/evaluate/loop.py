@@ -178,6 +178,48 @@ class EvalResult:
             out[split].update(self.temporal[split])
         return out
 
+    @cached_property
+    def worst(self) -> dict[str, dict[str, dict[str, float | int | None]]]:
+        """Per split and per-epoch metric: its worst epoch, ``{"value": v, "epoch": e}`` in the
+        paper's convention (the lowest where higher is better, the highest where lower is;
+        NaN epochs left out, ``epoch`` None when every epoch is NaN). temppv is one number
+        for the whole run and has no worst epoch."""
+        out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+        for split in self.splits:
+            out[split] = {}
+            for metric in (*SPATIAL, *TEMPORAL_PER_EPOCH):
+                series = [
+                    (value, epoch)
+                    for epoch, value in zip(self.epochs, self.series(metric, split), strict=True)
+                    if not math.isnan(value)
+                ]
+                if not series:
+                    out[split][metric] = {"value": float("nan"), "epoch": None}
+                    continue
+                pick = min if _higher_is_better(metric) else max
+                value, epoch = pick(series, key=lambda item: item[0])
+                out[split][metric] = {"value": value, "epoch": epoch}
+        return out
+
+    def summary_lines(self) -> list[str]:
+        """The printed summary: per split, each metric's mean over the epochs and its worst
+        epoch, e.g. ``"train: ppr mean 0.962 worst 0.901 (epoch 3), ..."``; temppv and the
+        whole-run temporal numbers as they are."""
+        lines = []
+        for split in self.splits:
+            parts = []
+            for metric, value in self.averages[split].items():
+                worst = self.worst[split].get(metric)
+                if worst is None:  # temppv: one number for the run
+                    parts.append(f"{metric} {_number(value['paper'], '.3f')}")
+                    continue
+                text = f"{metric} mean {_number(value['paper'], '.3f')}"
+                if worst["epoch"] is not None:
+                    text += f" worst {float(worst['value']):.3f} (epoch {worst['epoch']})"
+                parts.append(text)
+            lines.append(f"{split}: " + ", ".join(parts))
+        return lines
+
     # --- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values; NaN becomes None."""
@@ -196,6 +238,7 @@ class EvalResult:
             ],
             "temporal": _nan_to_none(self.temporal),
             "averages": _nan_to_none(self.averages),
+            "worst": _nan_to_none(self.worst),
             "notes": list(self.notes),
             "seconds": dict(self.seconds),
         }
@@ -270,15 +313,17 @@ class EvalResult:
                     for epoch in self.epochs
                 ],
             )
-        lines += ["", "## Averages", ""]
-        lines += _table(
-            ["split", *(headers[m] for m in METRICS)],
-            [[split, *(self._cell(m, split) for m in METRICS)] for split in self.splits],
-        )
+        lines += ["", "## Averages and worst epochs", ""]
+        rows = []
+        for split in self.splits:
+            rows.append([f"{split} mean", *(self._cell(m, split) for m in METRICS)])
+            rows.append([f"{split} worst", *(self._worst_cell(m, split) for m in METRICS)])
+        lines += _table(["split", *(headers[m] for m in METRICS)], rows)
         lines += [
             "",
-            "Spatial metrics are averaged over epochs; temppv, temp_l and temp_g are over all "
-            "selected epochs at once.",
+            "Spatial metrics are averaged over every evaluated epoch; temppv, temp_l and temp_g "
+            "are over all selected epochs at once. Worst: the epoch with the worst value (paper "
+            "convention) and that value; temppv is one number for the whole run.",
             "",
             "## How to read the metrics",
             "",
@@ -295,6 +340,12 @@ class EvalResult:
         reference = self.value(metric, split, epoch, "reference")
         counts = metric in ("nnpv", "boundary", "temp_l")
         return f"{_number(paper, '.3f')} ({_number(reference, '.2f' if counts else '.3f')})"
+
+    def _worst_cell(self, metric: str, split: str) -> str:
+        worst = self.worst[split].get(metric)
+        if worst is None or worst["epoch"] is None:
+            return "n/a"
+        return f"{float(worst['value']):.3f} (epoch {worst['epoch']})"
 
     def plot(self, path: str | os.PathLike) -> Path:
         """``metrics.png``: each per-epoch metric over epochs (train and test lines, paper

@@ -9,7 +9,8 @@ out once, and each frame redraws only those artists over a cached picture of the
 Colours: the landscape image is computed beforehand (``landscape.landscape_image``); points are
 coloured by label from the same fixed palette, indexed by class id. A misclassified point is a
 ring in its label's colour around a dot in the predicted class's colour. Test points are
-triangles, training points circles.
+triangles, training points circles. The epoch's landscape agreement, when given, is written in
+the canvas's top-left corner ("agreement 0.97"), in red below :data:`AGREEMENT_WARN`.
 
 :func:`render_epochs` renders many epochs, optionally in a process pool: each worker receives the
 frame-building function once (pickled in the pool initializer) and builds its frames itself from
@@ -43,6 +44,7 @@ from timevis_cli.render import landscape
 from timevis_cli.render.landscape import Bounds
 
 __all__ = [
+    "AGREEMENT_WARN",
     "DEFAULT_SIZE_PX",
     "EpochFrame",
     "FrameRenderer",
@@ -62,6 +64,8 @@ FRAME_FILENAME = "epoch_{epoch:04d}.png"
 PNG_COMPRESS_LEVEL = 3
 #: More classes than this: the legend lists no class names (it would cover the frame).
 MAX_LEGEND_CLASSES = 40
+#: A landscape agreement below this is drawn in red (and ``timevis render`` warns of it).
+AGREEMENT_WARN = 0.9
 
 _TITLE_PX = 44  # height of the title band at the top
 _TITLE_FONTSIZE = 14.0  # points; shrunk (or the title wrapped) when it does not fit the band
@@ -72,6 +76,7 @@ _MIN_CANVAS_PX = 32  # smallest canvas height left under the title and above the
 _RING_SCALE = 3.2  # ring marker area / dot marker area
 _EDGE_COLOUR = (0.12, 0.12, 0.12, 1.0)  # thin outline that keeps a dot visible on its own colour
 _NEUTRAL = (0.45, 0.45, 0.45, 1.0)  # marker legend entries
+_AGREEMENT_COLOURS = {True: (0.12, 0.12, 0.12), False: (0.8, 0.1, 0.1)}  # ok / below the warning
 
 
 def _is_int(value: object) -> bool:
@@ -115,7 +120,8 @@ class EpochFrame:
     background: uint8 (R, R, 3), row 0 at the top (``landscape.landscape_image``); bounds: the
     canvas it covers; *_points: float (n, 2) embedding positions; *_labels, *_preds: int (n,)
     class ids. Test arrays are optional (all three or none). metrics: shown after the epoch in
-    the title, in order.
+    the title, in order. agreement: the epoch's landscape agreement in [0, 1], drawn in the
+    canvas's corner (None: not drawn).
     """
 
     epoch: int
@@ -128,10 +134,13 @@ class EpochFrame:
     test_labels: np.ndarray | None = None
     test_preds: np.ndarray | None = None
     metrics: Mapping[str, float | str] = field(default_factory=dict)
+    agreement: float | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.epoch):
             raise InputError(f"epoch={self.epoch!r} must be an integer")
+        if self.agreement is not None and not (0.0 <= float(self.agreement) <= 1.0):
+            raise InputError(f"agreement={self.agreement!r} must be in [0, 1] or None")
         background = np.asarray(self.background)
         if background.ndim != 3 or background.shape[2] != 3 or background.dtype != np.uint8:
             raise InputError(
@@ -313,9 +322,14 @@ class FrameRenderer:
             fontsize=_TITLE_FONTSIZE, multialignment="center",
         )  # fmt: skip
         self._title_shown: str | None = None
+        self._agreement = ax.text(
+            0.012, 0.988, "", transform=ax.transAxes, ha="left", va="top", fontsize=10,
+            zorder=10, bbox={"boxstyle": "round,pad=0.25", "facecolor": "white",
+                             "edgecolor": "0.6", "alpha": 0.85},
+        )  # fmt: skip
         # Drawn per frame over a cached picture of the rest (legend, frame of the axes); the
         # point layers' markers are created animated.
-        for artist in (self._image, self._title):
+        for artist in (self._image, self._title, self._agreement):
             artist.set_animated(True)
         self._static: Any = None
         self._static_aspect: float | None = None
@@ -402,6 +416,12 @@ class FrameRenderer:
         )
         self._test.update(frame.test_points, frame.test_labels, frame.test_preds, self._rgba, size)
         self._set_title(frame.title)
+        if frame.agreement is not None:
+            # rounded down, so a value below AGREEMENT_WARN never reads as at or above it
+            shown = math.floor(float(frame.agreement) * 100 + 1e-9) / 100
+            self._agreement.set_text(f"agreement {shown:.2f}")
+            self._agreement.set_color(_AGREEMENT_COLOURS[frame.agreement >= AGREEMENT_WARN])
+        self._agreement.set_visible(frame.agreement is not None)
         self._draw((b.xmax - b.xmin) / (b.ymax - b.ymin))
         return np.asarray(self._canvas.buffer_rgba())[..., :3].copy()
 
@@ -455,6 +475,8 @@ class FrameRenderer:
             ax.draw_artist(spine)
         for layer in (self._train, self._test):  # test points above train points
             layer.draw()
+        if self._agreement.get_visible():
+            ax.draw_artist(self._agreement)
         self.figure.draw_artist(self._title)
 
     def save_png(self, frame: EpochFrame, path: str | Path) -> Path:

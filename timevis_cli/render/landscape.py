@@ -1,12 +1,15 @@
 """The decision landscape behind each frame (METHOD.md section 6).
 
-A square canvas is laid over the 2-D embedding (:func:`canvas_bounds`; shared by all epochs but
-those lying far apart, :func:`shared_canvas_bounds`), sampled as an ``R x R``
+A square canvas is laid over the 2-D embedding: by default one per epoch that follows the
+epoch's points, smoothed over the epochs (:func:`follow_canvas_bounds`); or one shared by all
+epochs but those lying far apart (:func:`shared_canvas_bounds`); or each epoch's own
+(:func:`canvas_bounds`). The canvas is sampled as an ``R x R``
 grid of pixel centres (:func:`grid_points`), decoded into feature space with the inverse
 projection (:func:`decode_grid`; once per canvas for a decoder shared by all epochs) and
 classified with one epoch's head (:func:`classify_grid`).
 :func:`landscape_image` turns classes and margins into an RGB image with the fixed
-:func:`palette`, so a class has the same colour in every frame whether or not it is on the grid.
+:func:`palette`, so a class has the same colour in every frame whether or not it is on the grid,
+faded towards the white background where the epoch recorded no point nearby (:func:`fade_weights`).
 
 Everything above is numpy. The last section holds the same decode and classification on a torch
 device (:func:`decode_grid_torch`, :func:`classify_grid_torch`, the GPU when there is one), and
@@ -46,6 +49,10 @@ __all__ = [
     "classify_grid_torch",
     "decode_grid",
     "decode_grid_torch",
+    "classify_points_torch",
+    "fade_weights",
+    "follow_canvas_bounds",
+    "smooth_series",
     "landscape_coarse_to_fine",
     "grid_points",
     "landscape_alpha",
@@ -86,6 +93,22 @@ EPOCH_BOX_QUANTILE = 0.01
 APART_GAP = 0.5
 #: ... or when its robust box is this many times larger than the median box.
 APART_SIZE = 4.0
+
+#: Following frames: each epoch's raw canvas is the box of these quantiles of its train samples'
+#: and boundary points' x and y (a few stray points do not set the frame) ...
+FOLLOW_QUANTILE = 0.01
+#: ... padded by this fraction of its longer side on every side, made square.
+FOLLOW_PAD = 0.05
+#: Centres and log-sides are smoothed over the rendered frames by a Gaussian of this many frames.
+FOLLOW_SMOOTHING = 1.5
+#: The 5-95% extent of an epoch's train samples always spans at least this much of its frame on
+#: both axes (when it is at most 1 / MIN_FILL times longer than wide; else the longer axis
+#: fills the square frame) ...
+MIN_FILL = 0.6
+#: ... the extent measured between these quantiles; that 5-95% box is always inside the frame.
+FILL_QUANTILE = 0.05
+#: Beyond the fade distance the landscape's colour fades out linearly over this fraction of it.
+FADE_RAMP = 0.5
 
 
 @dataclass(frozen=True)
@@ -206,6 +229,176 @@ def shared_canvas_bounds(
             ", ".join(str(t) for t in sorted(apart)),
         )
     return canvas_bounds(kept, pad=pad), sorted(apart)
+
+
+def smooth_series(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of ``values`` (n,) or (n, k) along axis 0; float64 of the same shape.
+
+    Each value becomes the value at its own sample of the straight line fitted to the series
+    with Gaussian weights of standard deviation ``sigma`` samples around it (local linear
+    regression): centred, so it does not lag; inside the series this is the plain Gaussian
+    average, and at the ends a steady trend is not pulled back, so a straight line, however
+    steep, comes back unchanged while noise is smoothed everywhere. ``sigma = 0`` (or fewer
+    than 3 values) returns the values.
+
+    >>> smooth_series(np.array([0.0, 1.0, 2.0, 3.0, 4.0]), 1.5).round(6).tolist()
+    [0.0, 1.0, 2.0, 3.0, 4.0]
+    >>> smooth_series(np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]), 1.5).round(2).tolist()
+    [0.25, 0.42, 0.48, 0.49, 0.48, 0.42, 0.25]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
+        raise InputError(f"sigma={sigma!r} must be a finite number >= 0")
+    n = len(values)
+    if sigma == 0 or n < 3:
+        return values.copy()
+    flat = values.reshape(n, -1)
+    s0, s1, s2 = np.zeros(n), np.zeros(n), np.zeros(n)
+    t0, t1 = np.zeros_like(flat), np.zeros_like(flat)
+    radius = min(int(math.ceil(4 * sigma)), n - 1)
+    for offset in range(-radius, radius + 1):  # frame i + offset seen from frame i
+        weight = math.exp(-0.5 * (offset / sigma) ** 2)
+        lo, hi = max(0, -offset), min(n, n - offset)
+        seen = flat[lo + offset : hi + offset]
+        s0[lo:hi] += weight
+        s1[lo:hi] += weight * offset
+        s2[lo:hi] += weight * offset**2
+        t0[lo:hi] += weight * seen
+        t1[lo:hi] += weight * offset * seen
+    out = (s2[:, None] * t0 - s1[:, None] * t1) / (s0 * s2 - s1**2)[:, None]
+    return out.reshape(values.shape)
+
+
+def follow_canvas_bounds(
+    frame_points: Mapping[int, np.ndarray],
+    core_points: Mapping[int, np.ndarray] | None = None,
+    smoothing: float = FOLLOW_SMOOTHING,
+    pad: float = FOLLOW_PAD,
+    min_fill: float = MIN_FILL,
+) -> dict[int, Bounds]:
+    """Square canvases that follow each epoch's points and glide between epochs.
+
+    frame_points: epoch -> (n, 2) points that set the frame (an epoch's train samples and
+    boundary points), in the order the frames are shown. core_points: epoch -> (n, 2) points
+    that must fill the frame (its train samples; ``frame_points`` when omitted).
+
+    1. Raw: the box of the :data:`FOLLOW_QUANTILE` and ``1 -`` that quantiles of the epoch's
+       frame points, padded by ``pad`` of its longer side on each side, made square.
+    2. Smoothed: centres and log-sides by :func:`smooth_series` over the frames (``smoothing``
+       frames), so playback glides instead of jumping and a steady drift is followed exactly.
+    3. Clamped, per epoch, to its core points' 5-95% box (:data:`FILL_QUANTILE`): the side at
+       least the box's longer side and at most its shorter side divided by ``min_fill``, so the
+       box spans at least ``min_fill`` of the frame on both axes (when the box is more than
+       ``1 / min_fill`` times longer than wide, the side is its longer side: a square frame
+       cannot do better); the centre moved as little as needed for the box to lie inside the
+       frame. Smoothing gives way wherever it would break either.
+
+    >>> rng = np.random.default_rng(0)
+    >>> blob = rng.normal(size=(500, 2))
+    >>> frames = follow_canvas_bounds({t: blob + [10.0 * t, 0.0] for t in range(5)})
+    >>> len({round(b.xmin - 10.0 * t, 6) for t, b in frames.items()})  # the drift followed exactly
+    1
+    >>> extent = np.subtract(*np.quantile(blob, [0.95, 0.05], axis=0))
+    >>> bool((extent / (frames[0].xmax - frames[0].xmin) >= 0.6).all())
+    True
+    """
+    epochs = list(frame_points)
+    if not epochs:
+        raise InputError("no epochs were given: cannot place the canvas")
+    core_points = frame_points if core_points is None else core_points
+    if not (0 < min_fill <= 1):
+        raise InputError(f"min_fill={min_fill!r} must be in (0, 1]")
+    if not (isinstance(pad, (int, float)) and math.isfinite(pad) and pad >= 0):
+        raise InputError(f"pad={pad!r} must be a finite number >= 0")
+    centres, sides, cores = [], [], []
+    for t in epochs:
+        core = _quantile_box(core_points[t], t, FILL_QUANTILE)
+        box = _quantile_box(frame_points[t], t, FOLLOW_QUANTILE)
+        if box is None:
+            box = core
+        if core is None:
+            core = box
+        if box is None:
+            raise InputError(f"epoch {t} has no 2-D points: cannot place its canvas")
+        span = float((box[2:] - box[:2]).max())
+        centres.append((box[:2] + box[2:]) / 2.0)
+        sides.append((span if span > 0 else 1.0) * (1.0 + 2.0 * pad))
+        cores.append(core)
+    smooth_centres = smooth_series(np.stack(centres), smoothing)
+    smooth_sides = np.exp(smooth_series(np.log(sides), smoothing))
+    out = {}
+    for i, t in enumerate(epochs):
+        core = cores[i]
+        extent = core[2:] - core[:2]
+        longer, shorter = float(extent.max()), float(extent.min())
+        side = float(smooth_sides[i])
+        if longer > 0:
+            # a hair inside the limit, so the fill is at least min_fill however it is rounded
+            side = min(max(side, longer), max(longer, shorter / min_fill * (1 - 1e-6)))
+        half = side / 2.0
+        centre = np.clip(smooth_centres[i], core[2:] - half, core[:2] + half)
+        out[t] = Bounds(
+            xmin=float(centre[0] - half),
+            xmax=float(centre[0] + half),
+            ymin=float(centre[1] - half),
+            ymax=float(centre[1] + half),
+        )
+    return out
+
+
+def _quantile_box(points: np.ndarray, t: object, quantile: float) -> np.ndarray | None:
+    """``[xlo, ylo, xhi, yhi]``: the ``quantile`` and ``1 - quantile`` quantiles of x and y of
+    one epoch's points (None when empty)."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise InputError(f"epoch {t}: points of shape {points.shape} must be (n, 2)")
+    if len(points) == 0:
+        return None
+    if not np.isfinite(points).all():
+        raise InputError(f"epoch {t}: the 2-D points contain NaN or infinity")
+    low, high = np.quantile(points, [quantile, 1.0 - quantile], axis=0)
+    return np.concatenate([low, high])
+
+
+def fade_weights(
+    points: np.ndarray, bounds: Bounds, resolution: int, distance: float
+) -> np.ndarray | None:
+    """How much of the landscape's colour each pixel keeps, float32 (R, R) in [0, 1]; None
+    when ``distance`` is 0 (no fade).
+
+    points: (n, 2) every 2-D point the epoch recorded (train and test samples, boundary
+    points). distance: a fraction of the canvas's longer side. A pixel whose centre has a point
+    within ``distance`` keeps its colour (1); beyond, the weight falls linearly to 0 (the
+    background) at ``(1 + FADE_RAMP) * distance``. Distances are measured on the pixel grid
+    (a Euclidean distance transform; exact to half a pixel), points outside the canvas
+    included. No point at all: every pixel is 0.
+    """
+    resolution = _check_positive_int("resolution", resolution)
+    if not (isinstance(distance, (int, float)) and math.isfinite(distance) and distance >= 0):
+        raise InputError(f"fade distance={distance!r} must be a finite number >= 0")
+    if distance == 0:
+        return None
+    from scipy.ndimage import distance_transform_edt
+
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    points = points[np.isfinite(points).all(axis=1)]
+    width, height = bounds.xmax - bounds.xmin, bounds.ymax - bounds.ymin
+    reach = (1.0 + FADE_RAMP) * distance * max(width, height)
+    step_x, step_y = width / resolution, height / resolution
+    margin = int(math.ceil(reach / min(step_x, step_y))) + 1
+    size = resolution + 2 * margin
+    col = np.floor((points[:, 0] - bounds.xmin) / step_x).astype(np.int64) + margin
+    row = np.floor((bounds.ymax - points[:, 1]) / step_y).astype(np.int64) + margin
+    inside = (col >= 0) & (col < size) & (row >= 0) & (row < size)
+    if not inside.any():
+        return np.zeros((resolution, resolution), np.float32)
+    empty = np.ones((size, size), bool)
+    empty[row[inside], col[inside]] = False
+    away = distance_transform_edt(empty, sampling=(step_y, step_x))
+    away = away[margin : margin + resolution, margin : margin + resolution]
+    near = distance * max(width, height)
+    weights = np.clip((reach - away) / (reach - near), 0.0, 1.0)
+    return weights.astype(np.float32)
 
 
 def grid_points(bounds: Bounds, resolution: int) -> np.ndarray:
@@ -329,12 +522,15 @@ def landscape_image(
     margin: np.ndarray,
     palette: np.ndarray,
     boundary_margin: float = BOUNDARY_MARGIN,
+    fade: np.ndarray | None = None,
 ) -> np.ndarray:
     """The landscape as RGB uint8 (R, R, 3): ``white + alpha * (colour[class] - white)``.
 
     classes: int (R, R) from :func:`classify_grid`; margin: float (R, R) in [0, 1]; palette:
     uint8 (C, 3) from :func:`palette`, indexed by class id. ``alpha`` is
-    :func:`landscape_alpha`: pixels with ``margin < boundary_margin`` are pure white.
+    :func:`landscape_alpha`: pixels with ``margin < boundary_margin`` are pure white; times
+    ``fade`` (float (R, R) in [0, 1], :func:`fade_weights`) when given, so the colour fades to
+    the white background where the epoch recorded no point nearby.
     """
     classes = np.asarray(classes)
     margins = np.asarray(margin)
@@ -352,7 +548,13 @@ def landscape_image(
         )
     if not 0.0 <= boundary_margin < 1.0:
         raise InputError(f"boundary_margin={boundary_margin!r} must be in [0, 1)")
-    alpha = landscape_alpha(margins, boundary_margin)[..., None]
+    alpha = landscape_alpha(margins, boundary_margin)
+    if fade is not None:
+        fade = np.asarray(fade, dtype=np.float32)
+        if fade.shape != classes.shape:
+            raise InputError(f"fade {fade.shape} must have the classes' shape {classes.shape}")
+        alpha = alpha * np.clip(fade, 0.0, 1.0)
+    alpha = alpha[..., None]
     rgb = colours.astype(np.float32)[classes]
     image = 255.0 + alpha * (rgb - 255.0)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
@@ -418,6 +620,24 @@ def classify_grid_torch(
     classes, margins = _classes_margins(logits)
     shape = (resolution, resolution)
     return classes.reshape(shape), margins.reshape(shape)
+
+
+def classify_points_torch(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    head: Head,
+    points: np.ndarray,
+    device: torch.device | str,
+    batch_size: int = 16384,
+) -> np.ndarray:
+    """The landscape's class at given 2-D points (n, 2): decoded on ``device`` and classified
+    with one epoch's head, as :func:`classify_grid_torch` does a grid; (n,) of
+    :func:`class_dtype`."""
+    batch_size = _check_positive_int("batch_size", batch_size)
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    if len(points) == 0:
+        return np.zeros(0, np.uint8)
+    logits = _head_logits(_decode_points(decode, points, device, batch_size), head, _HEAD_BATCH)
+    return _classes_margins(logits)[0]
 
 
 def _classes_margins(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,9 @@ The work is split between the parent process and the render workers:
   is one): the grid is decoded once per canvas (per epoch, coarse-to-fine, for a refined fit's
   decoder with one bias per epoch) and each epoch's head, rebuilt from the store, gives the
   grid's classes and margins; :func:`frame_inputs` pairs them with the epoch's 2-D
-  positions and streams one small :class:`FrameInput` per epoch to the workers;
+  positions, the landscape's fade away from the epoch's points and the epoch's agreement
+  (:meth:`GridLandscapes.agreement`), and streams one small :class:`FrameInput` per epoch to
+  the workers; :func:`write_agreement` and :func:`agreement_summary` report the agreements;
 - a worker: the picklable :class:`FrameBuilder` reads labels, predictions and metrics from the
   store, colours the grid and hands the frame to the renderer. Workers never decode, never
   evaluate a head and never import torch (so CUDA cannot be initialised in them); this module
@@ -17,7 +19,9 @@ The work is split between the parent process and the render workers:
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -30,12 +34,15 @@ from timevis_callback.reader import Run, open_run
 from timevis_cli.config import RenderConfig
 from timevis_cli.errors import InputError
 from timevis_cli.ranges import parse_range
-from timevis_cli.render.frames import EpochFrame
+from timevis_cli.render.frames import AGREEMENT_WARN, EpochFrame
 from timevis_cli.render.landscape import (
     Bounds,
     canvas_bounds,
     classify_grid_torch,
+    classify_points_torch,
     decode_grid_torch,
+    fade_weights,
+    follow_canvas_bounds,
     landscape_coarse_to_fine,
     landscape_image,
     palette,
@@ -50,7 +57,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test", "both")
-BOUNDS = ("global", "per-epoch")
+BOUNDS = ("global", "per-epoch", "follow")
+#: File of ``{epoch: agreement}`` in render/.
+AGREEMENT_FILE = "agreement.json"
 
 
 @dataclass(frozen=True)
@@ -69,13 +78,22 @@ class RenderPlan:
     epochs_apart: list[int] = field(default_factory=list)
     #: a decoder with per-epoch biases: decode every Nth row and column, then the class borders
     landscape_step: int = 1
+    #: the landscape fades to the background beyond this fraction of the canvas side from every
+    #: point the epoch recorded (0: no fade)
+    fade_distance: float = 0.0
+    #: draw each epoch's agreement in its frame's corner
+    show_agreement: bool = False
 
 
 def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
     """Epochs (must be fitted), canvas bounds, and a fixed subsample of at most max_points.
 
-    Bounds (from the training samples' positions): ``per-epoch``, each epoch's own canvas;
-    ``global``, one canvas shared by every epoch except those lying far from the rest
+    Bounds: ``follow`` (the default), each epoch's canvas framed on its train samples and
+    boundary points, smoothed over the rendered epochs and never so large that the epoch's
+    train samples (5-95% extent) fill less than 0.6 of it
+    (:func:`~timevis_cli.render.landscape.follow_canvas_bounds`); ``per-epoch``, each epoch's own
+    canvas around all its train samples; ``global``, one canvas shared by every epoch except
+    those lying far from the rest
     (:func:`~timevis_cli.render.landscape.shared_canvas_bounds`, e.g. the untrained epoch 0 embedded as
     a distant blob): the shared canvas covers every point of the other epochs, and each epoch
     apart is drawn on its own canvas (as with ``per-epoch``) rather than shrinking every other
@@ -104,9 +122,17 @@ def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
             settings.max_points,
             total,
         )
-    positions = {epoch: fit.embedding(epoch)["train"] for epoch in epochs}
+    positions, framing = {}, {}
+    for epoch in epochs:
+        emb = fit.embedding(epoch)  # only the 2-D arrays are kept
+        positions[epoch] = emb["train"]
+        samples = emb["train"] if len(emb["train"]) else emb.get("test", emb["train"])
+        framing[epoch] = np.concatenate([samples, emb.get("boundary", np.zeros((0, 2)))])
     apart: list[int] = []
-    if settings.bounds == "global":
+    if settings.bounds == "follow":
+        core = {e: points if len(points) else framing[e] for e, points in positions.items()}
+        bounds = follow_canvas_bounds(framing, core)
+    elif settings.bounds == "global":
         shared, apart = shared_canvas_bounds(positions)
         bounds = {
             epoch: canvas_bounds(positions[epoch]) if epoch in apart else shared for epoch in epochs
@@ -124,6 +150,8 @@ def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
         global_bounds=settings.bounds == "global",
         class_names=run.class_names,
         epochs_apart=apart,
+        fade_distance=settings.fade_distance,
+        show_agreement=settings.show_agreement,
     )
 
 
@@ -170,6 +198,8 @@ class GridLandscapes:
         self._decode_index = fit.model.decode_index
         self._decoded: tuple[Bounds, torch.Tensor] | None = None
         self.seconds = {"decode": 0.0, "heads": 0.0}
+        #: epoch -> agreement of the epochs :func:`frame_inputs` has produced
+        self.agreements: dict[int, float] = {}
 
     def decoded(self, bounds: Bounds) -> torch.Tensor:
         """The grid of ``bounds`` decoded on the device by a decoder shared by every epoch (only
@@ -213,18 +243,43 @@ class GridLandscapes:
         return grid
 
 
+    def agreement(self, epoch: int, points: np.ndarray, features: np.ndarray) -> float:
+        """The landscape's agreement with the model at ``epoch`` (its ppr): the share of samples
+        whose landscape class at their own 2-D position (decoded with the epoch's decoder,
+        classified with its head, on the device) is the model's prediction ``argmax h_t(x)``
+        (its head on their stored features, as ``timevis eval`` computes it).
+
+        points: float (n, 2) the samples' positions at ``epoch``; features: (n, D) theirs.
+        NaN when n is 0.
+        """
+        if len(points) == 0:
+            return float("nan")
+        started = time.perf_counter()
+        head = self.run.head(epoch)
+        index = self._decode_index(epoch)
+        decode = self._decode if index is None else (lambda y: self._decode(y, index))
+        mapped = classify_points_torch(decode, head, points, self.device)
+        model = head(np.asarray(features, dtype=np.float32)).argmax(axis=1)
+        self.seconds["heads"] += time.perf_counter() - started
+        return float(np.mean(mapped.astype(np.int64) == model))
+
+
 @dataclass(frozen=True, eq=False)
 class FrameInput:
     """The parent's part of one epoch's frame, sent to a render worker.
 
     classes, margins: the landscape (:data:`Grid`); train_points, test_points: float32 (n, 2)
-    positions of the plan's drawn train and test rows.
+    positions of the plan's drawn train and test rows; fade: float32 (R, R) the share of the
+    landscape's colour each pixel keeps (:func:`~timevis_cli.render.landscape.fade_weights`;
+    None: no fade); agreement: the epoch's agreement (:meth:`GridLandscapes.agreement`).
     """
 
     classes: np.ndarray
     margins: np.ndarray
     train_points: np.ndarray
     test_points: np.ndarray
+    fade: np.ndarray | None = None
+    agreement: float | None = None
 
 
 def frame_inputs(landscapes: GridLandscapes, fit: LoadedFit) -> Iterator[FrameInput]:
@@ -234,15 +289,67 @@ def frame_inputs(landscapes: GridLandscapes, fit: LoadedFit) -> Iterator[FrameIn
     log.info(
         "landscapes of %d epochs: grid decode and heads on %s", len(plan.epochs), landscapes.device
     )
+    run = landscapes.run
+    train = run.samples.mask("train")
     for epoch in plan.epochs:
         emb = fit.embedding(epoch)
         classes, margins = landscapes.grid(epoch)
+        train_points = emb["train"][plan.train_rows]
+        features = run.features(epoch)[train][plan.train_rows]
+        agreement = landscapes.agreement(epoch, train_points, features)
+        landscapes.agreements[epoch] = agreement
         yield FrameInput(
             classes=classes,
             margins=margins,
-            train_points=emb["train"][plan.train_rows],
+            train_points=train_points,
             test_points=emb["test"][plan.test_rows],
+            fade=fade_weights(
+                _recorded_points(emb), plan.bounds[epoch], plan.resolution, plan.fade_distance
+            ),
+            agreement=None if math.isnan(agreement) else agreement,
         )
+    warn_low_agreement(landscapes.agreements, run.path)
+
+
+def _recorded_points(emb: dict[str, np.ndarray]) -> np.ndarray:
+    """Every 2-D point of one epoch's embedding: train and test samples, boundary points."""
+    parts = [emb[key] for key in ("train", "test", "boundary") if key in emb]
+    return np.concatenate([np.asarray(part, np.float64).reshape(-1, 2) for part in parts])
+
+
+def warn_low_agreement(agreements: dict[int, float], run_dir: Path | str = "RUN_DIR") -> list[int]:
+    """Log ONE warning naming the epochs whose agreement is below ``AGREEMENT_WARN``, with
+    their values (and how to refit ``run_dir``); those epochs."""
+    low = [epoch for epoch, value in agreements.items() if value < AGREEMENT_WARN]
+    if low:
+        shown = ", ".join(f"epoch {epoch} {agreements[epoch]:.3f}" for epoch in low)
+        log.warning(
+            "the landscape disagrees with the model at %d of %d rendered epochs (agreement < "
+            "%.2f: the share of drawn train samples whose landscape class at their position is "
+            "the model's prediction): %s; do not trust the regions there: refit with more "
+            "training (e.g. timevis fit %s --overwrite --set training.max_epochs=N) and check "
+            "timevis eval",
+            len(low), len(agreements), AGREEMENT_WARN, shown, run_dir,
+        )  # fmt: skip
+    return low
+
+
+def write_agreement(folder: Path, agreements: dict[int, float]) -> Path:
+    """``folder/agreement.json``: ``{"epoch": agreement}`` (null where no sample was drawn)."""
+    path = Path(folder) / AGREEMENT_FILE
+    values = {str(e): (None if math.isnan(v) else round(v, 6)) for e, v in agreements.items()}
+    path.write_text(json.dumps(values, indent=1) + "\n")
+    return path
+
+
+def agreement_summary(agreements: dict[int, float]) -> str:
+    """``"agreement min 0.912 (epoch 3), mean 0.968"`` of the rendered epochs."""
+    known = {e: v for e, v in agreements.items() if not math.isnan(v)}
+    if not known:
+        return "agreement n/a (no train sample drawn)"
+    worst = min(known, key=known.__getitem__)
+    mean = sum(known.values()) / len(known)
+    return f"agreement min {known[worst]:.3f} (epoch {worst}), mean {mean:.3f}"
 
 
 class FrameBuilder:
@@ -271,10 +378,13 @@ class FrameBuilder:
             self._palette = palette(self._run.num_classes)
         return self._run
 
-    def background(self, classes: np.ndarray, margins: np.ndarray) -> np.ndarray:
-        """uint8 [R, R, 3]: a grid's classes and margins in the fixed palette's colours."""
+    def background(
+        self, classes: np.ndarray, margins: np.ndarray, fade: np.ndarray | None = None
+    ) -> np.ndarray:
+        """uint8 [R, R, 3]: a grid's classes and margins in the fixed palette's colours, faded
+        to white by ``fade`` (see :class:`FrameInput`)."""
         self._open()
-        return landscape_image(classes, margins, self._palette)
+        return landscape_image(classes, margins, self._palette, fade=fade)
 
     def __call__(self, epoch: int, given: FrameInput) -> EpochFrame:
         run = self._open()
@@ -290,12 +400,13 @@ class FrameBuilder:
             )
         return EpochFrame(
             epoch=epoch,
-            background=self.background(given.classes, given.margins),
+            background=self.background(given.classes, given.margins, given.fade),
             bounds=self.plan.bounds[epoch],
             train_points=given.train_points,
             train_labels=run.samples.label[train][tr],
             train_preds=preds[train][tr],
             metrics=_title_metrics(run.epoch_info(epoch).metrics),
+            agreement=given.agreement if self.plan.show_agreement else None,
             **test_args,
         )
 
@@ -351,8 +462,9 @@ def export_viewer(
 
     if not plan.global_bounds or plan.epochs_apart:
         log.info(
-            "the HTML page uses one canvas covering all epochs (--bounds per-epoch and the own "
-            "canvases of epochs far from the rest are for PNGs)"
+            "the HTML page uses one canvas covering all epochs (the frames that follow the "
+            "data, --bounds per-epoch and the own canvases of epochs far from the rest are for "
+            "PNGs)"
         )
         shared = canvas_bounds([fit.embedding(e)["train"] for e in plan.epochs])
         plan = replace(
@@ -370,7 +482,10 @@ def export_viewer(
         preds = run.logits(epoch).argmax(axis=1)
         positions.append(np.concatenate([emb["train"][tr], emb["test"][te]]))
         predictions.append(np.concatenate([preds[train][tr], preds[test][te]]))
-        backgrounds.append(landscape_image(*landscapes.grid(epoch), colours))
+        fade = fade_weights(
+            _recorded_points(emb), plan.bounds[epoch], plan.resolution, plan.fade_distance
+        )
+        backgrounds.append(landscape_image(*landscapes.grid(epoch), colours, fade=fade))
         titles.append(title_text(epoch, _title_metrics(run.epoch_info(epoch).metrics)))
     thumbnails = run.thumbnails()
     if thumbnails is not None:

@@ -220,6 +220,31 @@ def test_write_eval_outputs(fitted, result):
     assert not [p for p in run.path.iterdir() if p.name.startswith(".eval")]
 
 
+def test_summary_gives_every_metrics_mean_and_worst_epoch(fitted, result):
+    run, _ = fitted
+    for split in result.splits:
+        for metric in PER_EPOCH:
+            series = result.series(metric, split)
+            assert len(series) == len(result.epochs)  # every evaluated epoch
+            pick = np.argmin if m.HIGHER_IS_BETTER[metric.removesuffix("_spearman")] else np.argmax
+            at = int(pick(series))
+            assert result.worst[split][metric] == {"value": series[at], "epoch": result.epochs[at]}
+        assert "temppv" not in result.worst[split]
+    ppr = result.worst["train"]["ppr"]
+    assert ppr["value"] == min(result.series("ppr", "train"))
+    data = json.loads(write_eval(run.path, result).joinpath("metrics.json").read_text())
+    assert data["worst"]["train"]["ppr"] == ppr
+    markdown = (run.path / "eval" / "metrics.md").read_text()
+    worst_row = next(line for line in markdown.splitlines() if line.startswith("| train worst |"))
+    assert f"{ppr['value']:.3f} (epoch {ppr['epoch']})" in worst_row
+    assert "| train mean |" in markdown and "| test worst |" in markdown
+    lines = result.summary_lines()
+    assert [line.split(":")[0] for line in lines] == result.splits
+    mean = result.averages["train"]["ppr"]["paper"]
+    assert f"ppr mean {mean:.3f} worst {ppr['value']:.3f} (epoch {ppr['epoch']})" in lines[0]
+    assert "temppv " in lines[0] and "temppv mean" not in lines[0]
+
+
 def test_too_few_epochs_and_boundary_points_give_nan_with_notes(fitted):
     run, loaded = fitted
     n_boundary = max(len(loaded.embedding(e)["boundary"]) for e in (0, 4))

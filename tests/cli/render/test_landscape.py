@@ -17,6 +17,8 @@ from timevis_cli.render.landscape import (
     canvas_bounds,
     classify_grid,
     decode_grid,
+    fade_weights,
+    follow_canvas_bounds,
     grid_points,
     landscape_alpha,
     landscape_image,
@@ -195,6 +197,48 @@ def test_boundary_pixels_are_pure_white_and_confidence_fades_to_white():
     assert (np.diff(alpha[alpha > 0]) >= 0).all() and alpha[-1] == 1.0
     wide = landscape_image(classes, margins, colours, boundary_margin=0.5)
     assert (wide[0, :5] == 255).all()
+
+
+def test_the_landscape_fades_to_the_background_far_from_every_recorded_point():
+    bounds, resolution = Bounds(0.0, 10.0, 0.0, 10.0), 50  # pixels 0.2 wide
+    samples = np.array([[2.1, 7.9], [2.5, 7.5]])  # near the top-left corner
+    boundary = np.array([[-0.3, 0.3]])  # just off the canvas, beside the bottom-left corner
+    fade = fade_weights(np.concatenate([samples, boundary]), bounds, resolution, distance=0.2)
+    assert fade.shape == (50, 50) and fade.dtype == np.float32
+    classes = np.full((50, 50), 2)
+    margins = np.ones((50, 50), np.float32)
+    image = landscape_image(classes, margins, palette(3), fade=fade)
+    row, col = int((10.0 - 7.9) / 0.2), int(2.1 / 0.2)  # the pixel the first sample lies in
+    np.testing.assert_array_equal(image[row, col], palette(3)[2])  # keeps its class colour
+    np.testing.assert_array_equal(image[row, col + 8], palette(3)[2])  # 1.6 away: within 2
+    assert (image[10, 45] == 255).all()  # far from every point: the background
+    assert (image[49, 0] < 255).any()  # near the boundary point off the canvas: coloured
+    # beyond the distance (0.2 of the side: 2) the colour fades out, gone at 1.5 times it
+    points = np.concatenate([samples, boundary])
+    centres = grid_points(bounds, 50)
+    nearest = np.hypot(*(centres[:, None, :] - points[None]).transpose(2, 0, 1)).min(axis=1)
+    nearest = nearest.reshape(50, 50)  # measured on the pixel grid: exact to ~a pixel (0.2)
+    assert (fade[nearest < 2.0 - 0.2] == 1).all()
+    ring = (nearest > 2.0 + 0.2) & (nearest < 3.0 - 0.2)
+    assert ring.sum() > 10 and ((fade[ring] > 0) & (fade[ring] < 1)).all()
+    assert (fade[nearest > 3.0 + 0.2] == 0).all()
+    assert fade_weights(samples, bounds, resolution, distance=0.0) is None  # off
+    assert (fade_weights(np.zeros((0, 2)), bounds, 8, 0.1) == 0).all()
+    with pytest.raises(InputError, match="fade distance"):
+        fade_weights(samples, bounds, resolution, distance=-1.0)
+    with pytest.raises(InputError, match="fade"):
+        landscape_image(classes, margins, palette(3), fade=fade[:10])
+
+
+def test_follow_canvas_bounds_checks_its_input():
+    with pytest.raises(InputError, match="no epochs"):
+        follow_canvas_bounds({})
+    with pytest.raises(InputError, match="epoch 3 has no 2-D points"):
+        follow_canvas_bounds({3: np.zeros((0, 2))})
+    with pytest.raises(InputError, match="NaN"):
+        follow_canvas_bounds({0: np.array([[0.0, np.nan]])})
+    one = follow_canvas_bounds({5: np.zeros((4, 2))})[5]  # all points identical: a side of 1
+    assert one.xmax - one.xmin == pytest.approx(1.1)
 
 
 def test_landscape_image_shape_dtype_and_errors():

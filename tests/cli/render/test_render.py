@@ -247,13 +247,84 @@ def test_plan_render_draws_an_epoch_apart_on_its_own_canvas(tmp_path):
         path=tmp_path, class_names=NAMES, samples=SimpleNamespace(mask=lambda s: split == s)
     )
     fit = SimpleNamespace(epochs=list(epochs), embedding=lambda t: {"train": epochs[t]})
-    plan = plan_render(run, fit, load_config().render)
+    plan = plan_render(run, fit, load_config(overrides=["render.bounds=global"]).render)
     assert plan.global_bounds and plan.epochs_apart == [0]
     shared = canvas_bounds([epochs[t] for t in range(1, 6)])
     assert all(plan.bounds[t] == shared for t in range(1, 6))
     assert plan.bounds[0] == canvas_bounds(epochs[0])  # its points are on its own canvas
     per_epoch = plan_render(run, fit, load_config(overrides=["render.bounds=per-epoch"]).render)
     assert per_epoch.epochs_apart == [] and per_epoch.bounds[3] == canvas_bounds(epochs[3])
+
+
+def _fake_run_and_fit(tmp_path, positions, boundary=None):
+    n = len(next(iter(positions.values())))
+    split = np.array(["train"] * n)
+    run = SimpleNamespace(
+        path=tmp_path, class_names=NAMES, samples=SimpleNamespace(mask=lambda s: split == s)
+    )
+    boundary = boundary or {}
+
+    def embedding(t):
+        return {"train": positions[t], "boundary": boundary.get(t, np.zeros((0, 2)))}
+
+    return run, SimpleNamespace(epochs=list(positions), embedding=embedding)
+
+
+def _fill(points: np.ndarray, bounds: Bounds) -> np.ndarray:
+    """The points' 5-95% extent over the frame's extent, on x and y."""
+    low, high = np.quantile(points, [0.05, 0.95], axis=0)
+    return (high - low) / np.array([bounds.xmax - bounds.xmin, bounds.ymax - bounds.ymin])
+
+
+def _centre(bounds: Bounds) -> np.ndarray:
+    return np.array([(bounds.xmin + bounds.xmax) / 2, (bounds.ymin + bounds.ymax) / 2])
+
+
+def test_frames_follow_a_drifting_cloud_by_default_and_the_data_fills_them(tmp_path):
+    # each epoch's cloud ~9 units wide, its centre moving ~90 units over the epochs
+    rng = np.random.default_rng(3)
+    positions = {t: rng.normal(size=(400, 2)) * 2.0 + [8.0 * t, 3.0 * t] for t in range(12)}
+    boundary = {t: rng.normal(size=(30, 2)) * 1.5 + [8.0 * t, 3.0 * t] for t in range(12)}
+    run, fit = _fake_run_and_fit(tmp_path, positions, boundary)
+    plan = plan_render(run, fit, load_config().render)
+    assert load_config().render.bounds == "follow" and not plan.global_bounds
+    fills = np.array([_fill(positions[t], plan.bounds[t]) for t in plan.epochs])
+    assert fills.min() >= 0.6, fills
+    for t in plan.epochs:  # the frame is square and holds the epoch's 5-95% box
+        b = plan.bounds[t]
+        assert b.xmax - b.xmin == pytest.approx(b.ymax - b.ymin)
+        low, high = np.quantile(positions[t], [0.05, 0.95], axis=0)
+        assert b.xmin <= low[0] and high[0] <= b.xmax and b.ymin <= low[1] and high[1] <= b.ymax
+    shared = plan_render(run, fit, load_config(overrides=["render.bounds=global"]).render)
+    global_fills = np.array([_fill(positions[t], shared.bounds[t]) for t in plan.epochs])
+    assert global_fills.max() < 0.15, global_fills
+
+
+def test_followed_frames_change_smoothly_where_raw_bounds_jump(tmp_path):
+    rng = np.random.default_rng(3)
+    positions = {}
+    for t in range(12):  # spread jumping by +-15 % and centre by ~a spread, drifting slowly
+        scale = 2.0 * (1 + 0.15 * rng.choice([-1, 1]))
+        positions[t] = rng.normal(size=(400, 2)) * scale + rng.normal(size=2) + [2.0 * t, 0.0]
+    run, fit = _fake_run_and_fit(tmp_path, positions)
+
+    def steps(bounds: dict[int, Bounds]) -> tuple[float, float]:
+        """Largest |log side ratio| and centre move (less the drift) / side between frames."""
+        sides = np.array([bounds[t].xmax - bounds[t].xmin for t in range(12)])
+        moves = np.diff([_centre(bounds[t]) for t in range(12)], axis=0) - [2.0, 0.0]
+        return (
+            float(np.abs(np.diff(np.log(sides))).max()),
+            float((np.linalg.norm(moves, axis=1) / sides[:-1]).max()),
+        )
+
+    follow = plan_render(run, fit, load_config().render).bounds
+    raw = plan_render(run, fit, load_config(overrides=["render.bounds=per-epoch"]).render).bounds
+    raw_side, raw_move = steps(raw)
+    side, move = steps(follow)
+    assert raw_side > 0.3 and raw_move > 0.2, (raw_side, raw_move)  # the raw frames jump
+    assert side < 0.25 and move < 0.1, (side, move)  # sides within 28 %, centres 10 % a frame
+    assert side < 0.6 * raw_side and move < 0.4 * raw_move
+    assert min(_fill(positions[t], follow[t]).min() for t in range(12)) >= 0.6
 
 
 @pytest.mark.parametrize("only", ["train", "test"])
@@ -280,6 +351,29 @@ def test_plan_render_refuses_a_split_the_store_has_no_samples_of(tmp_path, caplo
             both = plan_render(run, fit, load_config(overrides=["render.split=both"]).render)
         assert len(both.train_rows) == 40 and len(both.test_rows) == 0
         assert "tracks no test samples" in caplog.text
+
+
+def test_the_agreement_is_drawn_in_the_corner_only(renderer):
+    frame = _frame(epoch=4)
+    plain = renderer.render(frame)
+    good = renderer.render(dataclasses.replace(frame, agreement=0.97))
+    bad = renderer.render(dataclasses.replace(frame, agreement=0.71))
+    assert renderer.render(frame).tobytes() == plain.tobytes()  # hidden again when None
+    for shown in (good, bad):
+        rows, cols = np.nonzero((shown != plain).any(axis=2))
+        assert len(rows) > 50
+        # only in the canvas's top-left corner (a small box, well inside its top-left quarter)
+        top, left = _pixel(renderer, -1.0, 1.0)
+        assert rows.min() >= top and cols.min() >= left
+        assert rows.max() < top + 0.1 * renderer.size_px[1]
+        assert cols.max() < left + 0.3 * renderer.size_px[0]
+    box = (slice(top, top + 40), slice(left, left + 200))
+    reds = lambda image: int(  # noqa: E731
+        ((image[box][..., 0] > 150) & (image[box][..., 1] < 80) & (image[box][..., 2] < 80)).sum()
+    )
+    assert reds(bad) > 20 and reds(good) == 0  # below 0.9 in red
+    with pytest.raises(InputError, match="agreement"):
+        dataclasses.replace(frame, agreement=1.5)
 
 
 def test_renderer_rejects_unknown_classes(renderer):

@@ -1,8 +1,12 @@
 """The landscape on a torch device (render.device / --device): it equals the numpy reference on
-the CPU, it is computed once in the parent process, and render workers never import torch."""
+the CPU, it is computed once in the parent process, and render workers never import torch; each
+epoch's landscape agreement (eval's ppr, computed at render time), its warning and its corner
+figure; frames that follow a drifting fit."""
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 
@@ -10,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 from stores import drifting_clusters
 
 from timevis_callback import open_run
@@ -17,6 +22,7 @@ from timevis_callback.head import Head
 from timevis_cli.cli import main
 from timevis_cli.config import load_config
 from timevis_cli.errors import InputError
+from timevis_cli.evaluate.loop import evaluate
 from timevis_cli.fit.io import load_fit
 from timevis_cli.render import playback
 from timevis_cli.render.frames import render_epochs
@@ -29,7 +35,16 @@ from timevis_cli.render.landscape import (
     decode_grid_torch,
     landscape_coarse_to_fine,
 )
-from timevis_cli.render.playback import FrameBuilder, GridLandscapes, frame_inputs, plan_render
+from timevis_cli.render.playback import (
+    AGREEMENT_FILE,
+    FrameBuilder,
+    GridLandscapes,
+    agreement_summary,
+    frame_inputs,
+    plan_render,
+    warn_low_agreement,
+    write_agreement,
+)
 
 CUDA = torch.cuda.is_available()
 UNIT = Bounds(-2.0, 2.0, -1.5, 2.5)
@@ -187,7 +202,9 @@ def test_coarse_to_fine_landscape_matches_the_full_grid_with_fewer_decodes(store
 def test_the_grid_is_decoded_once_with_global_bounds_and_a_shared_decoder(
     store, shared_store, monkeypatch, decoder
 ):
-    run, fit, plan = _plan(shared_store if decoder == "shared" else store, resolution=16)
+    run, fit, plan = _plan(
+        shared_store if decoder == "shared" else store, resolution=16, bounds="global"
+    )
     assert (fit.model.projector.epochs == 0) == (decoder == "shared")
     calls = {"canvas": 0, "epoch": 0}
     canvas, per_epoch = playback.decode_grid_torch, playback.landscape_coarse_to_fine
@@ -227,6 +244,124 @@ def test_workers_build_frames_without_torch(store, tmp_path):
         "assert 'torch' not in sys.modules, 'a render worker imports torch'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the landscape's agreement with the model (ppr) --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_store(tmp_path_factory):
+    """A fit of one training step, no refinement: a landscape that disagrees with the model."""
+    path = drifting_clusters(
+        tmp_path_factory.mktemp("bad") / "store", n_train=120, n_test=20, classes=4, epochs=4
+    )
+    result = invoke(
+        "-q", "fit", path, "--set", "training.max_epochs=1", "--set", "reduction.init_size=50",
+        "--set", "projector.hidden=32", "--device", "cpu", "--set", "refine.enabled=false",
+        "--set", "training.min_edges_per_epoch=1000", "--set",
+        "training.edges_per_epoch_factor=0.001", "--set", "training.batch_size=1000",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.mark.parametrize("fitted", ["store", "shared_store", "bad_store"])
+def test_the_agreement_at_render_time_is_evals_ppr(fitted, request):
+    run, fit, plan = _plan(request.getfixturevalue(fitted), resolution=16)
+    assert len(plan.train_rows) == int(run.samples.mask("train").sum())  # every sample drawn
+    landscapes = GridLandscapes(run, fit, plan, torch.device("cpu"))
+    inputs = list(frame_inputs(landscapes, fit))
+    scores = evaluate(run, fit, plan.epochs, k=5, temporal_k=2, knn_backend="torch")
+    for epoch, given in zip(plan.epochs, inputs, strict=True):
+        expected = scores.value("ppr", "train", epoch)
+        assert given.agreement == landscapes.agreements[epoch]
+        assert given.agreement == pytest.approx(expected, abs=1e-12), epoch
+        assert FrameBuilder(plan)(epoch, given).agreement == given.agreement
+
+
+def test_a_bad_fit_warns_once_naming_its_epochs(bad_store, caplog):
+    run, fit, plan = _plan(bad_store, resolution=16)
+    landscapes = GridLandscapes(run, fit, plan, torch.device("cpu"))
+    with caplog.at_level(logging.WARNING, logger="timevis_cli.render.playback"):
+        list(frame_inputs(landscapes, fit))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    low = [e for e, value in landscapes.agreements.items() if value < 0.9]
+    assert low, landscapes.agreements  # one training step: the map knows little
+    assert len(warnings) == 1, warnings
+    for epoch in low:
+        assert f"epoch {epoch} {landscapes.agreements[epoch]:.3f}" in warnings[0]
+    assert f"timevis fit {bad_store} --overwrite" in warnings[0]
+    result = invoke("render", bad_store, "--resolution", "16", "--no-gif", "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("the landscape disagrees with the model") == 1
+    assert f"epoch {low[0]} " in result.output
+
+
+def test_agreement_file_summary_and_warning_functions(tmp_path, caplog):
+    values = {0: 0.5, 3: 0.95, 7: 0.875, 9: float("nan")}
+    path = write_agreement(tmp_path, values)
+    assert path.name == AGREEMENT_FILE
+    assert json.loads(path.read_text()) == {"0": 0.5, "3": 0.95, "7": 0.875, "9": None}
+    assert agreement_summary(values) == "agreement min 0.500 (epoch 0), mean 0.775"
+    assert agreement_summary({}) == "agreement n/a (no train sample drawn)"
+    with caplog.at_level(logging.WARNING, logger="timevis_cli.render.playback"):
+        assert warn_low_agreement(values, "runs/x") == [0, 7]
+        assert warn_low_agreement({1: 0.95}) == []
+    assert len(caplog.records) == 1
+    assert "epoch 0 0.500, epoch 7 0.875" in caplog.records[0].getMessage()
+
+
+def test_hiding_the_agreement_changes_only_the_frames_corner(bad_store):
+    frames = {}
+    for shown in ("true", "false"):
+        result = invoke(
+            "render", bad_store, "--epochs", "2", "--resolution", "24", "--no-gif", "--jobs", "1",
+            "--set", f"render.show_agreement={shown}",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        frames[shown] = np.asarray(Image.open(bad_store / "render" / "epoch_0002.png"))
+    rows, cols = np.nonzero((frames["true"] != frames["false"]).any(axis=2))
+    assert len(rows) > 50  # the figure is drawn ...
+    height, width = frames["true"].shape[:2]
+    assert rows.max() < 0.15 * height and cols.max() < 0.35 * width  # ... in the corner only
+    corner = frames["true"][rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    red = (corner[..., 0] > 150) & (corner[..., 1] < 80) & (corner[..., 2] < 80)
+    assert red.sum() > 20  # below 0.9: red
+
+
+# --- frames that follow a drifting fit ---------------------------------------------------------
+
+
+def test_frames_follow_a_fitted_drifting_run(tmp_path):
+    path = drifting_clusters(
+        tmp_path / "store", n_train=120, n_test=20, classes=3, epochs=5, drift=12.0, boundary=True
+    )
+    result = invoke(
+        "-q", "fit", path, "--set", "training.max_epochs=1", "--set", "reduction.init_size=50",
+        "--set", "projector.hidden=32", "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    def fills(**settings):
+        """Per epoch: its train samples' 5-95% extent over its frame's, on x and y; and the
+        extent's aspect (longer / shorter)."""
+        run, fit, plan = _plan(path, **settings)
+        out, aspects = [], []
+        for epoch in plan.epochs:
+            low, high = np.quantile(fit.embedding(epoch)["train"], [0.05, 0.95], axis=0)
+            b = plan.bounds[epoch]
+            out.append((high - low) / [b.xmax - b.xmin, b.ymax - b.ymin])
+            aspects.append((high - low).max() / (high - low).min())
+        return np.array(out), np.array(aspects)
+
+    (follow, aspects), (shared, _) = fills(), fills(bounds="global")
+    # the data fills >= 0.6 of each square frame on both axes, but where the epoch's cloud is
+    # over 1 / 0.6 times longer than wide: there its longer axis spans the frame
+    assert (follow.max(axis=1) >= 0.6).all(), follow
+    roundish = aspects <= 1 / 0.6
+    assert roundish.sum() >= 2 and (follow[roundish].min(axis=1) >= 0.6).all(), (follow, aspects)
+    assert (follow[~roundish].max(axis=1) > 0.99).all(), (follow, aspects)
+    assert shared.max(axis=1).min() < 0.4, shared  # one canvas for all: early frames mostly empty
 
 
 # --- the CLI ---------------------------------------------------------------------------------
