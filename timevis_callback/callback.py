@@ -23,7 +23,15 @@ from lightning.pytorch.callbacks import Callback
 
 from timevis_callback import schema
 from timevis_callback.boundary import bisect, select_pairs
-from timevis_callback.capture import AUTO, HeadInfo, capture_features, head_state, resolve_head
+from timevis_callback.capture import (
+    AUTO,
+    HeadInfo,
+    LogitsKey,
+    capture_features,
+    head_state,
+    resolve_head,
+    select_logits,
+)
 from timevis_callback.errors import CallbackConfigError, StoreError, one_line
 from timevis_callback.samples import (
     UnpackItem,
@@ -73,8 +81,13 @@ class TimeVisCallback(Callback):
         train_data, test_data: datasets of ``(input, label)`` items with eval transforms; by
             default the trainer's train dataset and first validation dataset.
         max_train_samples, max_test_samples: how many samples to track (stratified, seeded).
-        feature_layer: ``"auto"`` (the input of the last ``nn.Linear``) or a module name whose
-            output is the feature vector.
+        feature_layer: ``"auto"`` (the input of the last ``nn.Linear``; of the one whose output
+            is the logits when another runs after it) or a module name whose output is the
+            feature vector.
+        logits_key: where the logits are in what the model's forward returns: ``None`` (the
+            output itself; a tuple or list's first item; a dict's or ``ModelOutput``'s
+            ``"logits"``), an index (``1`` for ``(aux, logits)``), a key or attribute name, or a
+            function ``output -> logits``.
         every_n_epochs: record after every n-th training epoch.
         record_initial: record epoch 0, before any training.
         boundary_fraction: boundary points per epoch, as a fraction of tracked train samples.
@@ -101,6 +114,7 @@ class TimeVisCallback(Callback):
         max_train_samples: int = 10_000,
         max_test_samples: int = 2_000,
         feature_layer: str = AUTO,
+        logits_key: LogitsKey = None,
         every_n_epochs: int = 1,
         record_initial: bool = True,
         boundary_fraction: float = 0.1,
@@ -122,6 +136,7 @@ class TimeVisCallback(Callback):
         self.max_train_samples = max_train_samples
         self.max_test_samples = max_test_samples
         self.feature_layer = feature_layer
+        self.logits_key = logits_key
         self.every_n_epochs = every_n_epochs
         self.record_initial = record_initial
         self.boundary_fraction = boundary_fraction
@@ -196,6 +211,14 @@ class TimeVisCallback(Callback):
         need(
             isinstance(self.feature_layer, str) and bool(self.feature_layer),
             f"feature_layer={self.feature_layer!r} must be 'auto' or a module name such as 'avgpool'",
+        )
+        need(
+            self.logits_key is None
+            or callable(self.logits_key)
+            or (isinstance(self.logits_key, str) and bool(self.logits_key))
+            or is_int(self.logits_key),
+            f"logits_key={self.logits_key!r} must be None (forward's output, a tuple's first "
+            "item or a dict's 'logits'), an int index, a str key or a function output -> logits",
         )
         need(callable(self.unpack_item), f"unpack_item={self.unpack_item!r} must be callable")
         if self.class_names is not None:
@@ -438,6 +461,7 @@ class TimeVisCallback(Callback):
                 pl_module,
                 self.feature_layer,
                 lambda: pl_module(self._to_device(trainer, pl_module, inputs)),
+                self.logits_key,
             )
         self._feature_module = dict(pl_module.named_modules())[self._head.feature_layer]
 
@@ -449,7 +473,7 @@ class TimeVisCallback(Callback):
             if self.class_names is not None:
                 raise CallbackConfigError(
                     f"class_names has {len(self.class_names)} names but the model outputs "
-                    f"{num_classes} logits; pass {num_classes} names"
+                    f"{num_classes} logits; pass {num_classes} names" + self._logits_hint()
                 )
             names = [str(i) for i in range(num_classes)]
         labels = np.concatenate([t.labels for t in self._tracked])
@@ -457,6 +481,7 @@ class TimeVisCallback(Callback):
             raise CallbackConfigError(
                 f"labels range over [{labels.min()}, {labels.max()}] but the model outputs "
                 f"{num_classes} logits; labels must be class indices in [0, {num_classes})"
+                + self._logits_hint()
             )
         thumbnails = self._thumbnails() if self.thumbnails else None
         header = RunHeader(
@@ -486,11 +511,27 @@ class TimeVisCallback(Callback):
             thumbnails=thumbnails,
         )
 
+    def _logits_hint(self) -> str:
+        """For a count of logits that does not fit: where they were taken from, when forward
+        returns more than the logits and ``logits_key`` was not given."""
+        assert self._head is not None
+        if self.logits_key is not None or self._head.logits_from == "forward's output":
+            return ""
+        return (
+            f" (the logits were taken from {self._head.logits_from}: if they are elsewhere, "
+            "pass logits_key= their index or key)"
+        )
+
     def _config(self) -> dict[str, Any]:
         return {
             "max_train_samples": self.max_train_samples,
             "max_test_samples": self.max_test_samples,
             "feature_layer": self.feature_layer,
+            "logits_key": (
+                self.logits_key
+                if self.logits_key is None or isinstance(self.logits_key, (int, str))
+                else getattr(self.logits_key, "__qualname__", repr(self.logits_key))
+            ),
             "every_n_epochs": self.every_n_epochs,
             "record_initial": self.record_initial,
             "boundary_fraction": self.boundary_fraction,
@@ -630,7 +671,9 @@ class TimeVisCallback(Callback):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._head is not None and self._feature_module is not None
         with capture_features(self._feature_module, self._head.from_input) as captured:
-            out = pl_module(self._to_device(trainer, pl_module, inputs))
+            out = select_logits(
+                pl_module(self._to_device(trainer, pl_module, inputs)), self.logits_key
+            )
         return out, captured[0]
 
     def _boundary(

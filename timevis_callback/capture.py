@@ -5,15 +5,20 @@ leaf modules finish: the head is every leaf module that runs after the feature l
 described declaratively (:mod:`timevis_callback.head`) and checked numerically: the rebuilt head
 applied to the captured features must reproduce the model's output, otherwise the forward pass
 does work outside modules (``F.relu``, residual sums) and another ``feature_layer`` is needed.
+
+A forward that returns more than the logits (a tuple, a dict, a ``ModelOutput``) is read through
+:func:`select_logits`: the first item of a tuple or list, the ``"logits"`` entry of a mapping, or
+what ``logits_key`` (an index, a key or attribute name, or a function) picks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,9 +31,17 @@ from timevis_callback.head import Head, param_names
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+LOGITS_FIX = (
+    "pass logits_key= the index or key of the logits in forward's output (or a function "
+    "output -> logits)"
+)
+
+#: where the logits are in forward's output: None (the output itself, a tuple or list's first
+#: item, a mapping's "logits"), an index, a key or attribute name, or a function output -> logits
+LogitsKey = int | str | Callable[[Any], Any] | None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class HeadInfo:
     """The resolved feature layer and the head that maps its output to the logits."""
 
@@ -38,6 +51,8 @@ class HeadInfo:
     spec: list[dict[str, Any]]
     feature_dim: int
     num_classes: int
+    #: where the logits were taken from (":func:`select_logits`"), for messages
+    logits_from: str = "forward's output"
 
 
 def describe_layer(name: str, module: nn.Module) -> dict[str, Any]:
@@ -91,6 +106,71 @@ def head_state(spec: list[dict[str, Any]], modules: tuple[tuple[str, nn.Module],
     return state
 
 
+def select_logits(output: Any, logits_key: LogitsKey = None) -> Any:
+    """The logits in what the model's forward returned (see :data:`LogitsKey`).
+
+    Raises CallbackConfigError naming ``logits_key`` when the key does not fit the output, or
+    when a mapping output has no ``"logits"`` entry and no key was given. What it returns is
+    checked by the caller (a tensor of shape (batch, num_classes)).
+    """
+    if logits_key is None:
+        if isinstance(output, Mapping):
+            if "logits" in output:
+                return output["logits"]
+            raise CallbackConfigError(
+                f"the model's forward returned a {type(output).__name__} without a 'logits' "
+                f"entry (keys: {_keys(output)}); pass logits_key= the key of the logits"
+            )
+        if isinstance(output, (tuple, list)) and output:
+            return output[0]
+        return output
+    if callable(logits_key):
+        return logits_key(output)
+    if isinstance(logits_key, str):
+        if isinstance(output, Mapping):
+            if logits_key in output:
+                return output[logits_key]
+            raise CallbackConfigError(
+                f"logits_key={logits_key!r} is not a key of the {type(output).__name__} that "
+                f"forward returns (keys: {_keys(output)}); pass one of them"
+            )
+        if hasattr(output, logits_key):
+            return getattr(output, logits_key)
+        raise CallbackConfigError(
+            f"logits_key={logits_key!r} names a key, but forward returns a "
+            f"{type(output).__name__} without that attribute; {LOGITS_FIX}"
+        )
+    if isinstance(output, (tuple, list)):
+        if -len(output) <= logits_key < len(output):
+            return output[logits_key]
+        raise CallbackConfigError(
+            f"logits_key={logits_key} is out of range: forward returns a {type(output).__name__} "
+            f"of {len(output)} items; pass an index in [0, {len(output)})"
+        )
+    raise CallbackConfigError(
+        f"logits_key={logits_key} is an index, but forward returns a {type(output).__name__}, "
+        f"not a tuple or list; {LOGITS_FIX}"
+    )
+
+
+def _keys(output: Mapping[Any, Any]) -> str:
+    keys = [repr(k) for k in output]
+    return ", ".join(keys[:10]) + (f" (first 10 of {len(keys)})" if len(keys) > 10 else "")
+
+
+def _where(output: Any, logits_key: LogitsKey) -> str:
+    """Where :func:`select_logits` took the logits from, for messages."""
+    if logits_key is None:
+        if isinstance(output, Mapping):
+            return "forward's output['logits']"
+        if isinstance(output, (tuple, list)) and output:
+            return f"item 0 of the {type(output).__name__} forward returns"
+        return "forward's output"
+    if callable(logits_key):
+        return f"logits_key={getattr(logits_key, '__name__', logits_key)!s}(forward's output)"
+    return f"logits_key={logits_key!r} of forward's output"
+
+
 def _suggest(name: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.4)
     shown = close or candidates[-10:]
@@ -99,14 +179,23 @@ def _suggest(name: str, candidates: list[str]) -> str:
 
 
 def resolve_head(
-    model: nn.Module, feature_layer: str, run_forward: Callable[[], torch.Tensor]
+    model: nn.Module,
+    feature_layer: str,
+    run_forward: Callable[[], Any],
+    logits_key: LogitsKey = None,
 ) -> HeadInfo:
-    """Trace one forward pass (``run_forward``) and resolve the feature layer and its head.
+    """Trace one forward pass (``run_forward``, returning the model's output) and resolve the
+    feature layer and its head.
+
+    The logits are taken from the output by :func:`select_logits`. Under "auto" the features
+    are the input of the ``nn.Linear`` whose output the logits are (so a Linear of an auxiliary
+    output that runs after the classifier is not taken), else of the last ``nn.Linear`` to run.
 
     Raises CallbackConfigError naming the problem and the fix for an unknown layer name, a model
-    without ``nn.Linear`` under "auto", a head outside the declarative set, a head that does
-    not reproduce the model's output, or a forward that returns (log-)probabilities. Warns when
-    "auto" finds a Linear after the classifier (its input are class scores, not features).
+    without ``nn.Linear`` under "auto", an output without (batch, num_classes) logits where
+    ``logits_key`` points, a head outside the declarative set, a head that does not reproduce
+    the model's output, or a forward that returns (log-)probabilities. Warns when "auto" finds a
+    Linear after the classifier (its input are class scores, not features).
     """
     named = dict(model.named_modules())
     if feature_layer != AUTO and feature_layer not in named:
@@ -122,14 +211,23 @@ def resolve_head(
         )
     trace = _Trace(named, feature_layer)
     try:
-        logits = run_forward()
+        output = run_forward()
     finally:
         trace.remove()
+    logits = select_logits(output, logits_key)
+    where = _where(output, logits_key)
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        got = type(logits).__name__ + (
+            str(tuple(logits.shape)) if isinstance(logits, torch.Tensor) else ""
+        )
+        fix = (
+            LOGITS_FIX
+            if logits_key is not None or where != "forward's output"
+            else "return them from LightningModule.forward (or pass logits_key= to pick them "
+            "from a tuple or dict output)"
+        )
         raise CallbackConfigError(
-            f"the model's forward returned {type(logits).__name__}"
-            f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''}; TimeVisCallback "
-            "needs logits of shape (batch, num_classes) from LightningModule.forward"
+            f"{where} is {got}, not logits of shape (batch, num_classes); {fix}"
         )
     linears = [n for n in trace.order if isinstance(named[n], nn.Linear)]
     if feature_layer == AUTO:
@@ -138,7 +236,7 @@ def resolve_head(
                 f"no nn.Linear of {type(model).__name__} ran in forward; pass feature_layer= the "
                 "name of the module whose output feeds the classifier"
             )
-        info, features = trace.head(linears[-1], from_input=True, logits=logits)
+        info, features = trace.head(_auto_layer(trace, linears, logits), True, logits)
     else:
         if feature_layer not in trace.outputs:
             raise CallbackConfigError(
@@ -148,9 +246,11 @@ def resolve_head(
         info, features = trace.head(feature_layer, from_input=False, logits=logits)
     error = _head_error(info, features, logits)
     if error is not None:
-        raise CallbackConfigError(
-            _mismatch_advice(feature_layer, info, error, logits, trace, linears)
-        )
+        advice = _mismatch_advice(feature_layer, info, error, logits, trace, linears)
+        if where != "forward's output" and logits_key is None:
+            advice += f"; the logits were taken from {where}: if they are elsewhere, {LOGITS_FIX}"
+        raise CallbackConfigError(advice)
+    info = dataclasses.replace(info, logits_from=where)
     if feature_layer == AUTO:
         _warn_if_after_the_classifier(info, trace, linears, logits)
     log.info(
@@ -161,6 +261,12 @@ def resolve_head(
         " -> ".join(layer_["type"] for layer_ in info.spec),
     )
     return info
+
+
+def _auto_layer(trace: _Trace, linears: list[str], logits: torch.Tensor) -> str:
+    """The Linear "auto" takes the input of: the last that output the logits, else the last."""
+    classifiers = [n for n in trace.makers(logits) if n in linears]
+    return max(classifiers, key=trace.order.index) if classifiers else linears[-1]
 
 
 class _Trace:
@@ -202,17 +308,22 @@ class _Trace:
     def head(
         self, layer: str, from_input: bool, logits: torch.Tensor
     ) -> tuple[HeadInfo, torch.Tensor]:
-        """The head of features taken at ``layer`` (its input or output), and those features."""
+        """The head of features taken at ``layer`` (its input or output), and those features.
+
+        The head is every leaf module that ran after ``layer``, up to the module whose output
+        the logits are when there is one (modules of other outputs, e.g. an auxiliary head that
+        runs after the classifier, are not part of it)."""
+        end = self.end_of(logits)
         if from_input:
             position = self.order.index(layer)
-            head_names = self.order[position:]
+            head_names = self.order[position:end]
             features = self.inputs[layer]
         else:
             features = self.outputs.get(layer, self.any_outputs[layer])
             # a container (untraced) ends where the traced module that made its output ends
             position = self.order.index(layer if layer in self.order else self.last_maker(features))
             head_names = [
-                n for n in self.order[position + 1 :] if not list(self.named[n].children())
+                n for n in self.order[position + 1 : end] if not list(self.named[n].children())
             ]
         repeated = sorted({n for n in (layer, *head_names) if self.order.count(n) > 1})
         if repeated:
@@ -232,6 +343,12 @@ class _Trace:
             num_classes=int(logits.shape[1]),
         )
         return info, features
+
+    def end_of(self, logits: torch.Tensor) -> int | None:
+        """One past the last run of the traced module whose output the logits are (None: no
+        traced module made them, so the head runs to the end of the forward pass)."""
+        ends = [len(self.order) - self.order[::-1].index(n) for n in self.makers(logits)]
+        return max(ends) if ends else None
 
     def makers(self, tensor: torch.Tensor, traced: bool = True) -> list[str]:
         """The modules whose output is ``tensor`` (traced ones only, or containers too)."""
@@ -258,13 +375,22 @@ class _Trace:
 def _head_error(info: HeadInfo, features: torch.Tensor, logits: torch.Tensor) -> float | None:
     """None when the rebuilt head reproduces the model's output, else the largest error."""
     head = Head(info.spec, head_state(info.spec, info.head_modules))
-    rebuilt = head(features.float().cpu().numpy())
+    try:
+        rebuilt = head(features.float().cpu().numpy())
+    except ValueError:  # its layers' shapes do not chain: not the model's head
+        return math.inf
     expected = logits.detach().float().cpu().numpy()
+    if rebuilt.shape != expected.shape:
+        return math.inf  # e.g. the head of another output's Linear
     scale = max(1.0, float(np.abs(expected).max()))
     error = float(np.abs(rebuilt - expected).max())
     # half-precision models differ from the float64 rebuild by their own rounding
     tolerance = scale * (5e-2 if features.dtype in (torch.float16, torch.bfloat16) else 1e-3)
     return None if error <= tolerance else error
+
+
+def _shown(error: float) -> str:
+    return "it does not compute the output's shape" if math.isinf(error) else f"max error {error:.3g}"
 
 
 def _probabilities(logits: torch.Tensor) -> str | None:
@@ -304,22 +430,23 @@ def _mismatch_advice(
         last = info.feature_layer
         return (
             f"the head found by feature_layer='auto' ({names}, from the input of {last!r}) does "
-            f"not reproduce the model's output (max error {error:.3g}): forward changes the "
+            f"not reproduce the model's output ({_shown(error)}): forward changes the "
             f"output of {last!r} outside modules (an F.* call, a scaling, a residual sum); make "
             "that work a module of the supported set (nn.ReLU for F.relu, ...) or move it out "
             f"of forward, so that forward returns what {last!r} computes"
         )
     where = (
         f"the modules after feature_layer={feature_layer!r} ({names}) do not reproduce the "
-        f"model's output (max error {error:.3g}): forward does work outside modules after "
+        f"model's output ({_shown(error)}): forward does work outside modules after "
         f"{feature_layer!r} (an F.* call, a scaling, a residual sum)"
     )
     if linears:
+        auto_layer = _auto_layer(trace, linears, logits)
         try:
-            auto, features = trace.head(linears[-1], from_input=True, logits=logits)
+            auto, features = trace.head(auto_layer, from_input=True, logits=logits)
             if _head_error(auto, features, logits) is None:
                 return (
-                    f"{where}; use feature_layer='auto' (the input of {linears[-1]!r}, which "
+                    f"{where}; use feature_layer='auto' (the input of {auto_layer!r}, which "
                     "reproduces it)"
                 )
         except CallbackConfigError:
@@ -337,7 +464,7 @@ def _warn_if_after_the_classifier(
     another Linear with at most as many outputs as there are classes: those are class scores
     (a Linear after the classifier), not the penultimate features. A hidden layer with an
     activation before the last Linear is not warned about."""
-    last = linears[-1]
+    last = info.feature_layer
     position = trace.order.index(last)
     earlier = [n for n in trace.order[:position] if isinstance(trace.named[n], nn.Linear)]
     if not earlier or info.feature_dim > info.num_classes:

@@ -299,6 +299,7 @@ def render(
     }
     from timevis_cli.outputs import replaced_folder
     from timevis_cli.render.frames import render_epochs
+    from timevis_cli.render.landscape import palette
 
     out = run.path / "render"
     # written into a temporary folder that replaces render/ only once everything is in it
@@ -314,7 +315,12 @@ def render(
         write_agreement(tmp, landscapes.agreements)
         written.append(str(out / "agreement.json"))
         if settings.gif:
-            animation = write_gif(paths, tmp / "training.gif", frame_ms=int(1000 / settings.fps))
+            animation = write_gif(
+                paths,
+                tmp / "training.gif",
+                frame_ms=int(1000 / settings.fps),
+                class_colours=palette(run.num_classes),
+            )
             written.append(str(out / animation.name))
         if settings.mp4:
             video = write_mp4(paths, tmp / "training.mp4", fps=settings.fps)

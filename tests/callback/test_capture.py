@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timevis_callback.capture import AUTO, capture_features, head_state, resolve_head
+from timevis_callback.capture import (
+    AUTO,
+    capture_features,
+    head_state,
+    resolve_head,
+    select_logits,
+)
 from timevis_callback.errors import CallbackConfigError
 from timevis_callback.head import Head
 
@@ -369,3 +377,139 @@ def test_a_linear_after_the_classifier_is_warned_with_a_layer_that_works(caplog)
     with caplog.at_level("WARNING", logger="timevis_callback.capture"):
         assert resolve(narrow.eval(), AUTO, x).feature_dim == 3
     assert not caplog.records
+
+
+# --- forward outputs that hold more than the logits -------------------------------------------
+class Outputs(nn.Module):
+    """body -> fc (the classifier), and an auxiliary Linear on the body that runs AFTER fc (so
+    it is the last Linear to run); forward returns both in the container ``kind`` asks for."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.body = nn.Sequential(nn.Linear(D_IN, HIDDEN), nn.ReLU())
+        self.fc = nn.Linear(HIDDEN, N_CLASSES)
+        self.aux = nn.Linear(HIDDEN, 3)
+
+    def forward(self, x: torch.Tensor):
+        h = self.body(x)
+        logits = self.fc(h)
+        aux = self.aux(h)
+        return {
+            "tuple": lambda: (logits, aux),
+            "list": lambda: [logits, aux],
+            "dict": lambda: {"aux": aux, "logits": logits},
+            "aux-first": lambda: (aux, logits),
+            "scores": lambda: {"aux": aux, "scores": logits},
+            "object": lambda: SimpleNamespace(aux=aux, scores=logits),
+            "tensor": lambda: logits,
+        }[self.kind]()
+
+
+def assert_head_is_the_classifier(model: Outputs, info, x: torch.Tensor, logits_key=None) -> None:
+    assert info.feature_layer == "fc" and info.from_input
+    assert [name for name, _ in info.head_modules] == ["fc"]  # not the auxiliary Linear
+    assert info.feature_dim == HIDDEN and info.num_classes == N_CLASSES
+    with torch.no_grad(), capture_features(model.fc, True) as captured:
+        logits = select_logits(model(x), logits_key)
+    head = Head(info.spec, head_state(info.spec, info.head_modules))
+    np.testing.assert_allclose(head(captured[0].numpy()), logits.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "where"),
+    [
+        ("tuple", "item 0 of the tuple forward returns"),
+        ("list", "item 0 of the list forward returns"),
+        ("dict", "forward's output['logits']"),
+        ("tensor", "forward's output"),
+    ],
+)
+def test_logits_are_found_in_a_tuple_list_or_dict_output(kind: str, where: str) -> None:
+    model = Outputs(kind).eval()
+    x = inputs(N, D_IN)
+    with torch.no_grad():
+        info = resolve_head(model, AUTO, lambda: model(x))
+    assert_head_is_the_classifier(model, info, x)
+    assert info.logits_from == where
+    assert_no_hooks(model)
+
+
+@pytest.mark.parametrize(
+    ("kind", "logits_key"),
+    [("aux-first", 1), ("aux-first", -1), ("scores", "scores"), ("object", "scores")],
+)
+def test_logits_key_picks_the_logits(kind: str, logits_key) -> None:
+    model = Outputs(kind).eval()
+    x = inputs(N, D_IN)
+    with torch.no_grad():
+        info = resolve_head(model, AUTO, lambda: model(x), logits_key)
+    assert_head_is_the_classifier(model, info, x, logits_key)
+    assert info.logits_from == f"logits_key={logits_key!r} of forward's output"
+
+
+def test_logits_key_function_picks_the_logits() -> None:
+    model = Outputs("aux-first").eval()
+    x = inputs(N, D_IN)
+
+    def second(output):
+        return output[1]
+
+    with torch.no_grad():
+        info = resolve_head(model, AUTO, lambda: model(x), second)
+    assert_head_is_the_classifier(model, info, x, second)
+    assert info.logits_from == "logits_key=second(forward's output)"
+
+
+@pytest.mark.parametrize(
+    ("kind", "logits_key", "message"),
+    [
+        (
+            "scores",
+            None,
+            "the model's forward returned a dict without a 'logits' entry (keys: 'aux', "
+            "'scores'); pass logits_key= the key of the logits",
+        ),
+        ("scores", "logit", "logits_key='logit' is not a key of the dict that forward returns"),
+        ("tuple", 2, "logits_key=2 is out of range: forward returns a tuple of 2 items"),
+        ("tensor", 0, "logits_key=0 is an index, but forward returns a Tensor, not a tuple"),
+        ("object", "logits", "logits_key='logits' names a key, but forward returns a SimpleNamespace"),
+        ("tuple", lambda out: out[0][:, 0], "is Tensor(16,), not logits of shape (batch, num_classes)"),
+    ],
+)
+def test_logits_that_cannot_be_found_name_logits_key(kind: str, logits_key, message: str) -> None:
+    model = Outputs(kind).eval()
+    with pytest.raises(CallbackConfigError) as info:
+        resolve(model, AUTO, inputs(N, D_IN)) if logits_key is None else resolve_head(
+            model, AUTO, lambda: model(inputs(N, D_IN)), logits_key
+        )
+    text = str(info.value)
+    assert message in text and "logits_key=" in text
+    assert "\n" not in text
+    assert_no_hooks(model)
+
+
+def test_a_tuple_whose_first_item_is_not_logits_is_told_to_pass_logits_key() -> None:
+    class FeaturesFirst(nn.Module):  # (features, logits): item 0 is taken, the head cannot be it
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(D_IN, N_CLASSES)
+
+        def forward(self, x: torch.Tensor):
+            h = torch.tanh(x)
+            return h, self.fc(h)
+
+    with pytest.raises(CallbackConfigError) as info:
+        resolve(FeaturesFirst().eval(), AUTO, inputs(N, D_IN))
+    assert "the logits were taken from item 0 of the tuple forward returns: if they are " in str(
+        info.value
+    )
+    assert "pass logits_key= the index or key of the logits" in str(info.value)
+
+
+@pytest.mark.parametrize("logits_key", [1.5, True, "", ["logits"]])
+def test_callback_refuses_a_logits_key_of_another_type(logits_key) -> None:
+    from timevis_callback import TimeVisCallback
+
+    with pytest.raises(CallbackConfigError, match=r"^logits_key=.* must be None .*an int index"):
+        TimeVisCallback(logits_key=logits_key)

@@ -10,6 +10,7 @@ resolved configuration. Every key is defined here once; render and eval read thr
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 import platform
@@ -24,7 +25,7 @@ import torch
 from timevis_callback.reader import Run
 from timevis_cli.config import Config
 from timevis_cli.errors import InputError, StoreError, TimeVisError
-from timevis_cli.fit.pipeline import FitModel, FitResult, ModelTransforms
+from timevis_cli.fit.pipeline import FitModel, FitResult, ModelTransforms, TrackedSamples
 from timevis_cli.fit.projector import Projector
 from timevis_cli.outputs import OutputExists, replaced_folder, set_aside, write_error
 
@@ -214,13 +215,24 @@ def load_fit(run: Run, device: torch.device | None = None) -> LoadedFit:
             f"{projector_file} maps {projector.input_dim}-d features, but the store's are "
             f"{run.feature_dim}-d; {refit}"
         )
+    model = FitModel(projector.eval(), device, list(epochs))
+    if config.refine.enabled:  # transform places new samples among the refined tracked ones
+        model.tracked = TrackedSamples(
+            run, list(epochs), functools.partial(_saved_positions, path / EMBEDDING_FILE)
+        )
     return LoadedFit(
-        model=FitModel(projector.eval(), device, list(epochs)),
+        model=model,
         config=config,
         run_id=run_id,
         epochs=epochs,
         path=path,
     )
+
+
+def _saved_positions(file: Path, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The train and test positions of fitted epoch ``index`` in ``embedding.h5``."""
+    with h5py.File(file, "r") as f:
+        return f[TRAIN][index], f[TEST][index]
 
 
 #: embedding.h5 datasets whose shapes are checked against the store and each other on load

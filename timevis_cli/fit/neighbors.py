@@ -399,7 +399,9 @@ def _import_faiss(backend_name: str) -> Any:
 
     # FAISS's OpenMP pool starts one thread per core of the machine; keep it to torch's count,
     # which the command sized to the cores this process may use (timevis_cli.threads)
-    faiss.omp_set_num_threads(torch.get_num_threads())
+    set_threads = getattr(faiss, "omp_set_num_threads", None)  # absent in some builds
+    if set_threads is not None:
+        set_threads(torch.get_num_threads())
     return faiss
 
 

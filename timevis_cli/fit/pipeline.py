@@ -12,7 +12,7 @@ positions of every (sample, epoch), and the refinement's edges and targets up to
 
     >>> from timevis_callback import open_run                        # doctest: +SKIP
     >>> result = fit(open_run("runs/mnist/store"), load_config())     # doctest: +SKIP
-    >>> result.model.transform(features)   # [n, D] -> [n, 2]         # doctest: +SKIP
+    >>> result.transform(features, epoch=12)   # [n, D] -> [n, 2]     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from timevis_cli.fit.losses import (
     find_ab_params,
     top2_classes,
 )
-from timevis_cli.fit.neighbors import KNNBackend, resolve_backend
+from timevis_cli.fit.neighbors import KNNBackend, TorchExact, resolve_backend
 from timevis_cli.fit.projector import Projector
 from timevis_cli.fit.reduction import select_epochs
 from timevis_cli.fit.refine import (
@@ -97,13 +97,77 @@ class Reporter:
         """The current stage is done."""
 
 
+#: Tracked samples whose positions place a new sample (:meth:`FitModel.transform`).
+TRANSFORM_NEIGHBORS = 10
+
+
+@dataclass
+class TrackedSamples:
+    """Where a refined fit placed every tracked sample, for :meth:`FitModel.transform`.
+
+    The features are read from the store one fitted epoch at a time (the last one read is kept:
+    n x D float32); ``positions(index)`` gives that epoch's ``(train [n_train, 2], test [n_test,
+    2])`` positions, ``index`` being the epoch's position in ``epochs`` (the fit's arrays, or
+    its ``embedding.h5``).
+    """
+
+    run: Run
+    epochs: list[int]
+    positions: Callable[[int], tuple[np.ndarray, np.ndarray]]
+    _last: tuple[int, np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
+
+    def epoch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Features float32 [n, D] and 2-D positions float32 [n, 2] of every tracked sample
+        (store row order, train and test) at fitted epoch ``index``."""
+        if self._last is None or self._last[0] != index:
+            self._last = None  # the previous epoch's features go before the next are read
+            features = self.run.features(self.epochs[index])
+            train_mask, test_mask = self.run.samples.mask("train"), self.run.samples.mask("test")
+            train, test = (np.asarray(p, dtype=np.float32) for p in self.positions(index))
+            if train.shape != (int(train_mask.sum()), 2) or test.shape != (int(test_mask.sum()), 2):
+                raise InputError(
+                    f"epoch {self.epochs[index]}: positions of shapes {train.shape} and "
+                    f"{test.shape} do not match the store's {int(train_mask.sum())} train and "
+                    f"{int(test_mask.sum())} test samples; refit"
+                )
+            positions = np.zeros((len(features), 2), np.float32)
+            positions[train_mask], positions[test_mask] = train, test
+            self._last = (index, features, positions)
+        return self._last[1], self._last[2]
+
+
+def _fit_positions(train: np.ndarray, test: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+    return train[index], test[index]
+
+
+def _place(distances: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """2-D positions float32 [n, 2] from each row's nearest tracked samples: distances [n, k]
+    (ascending) and their positions [n, k, 2]. A row with tracked samples at distance 0 (its
+    own features) takes their position; any other the mean of its neighbours' positions
+    weighted by ``1 / distance²``."""
+    distances = distances.astype(np.float64)
+    same = distances <= 0.0
+    weights = np.where(
+        same.any(axis=1, keepdims=True),
+        same.astype(np.float64),
+        1.0 / np.maximum(distances**2, np.finfo(np.float64).tiny),
+    )
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.einsum("nk,nkd->nd", weights, positions.astype(np.float64)).astype(np.float32)
+
+
 @dataclass
 class FitModel:
-    """The fitted projector with the sklearn-style transforms of one run's feature space."""
+    """The fitted projector with the sklearn-style transforms of one run's feature space.
+
+    ``tracked``: where a refined fit placed the tracked samples (None: the positions are the
+    encoder's, and :meth:`transform` is the encoder).
+    """
 
     projector: Projector
     device: torch.device
     epochs: list[int] = field(default_factory=list)  # fitted epochs, in the decoder's order
+    tracked: TrackedSamples | None = None
 
     def __post_init__(self) -> None:
         if self.projector.epochs not in (0, len(self.epochs)):
@@ -113,10 +177,56 @@ class FitModel:
             )
 
     @torch.no_grad()
-    def transform(self, features: np.ndarray) -> np.ndarray:
-        """2-D positions float32 [n, 2] of features [n, D] (the encoder: where new samples land;
-        after a refinement the tracked samples' positions are the refined ones, not these)."""
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        """The encoder's 2-D positions float32 [n, 2] of features [n, D] (the fit's positions
+        unless it was refined)."""
         return self._apply(self.projector.encode, features, "features", self.projector.input_dim, 2)
+
+    def transform(self, features: np.ndarray, epoch: int | None = None) -> np.ndarray:
+        """2-D positions float32 [n, 2] of features [n, D] recorded at ``epoch``, on the map the
+        fit drew.
+
+        A refined fit (``tracked`` set) places each row among the tracked samples of ``epoch``:
+        at the mean of its :data:`TRANSFORM_NEIGHBORS` nearest ones' positions (feature space,
+        Euclidean) weighted by ``1 / distance²``, so a tracked sample's own features land exactly
+        where the fit placed it and a new sample among its neighbours. ``epoch`` None searches
+        every fitted epoch (their features are read once per call; pass the epoch when it is
+        known; features recorded alike at several epochs land at the mean of their positions).
+        A fit without refinement is its encoder (:meth:`encode`), and ``epoch`` is ignored.
+        """
+        if self.tracked is None:
+            return self.encode(features)
+        x = np.asarray(features, dtype=np.float32)
+        width = self.projector.input_dim
+        if x.ndim != 2 or x.shape[1] != width:
+            raise InputError(
+                f"features of shape {x.shape} given; this fit takes features of shape [n, {width}]"
+            )
+        if not np.isfinite(x).all():
+            raise InputError(
+                f"{_non_finite_rows(x)} of the {len(x)} feature rows hold NaN or inf; "
+                "transform only finite features"
+            )
+        indices = range(len(self.epochs)) if epoch is None else [self.epoch_index(epoch)]
+        if len(x) == 0:
+            return np.zeros((0, 2), np.float32)
+        knn = TorchExact(str(self.device))
+        best_d = np.full((len(x), 0), np.inf, np.float32)
+        best_p = np.zeros((len(x), 0, 2), np.float32)
+        for index in indices:
+            data, positions = self.tracked.epoch(index)
+            k = min(TRANSFORM_NEIGHBORS, len(data))
+            if k == 0:
+                continue
+            rows, distances = knn.query(data, x, k=k)
+            best_d = np.concatenate([best_d, distances], axis=1)
+            best_p = np.concatenate([best_p, positions[rows]], axis=1)
+            order = np.argsort(best_d, axis=1, kind="stable")[:, :TRANSFORM_NEIGHBORS]
+            best_d = np.take_along_axis(best_d, order, axis=1)
+            best_p = np.take_along_axis(best_p, order[..., None], axis=1)
+        if best_d.shape[1] == 0:
+            raise InputError("the fit tracks no samples to place new ones among")
+        return _place(best_d, best_p)
 
     @torch.no_grad()
     def inverse_transform(self, points: np.ndarray, epoch: int | None = None) -> np.ndarray:
@@ -125,6 +235,15 @@ class FitModel:
         index = self.decode_index(epoch)
         decode = lambda y: self.projector.decode(y, index)  # noqa: E731
         return self._apply(decode, points, "points", 2, self.projector.input_dim)
+
+    def epoch_index(self, epoch: int) -> int:
+        """The position of recorded ``epoch`` in the fitted epochs; InputError when not fitted."""
+        if epoch not in self.epochs:
+            raise InputError(
+                f"epoch {epoch} was not fitted (fitted: {format_epochs(self.epochs)}); pick one of "
+                f"those, or refit with --epochs including {epoch}"
+            )
+        return self.epochs.index(epoch)
 
     def decode_index(self, epoch: int | None) -> int | None:
         """The decoder's index of recorded ``epoch`` (None when the decoder is shared by all
@@ -136,12 +255,7 @@ class FitModel:
                 "this fit's decoder has one bias per epoch; pass epoch= (one of "
                 f"{format_epochs(self.epochs)}) to inverse_transform"
             )
-        if epoch not in self.epochs:
-            raise InputError(
-                f"epoch {epoch} was not fitted (fitted: {format_epochs(self.epochs)}); pick one of "
-                f"those, or refit with --epochs including {epoch}"
-            )
-        return self.epochs.index(epoch)
+        return self.epoch_index(epoch)
 
     def _apply(
         self,
@@ -169,9 +283,9 @@ class ModelTransforms:
 
     model: FitModel
 
-    def transform(self, features: np.ndarray) -> np.ndarray:
-        """2-D positions [n, 2] of features [n, D]: :meth:`FitModel.transform`."""
-        return self.model.transform(features)
+    def transform(self, features: np.ndarray, epoch: int | None = None) -> np.ndarray:
+        """2-D positions [n, 2] of features [n, D] recorded at ``epoch``: :meth:`FitModel.transform`."""
+        return self.model.transform(features, epoch)
 
     def inverse_transform(self, points: np.ndarray, epoch: int | None = None) -> np.ndarray:
         """Features [n, D] decoded from 2-D points at recorded ``epoch``:
@@ -432,7 +546,7 @@ def _layout_graph(
         for epoch, part in zip(epochs, parts, strict=True):
             features = np.concatenate([_tracked_features(run, epoch), part.features])
             features = features.astype(np.float32, copy=False)
-            yield EpochPoints(features, model.transform(features), n_tracked)
+            yield EpochPoints(features, model.encode(features), n_tracked)
             _return_freed_memory()
             reporter.advance(epoch=epoch)
 
@@ -755,6 +869,9 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
             stats["refine"]["seconds"]["graph"] = round(prepared, 3)
         del features, attention
         boundary_features = [p.features.astype(np.float16) for p in parts]
+        model.tracked = TrackedSamples(
+            run, list(epochs), functools.partial(_fit_positions, train_pos, test_pos)
+        )
     else:
         del features, attention
         with _timed(stats, "embedding"):
@@ -763,11 +880,11 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
             test_pos = np.zeros((len(epochs), int(test_mask.sum()), 2), np.float32)
             boundary_points, boundary_features = [], []
             for i, (epoch, part) in enumerate(zip(epochs, parts, strict=True)):
-                points = model.transform(_tracked_features(run, epoch))
+                points = model.encode(_tracked_features(run, epoch))
                 train_pos[i], test_pos[i] = points[train_mask], points[test_mask]
                 boundary = part.features  # the boundary rows only, since training
                 boundary_points.append(
-                    model.transform(boundary) if len(boundary) else np.zeros((0, 2), np.float32)
+                    model.encode(boundary) if len(boundary) else np.zeros((0, 2), np.float32)
                 )
                 boundary_features.append(boundary.astype(np.float16))
                 reporter.advance(epoch=epoch)

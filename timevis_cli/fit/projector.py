@@ -115,14 +115,19 @@ class Projector(nn.Module):
         """
         if epoch is None or self.epoch_bias is None:
             return self.decoder(y)
-        if not isinstance(epoch, Tensor):
+        if isinstance(epoch, Tensor) and epoch.ndim:
+            # an embedding lookup: its gradient sums each epoch's rows in a fixed order (the
+            # backward of ``epoch_bias[epoch]`` adds them from several CPU threads at once)
+            bias = nn.functional.embedding(epoch, self.epoch_bias)
+        else:
             epoch = operator.index(epoch)
             if not 0 <= epoch < self.epochs:
                 raise InputError(
                     f"epoch index {epoch} is outside the decoder's 0..{self.epochs - 1}; pass the "
                     "position of a fitted epoch (FitModel.inverse_transform maps epoch numbers)"
                 )
-        return self.decoder[1:](self.decoder[0](y) + self.epoch_bias[epoch])
+            bias = self.epoch_bias[epoch]
+        return self.decoder[1:](self.decoder[0](y) + bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(φ(x), ψ(φ(x)))``: embedding [n, 2] and reconstruction [n, input_dim]."""

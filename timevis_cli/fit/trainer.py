@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "SharedRows",
     "TrainParams",
     "TrainReport",
+    "deterministic_on_cpu",
     "edges_per_epoch",
     "fit_decoder",
     "fit_projector",
@@ -270,6 +272,35 @@ def _check_inputs(features: Tensor, attention: Tensor | SharedRows, edges: EdgeS
         raise InputError("every edge weight is 0: nothing to sample")
 
 
+@contextmanager
+def deterministic_on_cpu(device: torch.device | str) -> Iterator[None]:
+    """Torch's deterministic algorithms while a fit runs on the CPU; the previous setting after.
+
+    On the CPU the backward of a row gather ``x[index]`` (``index_put_`` with ``accumulate``)
+    adds the rows from several threads in no fixed order once it touches 32 768 elements or
+    more, so two fits of one seed gave different weights (the decoder's per-epoch bias, the
+    UMAP loss's negatives at large batches); the deterministic variant adds them in order and
+    costs nothing measurable here. Uninitialised memory is not filled (nothing reads it).
+    Other devices are left as they are (CUDA's deterministic variants are slower, and some
+    raise).
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
+
+
 def _seeds(seed: int) -> tuple[int, int]:
     """Independent seeds for the initialisation and for the sampling generator."""
     init_seed, sample_seed = np.random.SeedSequence(int(seed)).generate_state(2, dtype=np.uint64)
@@ -369,8 +400,9 @@ def fit_projector(
     exactly METHOD.md's mean "over both ends of each edge". Seeded end to end: the
     initialisation from ``seed`` (without touching torch's global generator), the sampling and
     the negatives from one ``torch.Generator`` on ``device``; the same seed gives identical
-    weights on the CPU (on CUDA, atomics in the backward of the gathers may differ in the last
-    bits unless ``torch.use_deterministic_algorithms(True)`` is set).
+    weights on the CPU (the steps run under :func:`deterministic_on_cpu`; on CUDA, atomics in
+    the backward of the gathers may differ in the last bits unless
+    ``torch.use_deterministic_algorithms(True)`` is set).
 
     ``projector``: start from this one (e.g. a PCA initialisation, or the previous epoch's for
     the DVI baseline) instead of a fresh one; it must match the features' dimension. It is
@@ -436,16 +468,17 @@ def fit_projector(
     for epoch in range(1, params.max_epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         drawn = sample_edges(weight, n_draws, generator)
-        losses = _train_epoch(
-            projector,
-            optimizer,
-            (head[drawn], tail[drawn]),
-            features,
-            attention,
-            params,
-            (a, b),
-            generator,
-        )
+        with deterministic_on_cpu(device):
+            losses = _train_epoch(
+                projector,
+                optimizer,
+                (head[drawn], tail[drawn]),
+                features,
+                attention,
+                params,
+                (a, b),
+                generator,
+            )
         scheduler.step()
         history.append(losses)
         umap, recon, total = losses
@@ -528,8 +561,9 @@ def fit_decoder(
     ``epoch_index`` int64 [V]: each vertex's fitted-epoch index (< ``n_epochs``, default: the
     largest index + 1), checked once here; the decoder then gets one bias per epoch
     (:meth:`Projector.add_epoch_bias`), fitted with it, since a refined layout may place
-    different epochs' features at one 2-D point. The encoder is left as it is. Seeded;
-    runs on the projector's device. Returns the loss of every step; ``progress(step, loss)`` is
+    different epochs' features at one 2-D point. The encoder is left as it is. Seeded (on the
+    CPU bitwise: the steps run under :func:`deterministic_on_cpu`); runs on the projector's
+    device. Returns the loss of every step; ``progress(step, loss)`` is
     called every 10 steps and at the end.
     """
     if positions.ndim != 2 or positions.shape[1] != 2 or positions.shape[0] != features.shape[0]:
@@ -562,18 +596,19 @@ def fit_decoder(
     optimizer = torch.optim.Adam(parameters, lr=lr)
     projector.decoder.train()
     history = torch.zeros(steps, dtype=torch.float32, device=device)  # one transfer at the end
-    for step in range(1, steps + 1):
-        rows = torch.randint(
-            features.shape[0], (min(batch_size, features.shape[0]),), generator=generator, device=device
-        )
-        decoded = projector.decode(positions[rows], None if epoch_index is None else epoch_index[rows])
-        loss = reconstruction_loss(features[rows], decoded, attention[rows])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        history[step - 1] = loss.detach()
-        if progress is not None and (step % 10 == 0 or step == steps):
-            progress(step, float(history[step - 1]))
+    with deterministic_on_cpu(device):
+        for step in range(1, steps + 1):
+            rows = torch.randint(
+                features.shape[0], (min(batch_size, features.shape[0]),), generator=generator, device=device
+            )
+            decoded = projector.decode(positions[rows], None if epoch_index is None else epoch_index[rows])
+            loss = reconstruction_loss(features[rows], decoded, attention[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history[step - 1] = loss.detach()
+            if progress is not None and (step % 10 == 0 or step == steps):
+                progress(step, float(history[step - 1]))
     projector.eval()
     losses = history.tolist()
     if losses and not math.isfinite(losses[-1]):

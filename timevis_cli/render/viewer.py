@@ -2,8 +2,12 @@
 
 :func:`write_viewer` writes ONE self-contained HTML file: no network, no external files, vanilla
 JavaScript drawing on a ``<canvas>``. It has an epoch slider, a play/pause button, a speed select,
-a checkbox that shows test samples, the epoch's title, a legend, trails through tracked samples,
-and a tooltip on hover with the sample's id, split, label, prediction at that epoch and thumbnail.
+a checkbox that shows test samples, the epoch's title, a legend, and a tooltip on hover with the
+sample's id, split, label, prediction at that epoch and thumbnail. Trails are off for every
+sample but the hovered one and the selected ones (``track``, and those clicked; a second click,
+the "clear trails" button or Escape drops them): each is drawn smoothed (a moving average over
+the epochs, then a Catmull-Rom curve through it, ending on the sample's current position),
+fading with age behind the current epoch, and faint and dashed ahead of it.
 Points follow the PNG frames' convention (``render.py``): coloured by label, a misclassified
 sample drawn as a ring in its label's colour around a dot in the predicted class's colour, test
 samples as triangles.
@@ -29,15 +33,16 @@ predictions = 13.3 MB of base64, plus the backgrounds (a 200 x 200 landscape PNG
 random subset with a fixed seed, tracked samples always kept) with a logged warning, never
 silently.
 
-Test hooks: the DOM ids ``epoch-slider``, ``play``, ``title``, ``tooltip``, ``canvas``, ``legend``;
-``window.timevis`` with ``setEpoch(i)``, ``epoch()`` (both an index into ``epochs``),
-``epochNumber()``, ``pointAt(row)`` (``{x, y}`` in CSS pixels from the canvas's top-left corner,
-plus ``clientX``/``clientY`` for a synthetic mouse event; ``null`` where the position is missing)
-and ``ready`` (a promise: images decoded). Opening the page as ``index.html#selftest=epoch:3,
-hover:17[,test:1][,play:MS]`` sets the slider, hovers page row 17 (showing test samples first
-with ``test:1``), optionally presses play and waits MS milliseconds, then writes a JSON report
-(title, tooltip text, ...) into ``<pre id="selftest">``, which ``chromium --headless --dump-dom``
-prints.
+Test hooks: the DOM ids ``epoch-slider``, ``play``, ``title``, ``tooltip``, ``canvas``, ``legend``,
+``clear-trails``; ``window.timevis`` with ``setEpoch(i)``, ``epoch()`` (both an index into
+``epochs``), ``epochNumber()``, ``pointAt(row)`` (``{x, y}`` in CSS pixels from the canvas's
+top-left corner, plus ``clientX``/``clientY`` for a synthetic mouse event; ``null`` where the
+position is missing), ``select(row)`` (toggles a row's trail), ``trailRows()`` (the rows whose
+trails are drawn: selected, then hovered) and ``ready`` (a promise: images decoded). Opening the
+page as ``index.html#selftest=epoch:3,click:5,hover:17[,test:1][,play:MS]`` sets the slider,
+clicks page row 5, hovers row 17 (showing test samples first with ``test:1``), optionally
+presses play and waits MS milliseconds, then writes a JSON report (title, tooltip text, trail
+rows, ...) into ``<pre id="selftest">``, which ``chromium --headless --dump-dom`` prints.
 """
 
 from __future__ import annotations
@@ -201,8 +206,9 @@ def write_viewer(
     ids: int [N] sample ids shown on hover; splits: [N], 0 train, 1 test. class_names: C names
     (shown as text, never parsed as HTML); palette: uint8 [>=C, 3], ``landscape.palette(C)`` when
     omitted. thumbnails: uint8 [N, h, w] or [N, h, w, 3], or None. titles: E strings
-    (``render.title_text``), ``"epoch n"`` when omitted. track: row indices whose trails are
-    drawn. max_points: more rows than this are subsampled, with a logged warning.
+    (``render.title_text``), ``"epoch n"`` when omitted. track: row indices selected when the
+    page opens (their trails drawn; every other trail is off until its sample is hovered or
+    clicked). max_points: more rows than this are subsampled, with a logged warning.
     """
     epochs = list(epochs)
     if not epochs or not all(_is_int(e) for e in epochs):
@@ -356,6 +362,7 @@ body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 
     <option value="20">20 epochs/s</option><option value="50">50 epochs/s</option>
   </select></label>
   <label><input id="show-test" type="checkbox"> test samples</label>
+  <button id="clear-trails" type="button">clear trails</button>
 </div>
 <div id="stage">
   <canvas id="canvas"></canvas>
@@ -364,7 +371,8 @@ body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 
 </div>
 <div id="legend"></div>
 <div id="key">&#9679; train &nbsp; &#9650; test &nbsp; ring: label colour, inner dot:
-predicted colour (misclassified) &nbsp; lines: tracked samples (solid: past, dashed: future)</div>
+predicted colour (misclassified) &nbsp; trail: the hovered sample's path (click a sample to keep
+its trail, click again to drop it; fading: past epochs, dashed: epochs to come)</div>
 <pre id="selftest"></pre>
 <script type="application/json" id="timevis-data">__DATA__</script>
 <script>
@@ -408,6 +416,7 @@ predicted colour (misclassified) &nbsp; lines: tracked samples (solid: past, das
   const canvas = $("canvas"), overlay = $("overlay"), tooltip = $("tooltip");
   const slider = $("epoch-slider"), play = $("play"), title = $("title");
   const speed = $("speed"), showTestBox = $("show-test"), label = $("epoch-label");
+  const clearTrails = $("clear-trails");
   const dpr = window.devicePixelRatio || 1;
   for (const c of [canvas, overlay]) {
     c.width = Math.round(W * dpr); c.height = Math.round(H * dpr);
@@ -446,11 +455,58 @@ predicted colour (misclassified) &nbsp; lines: tracked samples (solid: past, das
   let cur = 0, showTest = showTestBox.checked, px = null, py = null;
   let cellStart = null, cellItems = null;
   const NX = Math.ceil(W / CELL), NY = Math.ceil(H / CELL);
-  const trails = D.track.map(i => {
-    const pts = [];
-    for (let e = 0; e < E; e++) pts.push(pixel(e, i));
-    return pts;
-  });
+  // Trails: off but for the hovered sample and the selected ones. A path is the moving average
+  // (triangular weights, SMOOTH epochs either side, within a run of present positions) of the
+  // sample's positions, drawn as a Catmull-Rom curve that ends on its current position; behind
+  // the current epoch it fades by half every HALF_LIFE epochs, ahead of it it is faint and dashed.
+  const SMOOTH = Math.max(1, Math.round(E / 20)), HALF_LIFE = Math.max(3, E / 4);
+  const selected = new Set(D.track);
+  const smoothed = new Map();
+  function path(i) {
+    if (smoothed.has(i)) return smoothed.get(i);
+    const raw = [];
+    for (let e = 0; e < E; e++) raw.push(pixel(e, i));
+    const out = raw.map((p, e) => {
+      if (!p) return null;
+      let x = (SMOOTH + 1) * p[0], y = (SMOOTH + 1) * p[1], w = SMOOTH + 1;
+      for (const step of [-1, 1]) {
+        for (let d = 1; d <= SMOOTH; d++) {
+          const q = raw[e + step * d];
+          if (!q) break;
+          x += (SMOOTH + 1 - d) * q[0]; y += (SMOOTH + 1 - d) * q[1]; w += SMOOTH + 1 - d;
+        }
+      }
+      return [x / w, y / w];
+    });
+    smoothed.set(i, out);
+    return out;
+  }
+  function drawTrail(c, i) {
+    const s = path(i).slice(), now = pixel(cur, i);
+    if (now) s[cur] = now;
+    c.save();
+    c.lineCap = "butt"; c.lineJoin = "round";  // butt: translucent pieces meet without overlap
+    for (const halo of [true, false]) {  // a white halo under the line keeps it readable
+      for (let e = 0; e + 1 < E; e++) {
+        const p1 = s[e], p2 = s[e + 1];
+        if (!p1 || !p2) continue;
+        const p0 = (e > 0 && s[e - 1]) || p1, p3 = s[e + 2] || p2;
+        const ahead = e >= cur;
+        const alpha = ahead ? 0.35 : Math.max(0.15, 0.95 * Math.pow(0.5, (cur - e - 1) / HALF_LIFE));
+        const width = ahead ? 1 : 1 + 1.8 * alpha;
+        if (halo && ahead) continue;
+        c.setLineDash(ahead ? [3, 4] : []);
+        c.lineWidth = halo ? width + 2 : width;
+        c.strokeStyle = halo ? "rgba(255,255,255," + (0.6 * alpha).toFixed(3) + ")"
+                             : "rgba(15,15,15," + alpha.toFixed(3) + ")";
+        c.beginPath(); c.moveTo(p1[0], p1[1]);
+        c.bezierCurveTo(p1[0] + (p2[0] - p0[0]) / 6, p1[1] + (p2[1] - p0[1]) / 6,
+                        p2[0] - (p3[0] - p1[0]) / 6, p2[1] - (p3[1] - p1[1]) / 6, p2[0], p2[1]);
+        c.stroke();
+      }
+    }
+    c.restore();
+  }
 
   function visible(i) { return SPLIT[i] === 0 || showTest; }
   function layout() {  // pixel positions and the grid bucket index of the current epoch
@@ -529,35 +585,18 @@ predicted colour (misclassified) &nbsp; lines: tracked samples (solid: past, das
       }
     }
   }
-  function polyline(pts, from, to) {
-    ctx.beginPath();
-    let pen = false;
-    for (let e = from; e <= to; e++) {
-      const p = pts[e];
-      if (!p) { pen = false; continue; }
-      if (pen) ctx.lineTo(p[0], p[1]); else ctx.moveTo(p[0], p[1]);
-      pen = true;
-    }
-    ctx.stroke();
-  }
   function drawTrails() {
+    for (const i of selected) if (visible(i)) drawTrail(ctx, i);
     ctx.save();
-    ctx.lineJoin = "round"; ctx.lineCap = "round";
-    for (const pts of trails) {
-      ctx.setLineDash([4, 4]); ctx.lineWidth = 1; ctx.strokeStyle = "rgba(20,20,20,0.35)";
-      polyline(pts, cur, E - 1);
-      ctx.setLineDash([]); ctx.lineWidth = 1.8; ctx.strokeStyle = "rgba(20,20,20,0.85)";
-      polyline(pts, 0, cur);
-    }
-    D.track.forEach((i, k) => {
-      const p = trails[k][cur];
-      if (!p) return;
+    for (const i of selected) {
+      const p = pixel(cur, i);
+      if (!p || !visible(i)) continue;
       ctx.beginPath(); ctx.arc(p[0], p[1], RING + 3, 0, 2 * Math.PI);
       ctx.lineWidth = 4; ctx.strokeStyle = "rgba(255,255,255,0.9)"; ctx.stroke();
       ctx.lineWidth = 2; ctx.strokeStyle = "#000"; ctx.stroke();
       ctx.font = "11px sans-serif"; ctx.fillStyle = "#000";
       ctx.fillText(String(IDS[i]), p[0] + RING + 5, p[1] - RING - 3);
-    });
+    }
     ctx.restore();
   }
   function draw() {
@@ -609,6 +648,7 @@ predicted colour (misclassified) &nbsp; lines: tracked samples (solid: past, das
     if (top + th > H) top = Math.max(0, py[i] - 14 - th);
     tooltip.style.left = left + "px"; tooltip.style.top = top + "px";
     octx.clearRect(0, 0, W, H);
+    if (!selected.has(i)) drawTrail(octx, i);
     octx.beginPath(); octx.arc(px[i], py[i], RING + 2, 0, 2 * Math.PI);
     octx.lineWidth = 2; octx.strokeStyle = "#000"; octx.stroke();
   }
@@ -621,6 +661,29 @@ predicted colour (misclassified) &nbsp; lines: tracked samples (solid: past, das
     hoverAt(ev.clientX - rect.left, ev.clientY - rect.top);
   });
   canvas.addEventListener("mouseleave", hideTip);
+  function select(i) {  // toggle row i's trail
+    if (selected.has(i)) selected.delete(i); else selected.add(i);
+    clearTrails.disabled = selected.size === 0;
+    draw();
+    if (hovered >= 0) showTip(hovered);
+  }
+  canvas.addEventListener("click", ev => {
+    const rect = canvas.getBoundingClientRect();
+    const i = nearest(ev.clientX - rect.left, ev.clientY - rect.top);
+    if (i >= 0) select(i);
+  });
+  function clearSelection() {
+    selected.clear(); clearTrails.disabled = true;
+    draw();
+    if (hovered >= 0) showTip(hovered);
+  }
+  clearTrails.disabled = selected.size === 0;
+  clearTrails.addEventListener("click", clearSelection);
+  function trailRows() {
+    const rows = Array.from(selected).filter(visible);
+    if (hovered >= 0 && !selected.has(hovered)) rows.push(hovered);
+    return rows;
+  }
 
   function setEpoch(e) {
     e = Math.max(0, Math.min(E - 1, Math.round(Number(e)) || 0));
@@ -656,6 +719,7 @@ predicted colour (misclassified) &nbsp; lines: tracked samples (solid: past, das
     if (ev.key === " ") { ev.preventDefault(); play.click(); }
     else if (ev.key === "ArrowRight") setEpoch(cur + 1);
     else if (ev.key === "ArrowLeft") setEpoch(cur - 1);
+    else if (ev.key === "Escape") clearSelection();
   });
 
   function pointAt(i) {
@@ -667,11 +731,11 @@ predicted colour (misclassified) &nbsp; lines: tracked samples (solid: past, das
   const ready = Promise.all(loads).then(() => { draw(); });
   window.timevis = {
     setEpoch, epoch: () => cur, epochNumber: () => D.epochs[cur], pointAt, ready,
-    epochs: D.epochs.slice(), rows: N,
+    epochs: D.epochs.slice(), rows: N, select, trailRows,
   };
   setEpoch(0);
 
-  // Test hook: index.html#selftest=epoch:3,hover:17[,test:1] reports into <pre id="selftest">.
+  // Test hook: index.html#selftest=epoch:3,click:5,hover:17[,test:1] reports into <pre id="selftest">.
   const m = /^#selftest=(.*)$/.exec(location.hash);
   if (m) ready.then(() => {
     const opts = {};
@@ -692,6 +756,13 @@ predicted colour (misclassified) &nbsp; lines: tracked samples (solid: past, das
     setEpoch(cur); setEpoch(cur);
     out.setEpochMs = (Date.now() - t0) / 2;
     out.sliderValue = slider.value;
+    out.trailsAtStart = trailRows();
+    if ("click" in opts) {
+      const p = pointAt(Number(opts.click));
+      if (p) canvas.dispatchEvent(new MouseEvent("click",
+          {clientX: p.clientX, clientY: p.clientY, bubbles: true}));
+      out.trailsAfterClick = trailRows();
+    }
     if ("hover" in opts) {
       const row = Number(opts.hover), p = pointAt(row);
       out.point = p;
@@ -710,6 +781,7 @@ predicted colour (misclassified) &nbsp; lines: tracked samples (solid: past, das
         out.thumbnail = {width: tc.width, height: tc.height, min: lo, max: hi};
       }
     }
+    out.trails = trailRows();
     out.legend = Array.from(legend.querySelectorAll(".item")).map(el => el.textContent);
     const report = () => {
       $("selftest").textContent = JSON.stringify(out);

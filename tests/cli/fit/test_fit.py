@@ -11,12 +11,15 @@ from click.testing import CliRunner
 from stores import drifting_clusters
 
 from timevis_callback import open_run
+from timevis_callback.writer import RunHeader, write_epoch, write_run
 from timevis_cli.cli import main
 from timevis_cli.config import load_config
 from timevis_cli.errors import ConfigError, InputError
 from timevis_cli.evaluate.metrics import nnpv
-from timevis_cli.fit.io import load_fit
+from timevis_cli.fit.io import load_fit, save_fit
+from timevis_cli.fit.neighbors import TorchExact
 from timevis_cli.fit.pipeline import Reporter, fit
+from timevis_cli.render.landscape import shared_canvas_bounds
 
 FAST = ["training.max_epochs=6", "reduction.init_size=100"]
 
@@ -151,6 +154,96 @@ def test_inverse_transform_keeps_the_prediction(tmp_path, refine):
         recon = result.model.inverse_transform(result.train[i], epoch=epoch)
         agreement = (head(recon).argmax(1) == head(high).argmax(1)).mean()
         assert agreement > 0.9, f"epoch {epoch}: ppr {agreement}"
+
+
+def _store_without(source, dest, held_out):
+    """A copy of the store ``source`` at ``dest`` without the rows ``held_out`` (its samples
+    become new samples of the same run, never seen by a fit of the copy)."""
+    run = open_run(source)
+    keep = np.setdiff1d(np.arange(len(run.samples)), held_out)
+    head = run.head(run.epochs[0])
+    header = RunHeader(
+        run_id=f"{run.run_id}-kept",
+        feature_layer=run.feature_layer,
+        feature_io=run.feature_io,
+        feature_dim=run.feature_dim,
+        num_classes=run.num_classes,
+        class_names=run.class_names,
+        head_spec=head.spec,
+    )
+    write_run(dest, header, run.samples.id[keep], run.samples.split[keep], run.samples.label[keep])
+    for epoch in run.epochs:
+        write_epoch(
+            dest,
+            epoch,
+            features=run.features(epoch)[keep],
+            logits=run.logits(epoch)[keep],
+            head_state=run.head(epoch).state,
+            boundary=run.boundary(epoch),
+        )
+    return dest
+
+
+def _overlap(a, b):
+    """Mean share of each row's indices in ``a`` [n, k] that are also in ``b`` [n, k]."""
+    return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True)]))
+
+
+def test_transform_places_tracked_samples_where_the_fit_drew_them_and_new_ones_among_neighbours(
+    tmp_path,
+):
+    source = drifting_clusters(tmp_path / "all", n_train=330, n_test=60, epochs=4, boundary=True)
+    all_run = open_run(source)
+    held_out = np.flatnonzero(all_run.samples.mask("train"))[-30:]  # 30 train samples
+    run = open_run(_store_without(source, tmp_path / "kept", held_out))
+    result = fit(run, load_config(overrides=FAST + ["training.max_epochs=4"]))
+    bounds, _ = shared_canvas_bounds({e: result.train[i] for i, e in enumerate(result.epochs)})
+    side = bounds.xmax - bounds.xmin
+    backend = TorchExact()
+    k = 10
+    for i, epoch in enumerate(result.epochs):
+        features = run.features(epoch)
+        drawn = np.zeros((len(features), 2), np.float32)
+        drawn[run.samples.mask("train")], drawn[run.samples.mask("test")] = result.train[i], result.test[i]
+        # tracked samples land where the fit drew them (the encoder alone is far off)
+        error = np.linalg.norm(result.transform(features, epoch=epoch) - drawn, axis=1) / side
+        assert error.max() < 0.005 and error.mean() < 0.001, (epoch, error.max(), error.mean())
+        encoder = np.linalg.norm(result.model.encode(features) - drawn, axis=1) / side
+        assert encoder.mean() > 0.01, encoder.mean()
+        moving = np.arange(1, len(features))  # sample 0 has the same features at every epoch
+        anywhere = np.linalg.norm(result.transform(features[moving]) - drawn[moving], axis=1) / side
+        assert anywhere.max() < 0.005, anywhere.max()
+        # new samples land among their feature-space neighbours ...
+        new = all_run.features(epoch)[held_out]
+        placed = result.transform(new, epoch=epoch)
+        near_high = backend.query(features, new, k=k)[0]
+        near_low = backend.query(drawn, placed, k=k)[0]
+        overlap = _overlap(near_high, near_low)
+        chance = k / len(features)
+        assert overlap > max(0.4, 10 * chance), f"epoch {epoch}: kNN overlap {overlap:.2f}"
+        # ... where the landscape says what the classifier says, as for the tracked samples
+        head = run.head(epoch)
+        tracked_agree = np.mean(
+            head(result.inverse_transform(drawn, epoch=epoch)).argmax(1) == head(features).argmax(1)
+        )
+        new_agree = np.mean(
+            head(result.inverse_transform(placed, epoch=epoch)).argmax(1) == head(new).argmax(1)
+        )
+        assert new_agree >= tracked_agree - 0.05, f"epoch {epoch}: {new_agree} vs {tracked_agree}"
+    with pytest.raises(InputError, match="epoch 9 was not fitted"):
+        result.transform(features, epoch=9)
+    # a saved and loaded fit places samples exactly as the fit in memory does
+    save_fit(run.path, result, overwrite=False)
+    loaded = load_fit(open_run(run.path))
+    epoch = result.epochs[-1]
+    new = all_run.features(epoch)[held_out]
+    np.testing.assert_array_equal(
+        loaded.transform(new, epoch=epoch), result.transform(new, epoch=epoch)
+    )
+    bad = features[:3].copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(InputError, match="1 of the 3 feature rows hold NaN"):
+        result.transform(bad, epoch=result.epochs[0])
 
 
 def test_same_seed_same_embedding(tmp_path):

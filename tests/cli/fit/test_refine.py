@@ -246,6 +246,31 @@ def test_fit_decoder_with_epoch_biases_decodes_one_point_per_epoch():
         projector.decode(positions, 2)
 
 
+def test_fit_decoder_with_epoch_biases_is_bitwise_repeatable_on_many_threads():
+    # the gradient of the per-epoch biases sums each epoch's rows of a batch (600 x 64 here);
+    # from several CPU threads at once that sum came out in a different order every run
+    x, _ = _blobs(n=300, dim=8)
+    features = torch.from_numpy(np.concatenate([x, -x]))
+    positions = torch.from_numpy(np.random.default_rng(0).normal(size=(600, 2)).astype(np.float32))
+    epoch = torch.arange(600) % 3
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)  # more threads than cores: the order would change from run to run
+    try:
+        states = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            projector = Projector(8, hidden=64, depth=1)
+            fit_decoder(
+                projector, positions, features, torch.zeros_like(features),
+                steps=30, batch_size=600, lr=1e-2, seed=0, epoch_index=epoch,
+            )  # fmt: skip
+            states.append(projector.state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
+
+
 def test_trajectory_pairs_cover_every_lag_or_a_geometric_set():
     first, second = trajectory_pairs(6, 8)
     assert sorted(set((second - first).tolist())) == [1, 2, 3, 4, 5]

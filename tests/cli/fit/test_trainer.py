@@ -316,3 +316,40 @@ def test_bad_inputs_are_refused():
     zero = EdgeSet.from_coo([0], [1], [0.0], EdgeKind.SPATIAL)
     with pytest.raises(InputError, match="weight"):
         fit_projector(features, features, zero, params, "cpu", 0)
+
+
+def test_large_batches_train_bitwise_the_same_on_many_threads(blobs):
+    # batches of 4000 edges: the backward of the UMAP loss's gathers (40 000 elements) adds
+    # from several CPU threads at once, in no fixed order, unless the fit makes it deterministic
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)  # more threads than cores: the order would change from run to run
+    try:
+        params = {"batch_size": 4000, "max_epochs": 2, "min_edges_per_epoch": 8000}
+        first, _ = fit_blobs(blobs, seed=3, **params)
+        second, _ = fit_blobs(blobs, seed=3, **params)
+    finally:
+        torch.set_num_threads(threads)
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+
+
+def test_deterministic_on_cpu_is_undone_after_the_fit_and_on_errors():
+    assert not torch.are_deterministic_algorithms_enabled()
+    with trainer.deterministic_on_cpu("cpu"):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    with pytest.raises(RuntimeError, match="boom"), trainer.deterministic_on_cpu("cpu"):
+        raise RuntimeError("boom")
+    assert not torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)  # a caller's own setting is kept
+    try:
+        with trainer.deterministic_on_cpu("cpu"):
+            assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    with trainer.deterministic_on_cpu("meta"):  # other devices: left as they are
+        assert not torch.are_deterministic_algorithms_enabled()

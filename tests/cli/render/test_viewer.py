@@ -289,6 +289,70 @@ def test_browser_slider_title_and_hover(tmp_path):
 
 @pytest.mark.slow
 @needs_chromium
+def test_browser_trails_are_off_until_a_sample_is_hovered_or_selected(tmp_path):
+    inputs = _browser_inputs()
+    inputs["track"] = None
+    page = write_viewer(tmp_path / "index.html", **inputs)
+    report = _selftest(tmp_path, page, "epoch:3")
+    assert report["trailsAtStart"] == [] and report["trails"] == []  # none by default
+    report = _selftest(tmp_path, page, "epoch:3,hover:17")
+    assert report["hovered"] == 17 and report["trails"] == [17]  # the hovered sample's only
+    report = _selftest(tmp_path, page, "epoch:3,click:17,hover:20")
+    assert report["trailsAfterClick"] == [17]  # a click keeps it
+    assert report["trails"] == [17, 20]
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_browser_tracked_trails_are_selected_and_a_click_drops_them(tmp_path):
+    page = write_viewer(tmp_path / "index.html", **_browser_inputs())  # track=[3, 17]
+    report = _selftest(tmp_path, page, "epoch:2")
+    assert report["trailsAtStart"] == [3, 17]
+    report = _selftest(tmp_path, page, "epoch:2,click:17")
+    assert report["trailsAfterClick"] == [3]  # clicked again: dropped
+    report = _selftest(tmp_path, page, "epoch:2,click:5")
+    assert report["trailsAfterClick"] == [3, 17, 5]
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_browser_draws_a_trail_only_where_asked(tmp_path):
+    # one sample walking across an empty canvas: without a selection the screenshot has no
+    # trail; selected, its smoothed path shows between its first and current positions,
+    # darker near the current epoch than far behind it
+    n_epochs = 12
+    inputs = _inputs(n_epochs=n_epochs, n=2, n_classes=2, thumbnails=None, same_background=True)
+    inputs["backgrounds"] = [np.full((8, 8, 3), 255, np.uint8)] * n_epochs
+    steps = np.linspace(-1.0, 1.0, n_epochs)
+    zigzag = 0.05 * (-1.0) ** np.arange(n_epochs)
+    inputs["positions"] = np.stack(
+        [np.stack([steps, zigzag], -1), np.full((n_epochs, 2), [0.0, 0.9])], axis=1
+    ).astype(np.float32)
+    inputs["bounds"] = Bounds(-1.2, 1.2, -1.2, 1.2)
+    inputs["labels"] = inputs["labels"][:2] * 0
+    inputs["predictions"] = np.zeros((n_epochs, 2), np.int64)
+    shots = {}
+    for name, track in (("plain", None), ("selected", [0])):
+        page = write_viewer(tmp_path / f"{name}.html", **{**inputs, "track": track})
+        shots[name] = tmp_path / f"{name}.png"
+        _chromium(tmp_path, f"{page.as_uri()}#selftest=epoch:{n_epochs - 1}", f"--screenshot={shots[name]}")
+    plain, selected = (np.asarray(Image.open(shots[k]).convert("L")).astype(int) for k in shots)
+    # where the canvas is: from the current position of sample 0 at (1, zigzag[-1])
+    where = _selftest(tmp_path, tmp_path / "selected.html", f"epoch:{n_epochs - 1},hover:0")["point"]
+    left, top = where["clientX"] - where["x"], where["clientY"] - where["y"]
+    scale = 720 / 2.4  # CSS pixels per unit: the 2.4-wide bounds fill the 720-pixel canvas
+    row = round(top + 1.2 * scale)  # y = 0, where the smoothed walk runs
+    first, last = round(left + 0.2 * scale), round(left + 2.2 * scale)  # x = -1 and x = 1
+    band, inside = slice(row - 6, row + 7), slice(first + 30, last - 40)
+    assert plain[band, inside].min() > 200, "a trail was drawn without a selection"
+    darkness = 255 - selected[band, inside].min(axis=0)
+    assert darkness.min() > 10, "the selected sample's trail has gaps"
+    third = len(darkness) // 3
+    assert darkness[-third:].mean() > darkness[:third].mean() + 20, "the trail does not fade"
+
+
+@pytest.mark.slow
+@needs_chromium
 def test_browser_play_advances_to_the_last_epoch(tmp_path):
     inputs = _browser_inputs()
     page = write_viewer(tmp_path / "index.html", **inputs)
