@@ -261,6 +261,12 @@ class TrainingConfig(_Section):
         100_000, "fewest edges sampled per training epoch (small runs still train enough)",
         _within(0, _MAX_EDGES),
     )
+    max_edges_per_epoch: int = _setting(
+        150_000,
+        "most edges sampled per training epoch when the refinement places every sample (0: no "
+        "cap; without refinement there is none)",
+        _within(0, _MAX_EDGES),
+    )
     negative_rate: int = _setting(5, "negative samples per positive edge", _within(1, 100))
     recon_weight: float = _setting(
         1.0, "weight λ of the reconstruction loss against the UMAP loss", _at_least(0)

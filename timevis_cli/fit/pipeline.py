@@ -830,6 +830,8 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
         max_epochs=t.max_epochs,
         edges_per_epoch_factor=t.edges_per_epoch_factor,
         min_edges_per_epoch=t.min_edges_per_epoch,
+        # the refinement places every sample: the projector's budget need not grow with the complex
+        max_edges_per_epoch=t.max_edges_per_epoch if config.refine.enabled else 0,
         negative_rate=t.negative_rate,
         recon_weight=t.recon_weight,
         min_dist=t.min_dist,

@@ -58,7 +58,8 @@ class TrainParams:
     learning rate is multiplied by ``lr_gamma`` every ``lr_step`` epochs. patience,
     min_improvement: stop once ``patience`` epochs in a row fail to lower the epoch loss below
     ``(1 - min_improvement)`` times the best so far. max_epochs: the most training epochs.
-    edges_per_epoch_factor, min_edges_per_epoch: draws per epoch (:func:`edges_per_epoch`).
+    edges_per_epoch_factor, min_edges_per_epoch, max_edges_per_epoch: draws per epoch
+    (:func:`edges_per_epoch`; 0 = no cap).
     negative_rate: negatives per edge. recon_weight: λ in ``L_umap + λ·L_rec``.
     min_dist, spread: UMAP's, for the ``a, b`` of the low-dimensional similarity.
     init: ``"random"`` (PyTorch's layer initialisation) or ``"pca"`` (then
@@ -79,6 +80,7 @@ class TrainParams:
     max_epochs: int = 20
     edges_per_epoch_factor: float = 5.0
     min_edges_per_epoch: int = 0
+    max_edges_per_epoch: int = 0
     negative_rate: int = 5
     recon_weight: float = 1.0
     min_dist: float = 0.1
@@ -100,6 +102,7 @@ class TrainParams:
             "patience": (1, "e.g. 3"),
             "max_epochs": (1, "e.g. 20"),
             "min_edges_per_epoch": (0, "e.g. 100000"),
+            "max_edges_per_epoch": (0, "e.g. 150000, or 0 for no cap"),
             "negative_rate": (1, "e.g. 5"),
         }
         for name, (minimum, example) in ints.items():
@@ -197,17 +200,26 @@ class TrainReport:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def edges_per_epoch(weight: Tensor | np.ndarray, factor: float, minimum: int = 1) -> int:
+def edges_per_epoch(
+    weight: Tensor | np.ndarray, factor: float, minimum: int = 1, maximum: int = 0
+) -> int:
     """Edges drawn per training epoch: ``floor(factor · Σ p)`` with ``p = w / max w``, raised to
-    ``minimum`` but never above what METHOD.md's factor draws (``floor(5 · Σ p)``); at least 1.
+    ``minimum`` but never above what the paper's factor draws (``floor(5 · Σ p)``), then capped
+    at ``maximum`` (0: no cap); at least 1.
 
     The floor lets a small complex train enough steps under a small ``factor`` without ever
-    drawing more than the published configuration would.
+    drawing more than the published configuration would; the cap keeps the step budget of a
+    large complex fixed when the refinement places every sample afterwards.
+
+    >>> w = np.ones(1000)
+    >>> edges_per_epoch(w, 0.8), edges_per_epoch(w, 0.8, minimum=2000), edges_per_epoch(w, 0.8, maximum=500)
+    (800, 2000, 500)
     """
     weight = torch.as_tensor(weight)
     total = float((weight.to(torch.float64) / weight.max().to(torch.float64)).sum())
     floor = min(int(minimum), math.floor(METHOD_EDGES_FACTOR * total))
-    return max(1, floor, math.floor(factor * total))
+    draws = max(1, floor, math.floor(factor * total))
+    return min(draws, int(maximum)) if maximum > 0 else draws
 
 
 def sample_edges(
@@ -421,7 +433,10 @@ def fit_projector(
     tail = torch.as_tensor(edges.tail, device=device)
     weight = torch.as_tensor(edges.weight, device=device)
     n_draws = edges_per_epoch(
-        edges.weight, params.edges_per_epoch_factor, params.min_edges_per_epoch
+        edges.weight,
+        params.edges_per_epoch_factor,
+        params.min_edges_per_epoch,
+        params.max_edges_per_epoch,
     )
     a, b = find_ab_params(params.spread, params.min_dist)
 

@@ -459,3 +459,19 @@ def test_a_fit_on_cuda_matches_the_cpu_fit_in_quality(tmp_path, memory_mb):
         on_gpu = nnpv(features, fits["cuda"].train[i], k=10)
         assert np.isfinite(fits["cuda"].train[i]).all()
         assert on_gpu >= on_cpu - 0.1, f"epoch {epoch}: nnpv {on_gpu:.3f} on CUDA, {on_cpu:.3f} on the CPU"
+
+
+def test_training_draws_are_capped_only_when_the_refinement_places_every_sample(tmp_path):
+    run = open_run(drifting_clusters(tmp_path / "s", n_train=200, n_test=20, epochs=3))
+    settings = FAST + ["training.max_epochs=1", "training.min_edges_per_epoch=0"]
+    free = fit(run, load_config(overrides=settings + ["refine.enabled=false"]))
+    assert free.report.edges_per_epoch > 300
+    capped = fit(run, load_config(overrides=settings + ["training.max_edges_per_epoch=300"]))
+    assert capped.report.edges_per_epoch == 300
+    unrefined = fit(
+        run,
+        load_config(
+            overrides=settings + ["training.max_edges_per_epoch=300", "refine.enabled=false"]
+        ),
+    )
+    assert unrefined.report.edges_per_epoch == free.report.edges_per_epoch
