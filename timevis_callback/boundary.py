@@ -1,4 +1,4 @@
-"""Input-space boundary points (METHOD.md section 2), found by a batched bisection.
+"""Input-space boundary points (docs/method.md §2), found by a batched bisection.
 
 For class pairs (c1, c2) among the predicted classes, a sample ``a`` predicted c1 and a sample
 ``b`` predicted c2 are mixed as ``λ·a + (1-λ)·b`` with λ bisected in ``[l_bound, 1]`` until the

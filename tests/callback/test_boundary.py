@@ -233,7 +233,7 @@ class TanhToy:
 
 
 def reference_bisect(model, source, target, source_class, target_class, l_bound, max_steps=8):
-    """METHOD.md §2 written plainly: one pair at a time, one sample per forward pass."""
+    """docs/method.md §2 written plainly: one pair at a time, one sample per forward pass."""
     found, features = [], []
     for i in range(len(source)):
         c1, c2 = int(source_class[i]), int(target_class[i])

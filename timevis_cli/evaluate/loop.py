@@ -1,4 +1,4 @@
-"""``timevis eval``: the faithfulness metrics of a fit, per epoch and split (METHOD.md section 7).
+"""``timevis eval``: the faithfulness metrics of a fit, per epoch and split (docs/method.md §8).
 
 The maths lives in :mod:`timevis_cli.evaluate.metrics`; this module only reads, loops and collects, and
 writes ``RUN_DIR/eval/`` (``metrics.json``, ``metrics.md``, ``metrics.png``).
@@ -574,7 +574,7 @@ def evaluate(
     *,
     block_size: int | None = None,
 ) -> EvalResult:
-    """Score ``fit`` on ``epochs`` of ``run``, for train and test (METHOD.md section 7).
+    """Score ``fit`` on ``epochs`` of ``run``, for train and test (docs/method.md §8).
 
     epochs: fitted epoch numbers (``select_eval_epochs`` reads a RANGE). k: neighbours for nnpv,
     boundary and temppv. temporal_k: nearest other epochs for temp_l. knn_backend: a ``--knn``

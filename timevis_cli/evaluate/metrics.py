@@ -1,4 +1,4 @@
-"""Faithfulness metrics of a time-travelling visualization (METHOD.md section 7).
+"""Faithfulness metrics of a time-travelling visualization (docs/method.md §8).
 
 Every metric is a pure function of arrays; the evaluator only loops over epochs and splits and
 collects. ``HIGHER_IS_BETTER`` says which way each one points.

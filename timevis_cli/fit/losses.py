@@ -1,4 +1,4 @@
-"""The projector's losses (METHOD.md §5) as pure functions of tensors.
+"""The projector's losses (docs/method.md §5) as pure functions of tensors.
 
 Every function works in the dtype of its inputs (float32 in training, float64 in the gradient
 checks) and on their device; none keeps state. The trainer calls them once per mini-batch:
@@ -42,7 +42,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PROBABILITY_CLIP = 1e-4
-"""``q`` and ``1 - q`` are clipped to ``[PROBABILITY_CLIP, 1]`` before the log (METHOD.md §5)."""
+"""``q`` and ``1 - q`` are clipped to ``[PROBABILITY_CLIP, 1]`` before the log (docs/method.md §5)."""
 DISTANCE_EPS = 1e-8
 """Distances are ``sqrt(d² + DISTANCE_EPS)``: finite gradients where two embeddings coincide."""
 ATTENTION_TEMPERATURE = 0.01

@@ -1,4 +1,4 @@
-"""Fit ONE visualization model for all epochs of a run store (METHOD.md sections 2-5).
+"""Fit ONE visualization model for all epochs of a run store (docs/method.md §2-5).
 
 Stages: reduce every epoch to a covering subset (last epoch first), build each epoch's spatial
 and boundary fuzzy graphs, link each sample's copies across epochs (temporal edges), mix the edge
@@ -421,7 +421,7 @@ def vertex_attention(
 def feature_boundary_points(
     features: np.ndarray, logits: np.ndarray, head: Head, n_points: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Feature-space boundary points (METHOD.md §2 fallback): features [B, D], pairs [B, 2].
+    """Feature-space boundary points (docs/method.md §2 fallback): features [B, D], pairs [B, 2].
 
     Interpolates between the representations of two samples predicted as different classes and
     bisects to where the head hesitates between them. Off the representation manifold: used only
@@ -787,7 +787,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
     if from_features:
         log.info(
             "boundary points: the store has none for epoch(s) %s; used feature-space boundary "
-            "points there (METHOD.md section 2's fallback: off the representation manifold)",
+            "points there (docs/method.md §2's fallback: off the representation manifold)",
             format_epochs(from_features),
         )
     log.info(

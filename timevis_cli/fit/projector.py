@@ -1,4 +1,4 @@
-"""The visualisation model: encoder φ (features → 2-D) and decoder ψ (2-D → features), METHOD.md §5.
+"""The visualisation model: encoder φ (features → 2-D) and decoder ψ (2-D → features), docs/method.md §5.
 
 A checkpoint is a plain dict ``{"config": Projector.config(), "state_dict": state_dict()}`` of
 ints and tensors, so ``torch.load(path, weights_only=True)`` reads it and

@@ -1,4 +1,4 @@
-"""Fitting the projector on the spatio-temporal complex (METHOD.md §5).
+"""Fitting the projector on the spatio-temporal complex (docs/method.md §5).
 
 Everything per epoch stays on the device: the edge arrays become tensors once, each training
 epoch draws its edges with ``torch.multinomial`` (:func:`sample_edges`), and mini-batches are
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 INITIALISATIONS = ("random", "pca")
 """How :func:`fit_projector` may initialise a fresh projector (:attr:`TrainParams.init`)."""
 METHOD_EDGES_FACTOR = 5.0
-"""METHOD.md's ``edges_per_epoch_factor``: the most that ``min_edges_per_epoch`` may raise the
+"""The paper's ``edges_per_epoch_factor``: the most that ``min_edges_per_epoch`` may raise the
 draws per epoch to."""
 MAX_MULTINOMIAL_CATEGORIES = 2**24
 """The most categories one ``torch.multinomial`` call is given (its CUDA limit); more are
@@ -51,7 +51,7 @@ sampled in chunks of at most this many."""
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Hyper-parameters of :func:`fit_projector` (defaults: METHOD.md §5, the reference's values).
+    """Hyper-parameters of :func:`fit_projector` (defaults: docs/method.md §5, the reference's values).
 
     hidden, depth: the :class:`~timevis_cli.fit.projector.Projector`'s width and hidden layers.
     batch_size: sampled edges per mini-batch. lr, weight_decay: Adam's. lr_step, lr_gamma: the
@@ -409,7 +409,7 @@ def fit_projector(
 
     Each batch encodes and decodes each of its distinct vertices once. Its reconstruction loss
     is averaged over the distinct vertices weighted by how many edge ends they are, which is
-    exactly METHOD.md's mean "over both ends of each edge". Seeded end to end: the
+    exactly the paper's mean "over both ends of each edge". Seeded end to end: the
     initialisation from ``seed`` (without touching torch's global generator), the sampling and
     the negatives from one ``torch.Generator`` on ``device``; the same seed gives identical
     weights on the CPU (the steps run under :func:`deterministic_on_cpu`; on CUDA, atomics in

@@ -1,4 +1,4 @@
-"""The decision landscape behind each frame (METHOD.md section 6).
+"""The decision landscape behind each frame (docs/method.md §7).
 
 A square canvas is laid over the 2-D embedding: by default one per epoch that follows the
 epoch's points, smoothed over the epochs (:func:`follow_canvas_bounds`); or one shared by all
@@ -461,7 +461,7 @@ def classify_grid(
 
     decoded: features (R*R, D) from :func:`decode_grid` (or (R, R, D)). head: features (n, D) ->
     logits (n, C). Returns the predicted class, int64 (R, R), and the margin
-    ``(z1 - z2) / (z1 - zC)`` of METHOD.md section 2, float32 (R, R) in [0, 1].
+    ``(z1 - z2) / (z1 - zC)`` of docs/method.md §2, float32 (R, R) in [0, 1].
     """
     from timevis_callback.boundary import margin  # imports torch: not needed to draw a frame
 

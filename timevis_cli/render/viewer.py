@@ -1,4 +1,4 @@
-"""``render/index.html``: the training played back in a browser (DESIGN.md section 4).
+"""``render/index.html``: the training played back in a browser.
 
 :func:`write_viewer` writes ONE self-contained HTML file: no network, no external files, vanilla
 JavaScript drawing on a ``<canvas>``. It has an epoch slider, a play/pause button, a speed select,

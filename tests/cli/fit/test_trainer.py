@@ -106,7 +106,7 @@ def test_bad_params_are_refused_by_name(name, value):
 
 
 def test_edges_per_epoch_minimum_is_capped_at_the_method_factor():
-    weight = np.array([2.0, 1.0, 1.0])  # p sums to 2: METHOD.md's factor 5 draws 10
+    weight = np.array([2.0, 1.0, 1.0])  # p sums to 2: the paper's factor 5 draws 10
     assert edges_per_epoch(weight, 0.5, minimum=0) == 1
     assert edges_per_epoch(weight, 0.5, minimum=6) == 6
     assert edges_per_epoch(weight, 0.5, minimum=1000) == 10
