@@ -22,6 +22,7 @@ import pytest
 import torch
 from baselines import embed_linear, global_pca, random_projection
 from PIL import Image
+from terminal import report as _report
 
 from timevis_callback import open_run
 from timevis_cli.config import load_config
@@ -42,17 +43,6 @@ NNPV_MARGIN = 0.1  # the fit's mean nnpv(k) on train must beat the random projec
 PPR_FLOOR = 0.9  # on every epoch >= PPR_FROM, train and test
 PPR_FROM = 2  # the demo's CNN is past 95% test accuracy from epoch 1 on
 SEED = 0
-
-
-def _report(config: pytest.Config, line: str) -> None:
-    """One line on the terminal even while output is captured (plain print as a fallback)."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line(line)
 
 
 def _tail(text: str, lines: int = 40) -> str:

@@ -26,6 +26,7 @@ import lightning.pytorch as L
 import pytest
 import zoo_models
 from PIL import Image
+from terminal import report as _report
 from torch.utils.data import DataLoader
 
 from timevis_callback import TimeVisCallback, schema
@@ -35,17 +36,6 @@ pytestmark = pytest.mark.slow
 
 NAMES = [model.name for model in zoo_models.ZOO]
 MIN_FILL = 0.6
-
-
-def _report(config: pytest.Config, line: str) -> None:
-    """One line on the terminal even while output is captured (plain print as a fallback)."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line(line)
 
 
 class Zoo:
