@@ -133,8 +133,29 @@ def _check_target(final: Path, overwrite: bool, replace_file: bool) -> None:
         )
 
 
-def _temporary(run_dir: Path, name: str) -> Path:
-    return run_dir / f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+def _start(
+    run_dir: Path,
+    name: str,
+    locked: bool,
+    overwrite: bool,
+    replace_file: bool,
+    kept: str | None = None,
+) -> Path:
+    """With the lock held (``locked``: leftovers of killed writers are cleaned first): check
+    that ``RUN_DIR/NAME`` may be replaced and create the new, empty temporary folder for it. A
+    failure to write is :class:`OutputWriteError` (``kept`` as in :func:`write_error`)."""
+    final = run_dir / name
+    try:
+        if locked:
+            _clean_leftovers(run_dir, name)
+        _check_target(final, overwrite, replace_file)
+        tmp = run_dir / f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        tmp.mkdir()
+    except OutputExists:
+        raise
+    except OSError as exc:
+        raise write_error(final, exc, kept=kept) from exc
+    return tmp
 
 
 def prepare_output(
@@ -146,19 +167,12 @@ def prepare_output(
     of work. Raises :class:`OutputExists`, :class:`~timevis_cli.errors.InputError` (NAME is a
     file and ``replace_file`` is false) or :class:`OutputWriteError`."""
     run_dir = Path(run_dir)
-    final = run_dir / name
     with _exclusive(run_dir) as locked:
+        probe = _start(run_dir, name, locked, overwrite, replace_file, kept="nothing was computed")
         try:
-            if locked:
-                _clean_leftovers(run_dir, name)
-            _check_target(final, overwrite, replace_file)
-            probe = _temporary(run_dir, name)
-            probe.mkdir()
             probe.rmdir()
-        except OutputExists:
-            raise
         except OSError as exc:
-            raise write_error(final, exc, kept="nothing was computed") from exc
+            raise write_error(run_dir / name, exc, kept="nothing was computed") from exc
 
 
 def _about_writing(exc: OSError, tmp: Path) -> bool:
@@ -215,16 +229,7 @@ def replaced_folder(
     run_dir = Path(run_dir)
     final = run_dir / name
     with _exclusive(run_dir) as locked:
-        try:
-            if locked:
-                _clean_leftovers(run_dir, name)
-            _check_target(final, overwrite, replace_file)
-            tmp = _temporary(run_dir, name)
-            tmp.mkdir()
-        except OutputExists:
-            raise
-        except OSError as exc:
-            raise write_error(final, exc) from exc
+        tmp = _start(run_dir, name, locked, overwrite, replace_file)
         old: Path | None = None
         swapping = False
         try:

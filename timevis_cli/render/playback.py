@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from timevis_callback.head import Head
 from timevis_callback.reader import Run, open_run
 from timevis_cli.config import RenderConfig
 from timevis_cli.errors import InputError
@@ -200,6 +201,13 @@ class GridLandscapes:
         self.seconds = {"decode": 0.0, "heads": 0.0}
         #: epoch -> agreement of the epochs :func:`frame_inputs` has produced
         self.agreements: dict[int, float] = {}
+        self._last_head: tuple[int, Head] | None = None
+
+    def head(self, epoch: int) -> Head:
+        """The epoch's head, read from the store once for its grid and its agreement."""
+        if self._last_head is None or self._last_head[0] != epoch:
+            self._last_head = (epoch, self.run.head(epoch))
+        return self._last_head[1]
 
     def decoded(self, bounds: Bounds) -> torch.Tensor:
         """The grid of ``bounds`` decoded on the device by a decoder shared by every epoch (only
@@ -228,7 +236,7 @@ class GridLandscapes:
             started = time.perf_counter()
             grid = landscape_coarse_to_fine(
                 lambda y: self._decode(y, index),
-                self.run.head(epoch),
+                self.head(epoch),
                 self.plan.bounds[epoch],
                 self.plan.resolution,
                 self.device,
@@ -238,7 +246,7 @@ class GridLandscapes:
             return grid
         decoded = self.decoded(self.plan.bounds[epoch])
         started = time.perf_counter()
-        grid = classify_grid_torch(decoded, self.run.head(epoch))
+        grid = classify_grid_torch(decoded, self.head(epoch))
         self.seconds["heads"] += time.perf_counter() - started
         return grid
 
@@ -255,7 +263,7 @@ class GridLandscapes:
         if len(points) == 0:
             return float("nan")
         started = time.perf_counter()
-        head = self.run.head(epoch)
+        head = self.head(epoch)
         index = self._decode_index(epoch)
         decode = self._decode if index is None else (lambda y: self._decode(y, index))
         mapped = classify_points_torch(decode, head, points, self.device)
