@@ -350,6 +350,8 @@ def installed(tmp_path_factory) -> Iterator[Installed]:
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ["default", *PRESETS]:
         assert f"timevis_cli/configs/{name}.toml" in names, sorted(names)
+    for name in ("viewer.html", "viewer.css", "viewer.js"):  # the page render --html writes
+        assert f"timevis_cli/render/viewer_assets/{name}" in names, sorted(names)
 
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])

@@ -216,6 +216,7 @@ def _prepare(run_dir: Path, name: str, overwrite: bool = True, replace_file: boo
 @options.mp4_option
 @options.html_option
 @options.track_option
+@options.html_neighbors_option
 @options.jobs_option
 @options.device_option
 def render(
@@ -232,6 +233,7 @@ def render(
     mp4: bool | None,
     html: bool | None,
     track: str | None,
+    html_neighbors: int | None,
     jobs: int | None,
     device: str | None,
 ) -> None:
@@ -249,11 +251,11 @@ def render(
     from timevis_cli.device import resolve_device
     from timevis_cli.fit.io import load_fit
     from timevis_cli.render.animate import write_gif, write_mp4
+    from timevis_cli.render.page import export_viewer
     from timevis_cli.render.playback import (
         FrameBuilder,
         GridLandscapes,
         agreement_summary,
-        export_viewer,
         frame_inputs,
         parse_track,
         plan_render,
@@ -273,6 +275,7 @@ def render(
             "render.gif": gif,
             "render.mp4": mp4,
             "render.html": html,
+            "render.html_neighbors": html_neighbors,
             "render.jobs": jobs,
             "render.device": device,
         },
@@ -327,7 +330,14 @@ def render(
             written.append(str(out / video.name))
         if settings.html:
             page = export_viewer(
-                run, fit_result, plan, tmp / "index.html", track_rows, torch_device, landscapes
+                run,
+                fit_result,
+                plan,
+                tmp / "index.html",
+                track_rows,
+                torch_device,
+                landscapes,
+                neighbors=settings.html_neighbors,
             )
             written.append(str(out / page.name))
         (tmp / "config.toml").write_text(config.to_toml())

@@ -402,6 +402,12 @@ class RenderConfig(_Section):
     gif: bool = _setting(True, "write render/training.gif")
     mp4: bool = _setting(False, "write render/training.mp4 (needs the video extra)")
     html: bool = _setting(False, "write render/index.html (one self-contained file)")
+    html_neighbors: int = _setting(
+        5,
+        "neighbours per sample render/index.html draws on hover (feature space and map) and its "
+        "kNN preservation colouring; 0: none; off above 5000 samples",
+        _within(0, 32),
+    )
     jobs: int = _setting(0, "parallel frame workers; 0 = one per CPU core", _within(0, 1024))
     device: str = _setting(
         "auto",

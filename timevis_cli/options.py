@@ -115,3 +115,10 @@ k_option = click.option("--k", "k", type=int, help="Neighbours for nnpv and boun
 temporal_k_option = click.option(
     "--temporal-k", type=int, help="Nearest other epochs for temp_l (default 5)."
 )
+html_neighbors_option = click.option(
+    "--html-neighbors",
+    type=int,
+    metavar="K",
+    help="Neighbours per sample index.html draws on hover, in feature space and on the map, and "
+    "the kNN preservation it colours by (default 5; 0: none; off above 5000 samples).",
+)

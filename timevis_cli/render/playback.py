@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -450,67 +450,3 @@ def parse_track(text: str | None, run: Run, plan: RenderPlan) -> list[int]:
         rows.append(int(found[0]) + (0 if split == "train" else len(train_ids)))
     return rows
 
-
-def export_viewer(
-    run: Run,
-    fit: LoadedFit,
-    plan: RenderPlan,
-    out_path: Path,
-    track_rows: list[int],
-    device: torch.device,
-    landscapes: GridLandscapes | None = None,
-) -> Path:
-    """Write the self-contained interactive page of the rendered epochs (trails: track_rows).
-
-    The backgrounds are computed on ``device``; ``landscapes`` (those of the PNGs) is reused
-    when the canvas is the same, so the grid is not decoded again.
-    """
-    from timevis_cli.render.frames import title_text
-    from timevis_cli.render.viewer import write_viewer
-
-    if not plan.global_bounds or plan.epochs_apart:
-        log.info(
-            "the HTML page uses one canvas covering all epochs (the frames that follow the "
-            "data, --bounds per-epoch and the own canvases of epochs far from the rest are for "
-            "PNGs)"
-        )
-        shared = canvas_bounds([fit.embedding(e)["train"] for e in plan.epochs])
-        plan = replace(
-            plan, bounds=dict.fromkeys(plan.epochs, shared), global_bounds=True, epochs_apart=[]
-        )
-        landscapes = None
-    if landscapes is None:
-        landscapes = GridLandscapes(run, fit, plan, device)
-    colours = palette(run.num_classes)
-    train, test = run.samples.mask("train"), run.samples.mask("test")
-    tr, te = plan.train_rows, plan.test_rows
-    positions, predictions, backgrounds, titles = [], [], [], []
-    for epoch in plan.epochs:
-        emb = fit.embedding(epoch)
-        preds = run.logits(epoch).argmax(axis=1)
-        positions.append(np.concatenate([emb["train"][tr], emb["test"][te]]))
-        predictions.append(np.concatenate([preds[train][tr], preds[test][te]]))
-        fade = fade_weights(
-            _recorded_points(emb), plan.bounds[epoch], plan.resolution, plan.fade_distance
-        )
-        backgrounds.append(landscape_image(*landscapes.grid(epoch), colours, fade=fade))
-        titles.append(title_text(epoch, _title_metrics(run.epoch_info(epoch).metrics)))
-    thumbnails = run.thumbnails()
-    if thumbnails is not None:
-        thumbnails = np.concatenate([thumbnails[train][tr], thumbnails[test][te]])
-    return write_viewer(
-        out_path,
-        epochs=plan.epochs,
-        backgrounds=backgrounds,
-        bounds=plan.bounds[plan.epochs[0]],
-        positions=np.stack(positions),
-        labels=np.concatenate([run.samples.label[train][tr], run.samples.label[test][te]]),
-        predictions=np.stack(predictions),
-        ids=np.concatenate([run.samples.id[train][tr], run.samples.id[test][te]]),
-        splits=np.concatenate([np.zeros(len(tr), np.uint8), np.ones(len(te), np.uint8)]),
-        class_names=run.class_names,
-        thumbnails=thumbnails,
-        titles=titles,
-        track=track_rows,
-        max_points=max(len(tr) + len(te), 1),
-    )

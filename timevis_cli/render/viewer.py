@@ -1,16 +1,30 @@
-"""``render/index.html``: the training played back in a browser.
+"""``render/index.html``: the training played back, and analysed, in a browser.
 
-:func:`write_viewer` writes ONE self-contained HTML file: no network, no external files, vanilla
-JavaScript drawing on a ``<canvas>``. It has an epoch slider, a play/pause button, a speed select,
-a checkbox that shows test samples, the epoch's title, a legend, and a tooltip on hover with the
-sample's id, split, label, prediction at that epoch and thumbnail. Trails are off for every
-sample but the hovered one and the selected ones (``track``, and those clicked; a second click,
-the "clear trails" button or Escape drops them): each is drawn smoothed (a moving average over
-the epochs, then a Catmull-Rom curve through it, ending on the sample's current position),
-fading with age behind the current epoch, and faint and dashed ahead of it.
-Points follow the PNG frames' convention (``render.py``): coloured by label, a misclassified
-sample drawn as a ring in its label's colour around a dot in the predicted class's colour, test
-samples as triangles.
+:func:`write_viewer` writes ONE self-contained HTML file: no network, no external files, no
+storage or cookies (it works in a sandboxed frame). The page is three files shipped with the
+package (``viewer_assets/viewer.html``, ``viewer.css``, ``viewer.js``), inlined at write time
+with the data. What the page does (docs/viewer.md is the user's guide):
+
+- playback: epoch slider, play/pause, speed, keys (left/right step, space plays); each epoch's
+  landscape is drawn on its own canvas (``epoch_bounds``: the render's follow framing) and the
+  camera glides between epochs' canvases, points interpolated, with an overview inset of the
+  whole extent and the current view; without ``epoch_bounds`` the camera is fixed;
+- the landscape's agreement per epoch: a strip under the slider (cells below
+  :data:`~timevis_cli.render.frames.AGREEMENT_WARN` marked), a badge, a tip on hover;
+- colour by label (the PNG frames' convention: a misclassified sample is a ring in its label's
+  colour around a dot in the predicted class's colour; test samples are triangles), prediction,
+  correct/incorrect at the epoch, the per-sample ``measures`` and the per-epoch kNN
+  preservation; a legend whose entries hide (click) or solo (shift+click) a class;
+- the data map (confidence against variability, coloured by correctness), linked both ways with
+  the landscape's selection;
+- selection by click, lasso or box, kept through the epochs (trails for the selection), export
+  as CSV/JSON, ids to the clipboard (a download where the clipboard is not allowed), search by
+  id, label or "flipped at this epoch";
+- the hovered sample's tooltip (id, split, label, prediction at the epoch, measures, thumbnail)
+  and lines to its k nearest samples in feature space (``neighbors``) and on the map.
+
+Points are drawn with WebGL2; where WebGL2 is missing or is a software GL (no GPU), the page
+rasterises them itself on a 2-D canvas, which is faster there.
 
 All data sit in one ``<script type="application/json">`` block read with ``JSON.parse`` (``<``,
 ``>`` and ``&`` escaped as ``\\u003c``...), and every user string (class names, titles) reaches
@@ -18,31 +32,33 @@ the page through ``textContent``: nothing is ever injected as HTML.
 
 Encoding and page size. Arrays travel as base64 of little-endian typed arrays:
 
-- positions: uint16 per coordinate, quantised over the canvas bounds (widened to the data's
+- positions: uint16 per coordinate, quantised over every epoch's canvas (widened to the data's
   range where a sample lies outside them), so the error is below 1/65534 of the span, far under a
   pixel; 65535 marks a missing (non-finite) position, which is not drawn;
 - predictions: uint8 with at most 256 classes, uint16 otherwise;
+- measures: float32 per sample (the data-map region: uint8); kNN preservation: uint8 per
+  (epoch, sample); neighbours: uint16 (int32 beyond 65 535 samples) per (epoch, sample, k);
 - backgrounds: one PNG data URI per epoch (identical images stored once); thumbnails: one
   sprite-sheet PNG (grey or RGB), cells of ``h x w`` in ``ceil(sqrt(N))`` columns.
 
 So each (epoch, sample) costs :data:`BYTES_PER_POINT_EPOCH` = 5 bytes raw (6 with more than 256
 classes), 4/3 of that in base64: 200 epochs x 10 000 samples is 8 MB of positions + 2 MB of
 predictions = 13.3 MB of base64, plus the backgrounds (a 200 x 200 landscape PNG is typically
-5-30 KB; the whole page measured 16.1 MB with synthetic landscapes) and the sprite sheet.
-:func:`payload_bytes` gives the estimate. More than ``max_points`` samples are subsampled (a
-random subset with a fixed seed, tracked samples always kept) with a logged warning, never
-silently.
+5-30 KB; the whole page measured 16.1 MB with synthetic landscapes) and the sprite sheet;
+neighbours add ``2 k + 1`` bytes per (epoch, sample). :func:`payload_bytes` gives the estimate
+of positions and predictions. More than ``max_points`` samples are subsampled (a random subset
+with a fixed seed, tracked samples always kept) with a logged warning, never silently.
 
-Test hooks: the DOM ids ``epoch-slider``, ``play``, ``title``, ``tooltip``, ``canvas``, ``legend``,
-``clear-trails``; ``window.timevis`` with ``setEpoch(i)``, ``epoch()`` (both an index into
-``epochs``), ``epochNumber()``, ``pointAt(row)`` (``{x, y}`` in CSS pixels from the canvas's
-top-left corner, plus ``clientX``/``clientY`` for a synthetic mouse event; ``null`` where the
-position is missing), ``select(row)`` (toggles a row's trail), ``trailRows()`` (the rows whose
-trails are drawn: selected, then hovered) and ``ready`` (a promise: images decoded). Opening the
-page as ``index.html#selftest=epoch:3,click:5,hover:17[,test:1][,play:MS]`` sets the slider,
-clicks page row 5, hovers row 17 (showing test samples first with ``test:1``), optionally
-presses play and waits MS milliseconds, then writes a JSON report (title, tooltip text, trail
-rows, ...) into ``<pre id="selftest">``, which ``chromium --headless --dump-dom`` prints.
+Test hooks: ``window.timevis`` (``setEpoch(i)``, ``epoch()``, ``time()``, ``pointAt(row)``,
+``worldToClient(x, y)``, ``selection()``, ``setSelection(rows)``, ``colorBy(key)``,
+``search(text)``, ``exportText(format)``, ``neighbors(row)``, ``camera()``, ``renderer()``,
+``ready``, ``readyMs()``, ``frames()``, ...; tests/cli/render/test_viewer_browser.py drives the
+page with Playwright). Opening the page as
+``index.html#selftest=epoch:3,click:5,hover:17[,test:1][,play:MS]`` sets the epoch, clicks page
+row 5, hovers row 17 (showing test samples first with ``test:1``), optionally presses play and
+waits MS milliseconds, then writes a JSON report (title, tooltip text, trail rows, ...) into
+``<pre id="selftest">``, which ``chromium --headless --dump-dom`` prints; ``#renderer=webgl2``
+or ``#renderer=2d`` forces the points' renderer.
 """
 
 from __future__ import annotations
@@ -52,18 +68,29 @@ import io
 import json
 import logging
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from importlib import resources
 from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from timevis_cli.errors import InputError
+from timevis_cli.errors import InputError, TimeVisError
 from timevis_cli.render import landscape
+from timevis_cli.render.frames import AGREEMENT_WARN
 from timevis_cli.render.landscape import Bounds
 
-__all__ = ["BYTES_PER_POINT_EPOCH", "DEFAULT_MAX_POINTS", "payload_bytes", "write_viewer"]
+__all__ = [
+    "BYTES_PER_POINT_EPOCH",
+    "DEFAULT_MAX_POINTS",
+    "MEASURES",
+    "REGIONS",
+    "ViewerAssetError",
+    "payload_bytes",
+    "write_viewer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +103,18 @@ BYTES_PER_POINT_EPOCH = 5
 _MISSING = 65535  # uint16 code of a missing position
 _QMAX = 65534  # largest uint16 code of a present position
 _SUBSAMPLE_SEED = 0
+#: The per-sample measures the page can colour by (besides the per-epoch ones it derives).
+MEASURES = ("confidence", "variability", "correctness", "forgetting", "suspect", "region")
+#: Data-map regions, in the order of their codes.
+REGIONS = ("easy", "ambiguous", "hard")
+#: Most neighbours per sample the page draws on hover.
+MAX_NEIGHBORS = 32
 _DATA_ID = "timevis-data"
+_ASSETS = "viewer_assets"  # the page's viewer.html, viewer.css and viewer.js (package data)
+
+
+class ViewerAssetError(TimeVisError):
+    """A file of the page shipped with timevis is missing or unreadable (a broken install)."""
 
 
 def payload_bytes(n_epochs: int, n_points: int, n_classes: int) -> int:
@@ -105,7 +143,9 @@ def _int_array(name: str, values: object, shape: tuple[int, ...]) -> np.ndarray:
 
 def _typed(array: np.ndarray, dtype: str) -> dict[str, object]:
     """A typed array for the page: ``{"dtype", "shape", "b64"}`` (little-endian)."""
-    little = {"uint8": "u1", "uint16": "<u2", "int32": "<i4", "float64": "<f8"}[dtype]
+    little = {"uint8": "u1", "uint16": "<u2", "int32": "<i4", "float32": "<f4", "float64": "<f8"}[
+        dtype
+    ]
     raw = np.ascontiguousarray(array, dtype=little).tobytes()
     return {"dtype": dtype, "shape": list(array.shape), "b64": base64.b64encode(raw).decode()}
 
@@ -180,6 +220,118 @@ def _subsample(n: int, max_points: int, track: list[int]) -> np.ndarray | None:
     return keep
 
 
+def _asset(name: str) -> str:
+    """The text of one of the page's files shipped in ``viewer_assets/``."""
+    try:
+        return resources.files(__package__).joinpath(_ASSETS, name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ViewerAssetError(
+            f"the page's file {_ASSETS}/{name} cannot be read ({exc}); reinstall timevis"
+        ) from exc
+
+
+def _page(payload: str) -> str:
+    """index.html: ``viewer.html`` with the stylesheet, the data block and the code inlined (each
+    placeholder filled once; nothing inserted is scanned again)."""
+    template, css, js = (_asset(name) for name in ("viewer.html", "viewer.css", "viewer.js"))
+    for name, text in (("viewer.css", css), ("viewer.js", js)):
+        if re.search(r"</(script|style)|<!--", text, re.IGNORECASE):
+            raise ViewerAssetError(f"{_ASSETS}/{name} holds a closing tag or '<!--'")
+    parts = {"__TIMEVIS_CSS__": css, "__TIMEVIS_DATA__": payload, "__TIMEVIS_JS__": js}
+    out, rest = [], template
+    for marker, text in parts.items():
+        before, found, rest = rest.partition(marker)
+        if not found:
+            raise ViewerAssetError(f"{_ASSETS}/viewer.html lacks its {marker} placeholder")
+        out += [before, text]
+    return "".join([*out, rest])
+
+
+def _bounds_list(b: Bounds) -> list[float]:
+    return [float(b.xmin), float(b.xmax), float(b.ymin), float(b.ymax)]
+
+
+def _check_bounds(b: Bounds, what: str) -> None:
+    values = (b.xmin, b.xmax, b.ymin, b.ymax)
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"{what} {b} is not finite")
+    if not (b.xmax > b.xmin and b.ymax > b.ymin):
+        raise InputError(f"{what} {b} is empty: max must exceed min on both axes")
+
+
+def _union(boxes: Sequence[Bounds]) -> Bounds:
+    return Bounds(
+        min(b.xmin for b in boxes), max(b.xmax for b in boxes),
+        min(b.ymin for b in boxes), max(b.ymax for b in boxes),
+    )  # fmt: skip
+
+
+def _measures(
+    measures: Mapping[str, object] | None, n: int, correct: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The per-sample measures the page colours by, checked: float64 [N] each (``region``: uint8
+    codes into :data:`REGIONS`); ``correctness`` and ``forgetting`` computed from the page's
+    predictions (bool ``correct`` [E, N]) where not given."""
+    given = dict(measures or {})
+    unknown = sorted(set(given) - set(MEASURES))
+    if unknown:
+        raise InputError(f"measures {unknown} are not known; use some of {', '.join(MEASURES)}")
+    out: dict[str, np.ndarray] = {}
+    for name, values in given.items():
+        array = np.asarray(values)
+        if array.shape != (n,):
+            raise InputError(f"measure {name!r} of shape {array.shape} must be ({n},)")
+        if name == "region":
+            if array.dtype.kind in "US":
+                bad = sorted(set(array.tolist()) - set(REGIONS))
+                if bad:
+                    raise InputError(f"measure 'region' holds {bad}; use {', '.join(REGIONS)}")
+                code = {region: k for k, region in enumerate(REGIONS)}
+                array = np.asarray([code[value] for value in array.tolist()], dtype=np.int64)
+            elif not (
+                np.issubdtype(array.dtype, np.integer)
+                and (array.size == 0 or (array.min() >= 0 and array.max() < len(REGIONS)))
+            ):
+                raise InputError(f"measure 'region' must hold {', '.join(REGIONS)} or 0..2")
+            out[name] = array.astype(np.uint8)
+            continue
+        if not np.issubdtype(array.dtype, np.number):
+            raise InputError(f"measure {name!r} of dtype {array.dtype} must be numeric")
+        out[name] = array.astype(np.float64)
+    if "correctness" not in out:
+        out["correctness"] = correct.mean(axis=0, dtype=np.float64)
+    if "forgetting" not in out:
+        out["forgetting"] = (correct[:-1] & ~correct[1:]).sum(axis=0).astype(np.float64)
+    return out
+
+
+def _check_neighbors(neighbors: object, shape: tuple[int, int]) -> np.ndarray | None:
+    if neighbors is None:
+        return None
+    array = np.asarray(neighbors)
+    if array.ndim != 3 or array.shape[:2] != shape or array.shape[2] < 1:
+        raise InputError(f"neighbors of shape {array.shape} must be ({shape[0]}, {shape[1]}, k)")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"neighbors of dtype {array.dtype} must hold row indices")
+    if array.size and (array.min() < -1 or array.max() >= shape[1]):
+        raise InputError(f"neighbors must be row indices in 0..{shape[1] - 1} (-1: none)")
+    if array.shape[2] > MAX_NEIGHBORS:
+        raise InputError(f"neighbors has k={array.shape[2]}; at most {MAX_NEIGHBORS} are shown")
+    return array.astype(np.int64)
+
+
+def _check_faithfulness(values: object, shape: tuple[int, int]) -> np.ndarray | None:
+    if values is None:
+        return None
+    array = np.asarray(values, dtype=np.float64)
+    if array.shape != shape:
+        raise InputError(f"faithfulness of shape {array.shape} must be {shape}")
+    finite = array[np.isfinite(array)]
+    if finite.size and (finite.min() < 0 or finite.max() > 1):
+        raise InputError("faithfulness must lie in [0, 1] (NaN: unknown)")
+    return array
+
+
 def write_viewer(
     out_path: str | Path,
     *,
@@ -197,18 +349,29 @@ def write_viewer(
     titles: Sequence[str] | None = None,
     track: Sequence[int] | None = None,
     max_points: int = DEFAULT_MAX_POINTS,
+    epoch_bounds: Sequence[Bounds] | None = None,
+    agreements: Sequence[float | None] | None = None,
+    measures: Mapping[str, object] | None = None,
+    neighbors: np.ndarray | None = None,
+    faithfulness: np.ndarray | None = None,
 ) -> Path:
     """Write the interactive page to ``out_path`` (its folder is created); the path.
 
     epochs: E epoch numbers, in playing order. backgrounds: E uint8 (R, R, 3) landscapes, row 0
-    at the top, covering ``bounds`` (the global canvas). positions: float [E, N, 2] embedding
-    positions (NaN: absent at that epoch, not drawn). labels: int [N]; predictions: int [E, N];
-    ids: int [N] sample ids shown on hover; splits: [N], 0 train, 1 test. class_names: C names
-    (shown as text, never parsed as HTML); palette: uint8 [>=C, 3], ``landscape.palette(C)`` when
-    omitted. thumbnails: uint8 [N, h, w] or [N, h, w, 3], or None. titles: E strings
-    (``render.title_text``), ``"epoch n"`` when omitted. track: row indices selected when the
-    page opens (their trails drawn; every other trail is off until its sample is hovered or
-    clicked). max_points: more rows than this are subsampled, with a logged warning.
+    at the top, each covering its epoch's canvas: ``epoch_bounds[t]`` (the camera follows them,
+    gliding between epochs), or ``bounds`` for every epoch when ``epoch_bounds`` is None (a fixed
+    camera). positions: float [E, N, 2] embedding positions (NaN: absent at that epoch, not
+    drawn). labels: int [N]; predictions: int [E, N]; ids: int [N] sample ids shown on hover;
+    splits: [N], 0 train, 1 test. class_names: C names (shown as text, never parsed as HTML);
+    palette: uint8 [>=C, 3], ``landscape.palette(C)`` when omitted. thumbnails: uint8 [N, h, w]
+    or [N, h, w, 3], or None. titles: E strings (``render.title_text``), ``"epoch n"`` when
+    omitted. track: row indices selected when the page opens. max_points: more rows than this
+    are subsampled, with a logged warning. agreements: E landscape agreements (None/NaN:
+    unknown). measures: per-sample values [N] the page can colour by (:data:`MEASURES`; the data
+    map needs ``confidence`` and ``variability``; ``region`` as names or codes into
+    :data:`REGIONS`). neighbors: int [E, N, k] each sample's k nearest rows in feature space at
+    each epoch (-1: none), drawn on hover; faithfulness: float [E, N] each sample's kNN
+    preservation at each epoch (NaN: unknown).
     """
     epochs = list(epochs)
     if not epochs or not all(_is_int(e) for e in epochs):
@@ -216,10 +379,13 @@ def write_viewer(
     n_epochs = len(epochs)
     if len(set(epochs)) != n_epochs:
         raise InputError(f"epochs {epochs} name an epoch twice")
-    if not (bounds.xmax > bounds.xmin and bounds.ymax > bounds.ymin):
-        raise InputError(f"{bounds} is empty: max must exceed min on both axes")
-    if not all(math.isfinite(v) for v in (bounds.xmin, bounds.xmax, bounds.ymin, bounds.ymax)):
-        raise InputError(f"{bounds} is not finite")
+    _check_bounds(bounds, "bounds")
+    if epoch_bounds is not None:
+        epoch_bounds = list(epoch_bounds)
+        if len(epoch_bounds) != n_epochs:
+            raise InputError(f"{len(epoch_bounds)} epoch_bounds given for {n_epochs} epochs")
+        for epoch, box in zip(epochs, epoch_bounds, strict=True):
+            _check_bounds(box, f"epoch_bounds of epoch {epoch}:")
     if not (_is_int(max_points) and max_points >= 1):
         raise InputError(f"max_points={max_points!r} must be a positive integer")
 
@@ -265,11 +431,19 @@ def write_viewer(
     titles = [str(title) for title in titles]
     if len(titles) != n_epochs:
         raise InputError(f"{len(titles)} titles given for {n_epochs} epochs")
+    if agreements is not None:
+        agreements = [None if a is None else float(a) for a in agreements]
+        if len(agreements) != n_epochs:
+            raise InputError(f"{len(agreements)} agreements given for {n_epochs} epochs")
+        agreements = [None if a is None or math.isnan(a) else a for a in agreements]
     thumbs = _check_thumbnails(thumbnails, n)
     track = [] if track is None else list(track)
     for row in track:
         if not (_is_int(row) and 0 <= row < n):
             raise InputError(f"track row {row!r} is not a row index in 0..{n - 1}")
+    values = _measures(measures, n, predictions == labels[None, :])
+    neighbors = _check_neighbors(neighbors, (n_epochs, n))
+    faithfulness = _check_faithfulness(faithfulness, (n_epochs, n))
 
     keep = _subsample(n, max_points, track)
     if keep is not None:
@@ -278,22 +452,47 @@ def write_viewer(
         ids, splits = ids[keep], splits[keep]
         thumbs = None if thumbs is None else thumbs[keep]
         track = [new_row[int(row)] for row in track]
+        values = {name: array[keep] for name, array in values.items()}
+        if neighbors is not None:
+            remap = np.full(n + 1, -1, dtype=np.int64)  # index n: the "none" of -1
+            remap[keep] = np.arange(len(keep))
+            neighbors = remap[neighbors[:, keep]]
+        if faithfulness is not None:
+            faithfulness = faithfulness[:, keep]
         n = len(keep)
     track = list(dict.fromkeys(int(row) for row in track))
 
-    codes, qrange = _quantise(positions, bounds)
+    boxes = [bounds] if epoch_bounds is None else epoch_bounds
+    overall = _union([bounds, *boxes])
+    codes, qrange = _quantise(positions, overall)
     unique: dict[str, int] = {}
     background_index = [
         unique.setdefault(_png_uri(np.asarray(image)), len(unique)) for image in backgrounds
     ]
     ids_fit = not ids.size or (ids.min() >= -(2**31) and ids.max() < 2**31)
+    fields = {}
+    for name, array in values.items():
+        fields[name] = _typed(array, "uint8") if name == "region" else _typed(array, "float32")
+    knn = None
+    if neighbors is not None:
+        k = neighbors.shape[2]
+        wide = n >= 65535
+        stored = np.where(neighbors < 0, 2**31 - 1 if wide else 65535, neighbors)
+        knn = {"k": int(k), "rows": _typed(stored, "int32" if wide else "uint16")}
+    faith = None
+    if faithfulness is not None:
+        code = np.where(np.isfinite(faithfulness), np.rint(np.nan_to_num(faithfulness) * 250), 255)
+        faith = _typed(code.astype(np.uint8), "uint8")
+    camera = [_bounds_list(box) for box in (epoch_bounds or [bounds] * n_epochs)]
     data = {
-        "version": 1,
+        "version": 2,
         "epochs": [int(e) for e in epochs],
         "titles": titles,
         "classNames": class_names,
         "palette": colours.tolist(),
-        "bounds": [bounds.xmin, bounds.xmax, bounds.ymin, bounds.ymax],
+        "bounds": _bounds_list(_union([overall, Bounds(*qrange)])),
+        "epochBounds": camera,
+        "fixedCamera": epoch_bounds is None or all(c == camera[0] for c in camera),
         "qrange": qrange,
         "qmax": _QMAX,
         "n": int(n),
@@ -307,11 +506,17 @@ def write_viewer(
         "thumbnails": None if thumbs is None else _sprite(thumbs),
         "track": track,
         "sourceRows": None if keep is None else keep.tolist(),
+        "agreements": agreements,
+        "agreementWarn": AGREEMENT_WARN,
+        "regions": list(REGIONS),
+        "fields": fields,
+        "neighbors": knn,
+        "faithfulness": faith,
     }
     payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     # Nothing in the block can close the <script> element or start markup.
     payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    page = _PAGE.replace("__DATA__", payload, 1)
+    page = _page(payload)
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,482 +526,3 @@ def write_viewer(
         out_path, n_epochs, n, out_path.stat().st_size / 1e6,
     )  # fmt: skip
     return out_path
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>timevis: training playback</title>
-<style>
-body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 12px 16px;
-       color: #222; background: #fafafa; }
-#title { font-size: 18px; font-weight: 600; margin: 4px 0 8px; min-height: 1.4em; }
-#controls { display: flex; flex-wrap: wrap; align-items: center; gap: 10px; margin-bottom: 8px; }
-#controls button { min-width: 64px; }
-#epoch-slider { width: 360px; }
-#stage { position: relative; display: inline-block; border: 1px solid #999; background: #fff; }
-#stage canvas { display: block; }
-#overlay { position: absolute; left: 0; top: 0; pointer-events: none; }
-#tooltip { position: absolute; display: none; pointer-events: none; background: #fff;
-           border: 1px solid #555; border-radius: 4px; padding: 6px 8px; font-size: 12px;
-           box-shadow: 0 2px 6px rgba(0,0,0,.25); white-space: nowrap; z-index: 2; }
-#tooltip canvas { display: block; margin-bottom: 4px; image-rendering: pixelated; }
-#legend { display: flex; flex-wrap: wrap; gap: 4px 14px; margin-top: 8px; max-width: 900px; }
-#legend .item { display: inline-flex; align-items: center; gap: 5px; }
-#legend .swatch { width: 12px; height: 12px; border-radius: 50%; border: 1px solid #333; }
-#key { margin-top: 6px; color: #555; font-size: 12px; }
-#selftest { display: none; }
-</style>
-</head>
-<body>
-<div id="title"></div>
-<div id="controls">
-  <button id="play" type="button">play</button>
-  <input id="epoch-slider" type="range" min="0" max="0" step="1" value="0">
-  <span id="epoch-label"></span>
-  <label>speed <select id="speed">
-    <option value="1">1 epoch/s</option><option value="2">2 epochs/s</option>
-    <option value="5">5 epochs/s</option><option value="10" selected>10 epochs/s</option>
-    <option value="20">20 epochs/s</option><option value="50">50 epochs/s</option>
-  </select></label>
-  <label><input id="show-test" type="checkbox"> test samples</label>
-  <button id="clear-trails" type="button">clear trails</button>
-</div>
-<div id="stage">
-  <canvas id="canvas"></canvas>
-  <canvas id="overlay"></canvas>
-  <div id="tooltip"></div>
-</div>
-<div id="legend"></div>
-<div id="key">&#9679; train &nbsp; &#9650; test &nbsp; ring: label colour, inner dot:
-predicted colour (misclassified) &nbsp; trail: the hovered sample's path (click a sample to keep
-its trail, click again to drop it; fading: past epochs, dashed: epochs to come)</div>
-<pre id="selftest"></pre>
-<script type="application/json" id="timevis-data">__DATA__</script>
-<script>
-"use strict";
-(function () {
-  const D = JSON.parse(document.getElementById("timevis-data").textContent);
-  const MAX_SIDE = 720, CELL = 8;
-
-  function decode(t) {
-    if (!t) return null;
-    const bin = atob(t.b64), bytes = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-    const Ctor = {uint8: Uint8Array, uint16: Uint16Array, int32: Int32Array,
-                  float64: Float64Array}[t.dtype];
-    return new Ctor(bytes.buffer);
-  }
-  const E = D.epochs.length, N = D.n;
-  const Q = decode(D.positions), PRED = decode(D.predictions), LAB = decode(D.labels);
-  const IDS = decode(D.ids), SPLIT = decode(D.splits);
-  const MISSING = 65535;
-  const rgb = D.palette.map(c => "rgb(" + c[0] + "," + c[1] + "," + c[2] + ")");
-  const hasTest = SPLIT.some(s => s === 1), hasTrain = SPLIT.some(s => s === 0);
-
-  // Canvas geometry: the bounds' aspect within MAX_SIDE CSS pixels.
-  const [bx0, bx1, by0, by1] = D.bounds;
-  const aspect = (bx1 - bx0) / (by1 - by0);
-  const W = Math.round(aspect >= 1 ? MAX_SIDE : MAX_SIDE * aspect);
-  const H = Math.round(aspect >= 1 ? MAX_SIDE / aspect : MAX_SIDE);
-  const [qx0, qx1, qy0, qy1] = D.qrange;
-  const sx = (qx1 - qx0) / D.qmax / (bx1 - bx0) * W, ox = (qx0 - bx0) / (bx1 - bx0) * W;
-  const sy = (qy1 - qy0) / D.qmax / (by1 - by0) * H, oy = (by1 - qy0) / (by1 - by0) * H;
-  function pixel(e, i) {  // CSS pixels of row i at epoch index e, or null when missing
-    const k = 2 * (e * N + i), qx = Q[k], qy = Q[k + 1];
-    if (qx === MISSING || qy === MISSING) return null;
-    return [ox + qx * sx, oy - qy * sy];
-  }
-  const R = Math.max(1.5, Math.min(4.5, 90 / Math.sqrt(Math.max(N, 1))));
-  const RING = R * Math.sqrt(3.2), HOVER = Math.max(6, RING + 2), EDGE = R > 2.5 ? 0.7 : 0.4;
-
-  const $ = id => document.getElementById(id);
-  const canvas = $("canvas"), overlay = $("overlay"), tooltip = $("tooltip");
-  const slider = $("epoch-slider"), play = $("play"), title = $("title");
-  const speed = $("speed"), showTestBox = $("show-test"), label = $("epoch-label");
-  const clearTrails = $("clear-trails");
-  const dpr = window.devicePixelRatio || 1;
-  for (const c of [canvas, overlay]) {
-    c.width = Math.round(W * dpr); c.height = Math.round(H * dpr);
-    c.style.width = W + "px"; c.style.height = H + "px";
-  }
-  const ctx = canvas.getContext("2d"), octx = overlay.getContext("2d");
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0); octx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  slider.max = String(E - 1);
-  showTestBox.checked = !hasTrain;
-  showTestBox.disabled = !hasTest || !hasTrain;
-
-  // Images: one per distinct background, the thumbnail sprite sheet.
-  const loads = [];
-  function image(uri) {
-    const img = new Image();
-    loads.push(new Promise(ok => { img.onload = ok; img.onerror = ok; }));
-    img.src = uri;
-    return img;
-  }
-  const bgs = D.backgrounds.map(image);
-  bgs.forEach((img, k) => img.addEventListener("load", () => {
-    if (D.backgroundIndex[cur] === k) draw();
-  }));
-  const TH = D.thumbnails, sprite = TH ? image(TH.uri) : null;
-
-  // Legend: names through textContent only.
-  const legend = $("legend");
-  D.classNames.forEach((name, c) => {
-    const item = document.createElement("span"), sw = document.createElement("span");
-    const text = document.createElement("span");
-    item.className = "item"; sw.className = "swatch"; sw.style.background = rgb[c];
-    text.textContent = name;
-    item.append(sw, text); legend.append(item);
-  });
-
-  let cur = 0, showTest = showTestBox.checked, px = null, py = null;
-  let cellStart = null, cellItems = null;
-  const NX = Math.ceil(W / CELL), NY = Math.ceil(H / CELL);
-  // Trails: off but for the hovered sample and the selected ones. A path is the moving average
-  // (triangular weights, SMOOTH epochs either side, within a run of present positions) of the
-  // sample's positions, drawn as a Catmull-Rom curve that ends on its current position; behind
-  // the current epoch it fades by half every HALF_LIFE epochs, ahead of it it is faint and dashed.
-  const SMOOTH = Math.max(1, Math.round(E / 20)), HALF_LIFE = Math.max(3, E / 4);
-  const selected = new Set(D.track);
-  const smoothed = new Map();
-  function path(i) {
-    if (smoothed.has(i)) return smoothed.get(i);
-    const raw = [];
-    for (let e = 0; e < E; e++) raw.push(pixel(e, i));
-    const out = raw.map((p, e) => {
-      if (!p) return null;
-      let x = (SMOOTH + 1) * p[0], y = (SMOOTH + 1) * p[1], w = SMOOTH + 1;
-      for (const step of [-1, 1]) {
-        for (let d = 1; d <= SMOOTH; d++) {
-          const q = raw[e + step * d];
-          if (!q) break;
-          x += (SMOOTH + 1 - d) * q[0]; y += (SMOOTH + 1 - d) * q[1]; w += SMOOTH + 1 - d;
-        }
-      }
-      return [x / w, y / w];
-    });
-    smoothed.set(i, out);
-    return out;
-  }
-  function drawTrail(c, i) {
-    const s = path(i).slice(), now = pixel(cur, i);
-    if (now) s[cur] = now;
-    c.save();
-    c.lineCap = "butt"; c.lineJoin = "round";  // butt: translucent pieces meet without overlap
-    for (const halo of [true, false]) {  // a white halo under the line keeps it readable
-      for (let e = 0; e + 1 < E; e++) {
-        const p1 = s[e], p2 = s[e + 1];
-        if (!p1 || !p2) continue;
-        const p0 = (e > 0 && s[e - 1]) || p1, p3 = s[e + 2] || p2;
-        const ahead = e >= cur;
-        const alpha = ahead ? 0.35 : Math.max(0.15, 0.95 * Math.pow(0.5, (cur - e - 1) / HALF_LIFE));
-        const width = ahead ? 1 : 1 + 1.8 * alpha;
-        if (halo && ahead) continue;
-        c.setLineDash(ahead ? [3, 4] : []);
-        c.lineWidth = halo ? width + 2 : width;
-        c.strokeStyle = halo ? "rgba(255,255,255," + (0.6 * alpha).toFixed(3) + ")"
-                             : "rgba(15,15,15," + alpha.toFixed(3) + ")";
-        c.beginPath(); c.moveTo(p1[0], p1[1]);
-        c.bezierCurveTo(p1[0] + (p2[0] - p0[0]) / 6, p1[1] + (p2[1] - p0[1]) / 6,
-                        p2[0] - (p3[0] - p1[0]) / 6, p2[1] - (p3[1] - p1[1]) / 6, p2[0], p2[1]);
-        c.stroke();
-      }
-    }
-    c.restore();
-  }
-
-  function visible(i) { return SPLIT[i] === 0 || showTest; }
-  function layout() {  // pixel positions and the grid bucket index of the current epoch
-    px = new Float32Array(N); py = new Float32Array(N);
-    const cell = new Int32Array(N).fill(-1), counts = new Int32Array(NX * NY + 1);
-    for (let i = 0; i < N; i++) {
-      const p = pixel(cur, i);
-      if (!p) { px[i] = NaN; py[i] = NaN; continue; }
-      px[i] = p[0]; py[i] = p[1];
-      if (!visible(i)) continue;
-      const cx = Math.floor(p[0] / CELL), cy = Math.floor(p[1] / CELL);
-      if (cx < 0 || cy < 0 || cx >= NX || cy >= NY) continue;
-      cell[i] = cy * NX + cx; counts[cell[i] + 1]++;
-    }
-    for (let k = 1; k <= NX * NY; k++) counts[k] += counts[k - 1];
-    cellStart = counts.slice();
-    cellItems = new Int32Array(counts[NX * NY]);
-    const fill = counts.slice();
-    for (let i = 0; i < N; i++) if (cell[i] >= 0) cellItems[fill[cell[i]]++] = i;
-  }
-  function nearest(x, y) {
-    const cx = Math.floor(x / CELL), cy = Math.floor(y / CELL), reach = Math.ceil(HOVER / CELL);
-    let best = -1, bestD = HOVER * HOVER;
-    for (let gy = cy - reach; gy <= cy + reach; gy++) {
-      if (gy < 0 || gy >= NY) continue;
-      for (let gx = cx - reach; gx <= cx + reach; gx++) {
-        if (gx < 0 || gx >= NX) continue;
-        const c = gy * NX + gx;
-        for (let k = cellStart[c]; k < cellStart[c + 1]; k++) {
-          const i = cellItems[k], dx = px[i] - x, dy = py[i] - y, d = dx * dx + dy * dy;
-          if (d <= bestD) { bestD = d; best = i; }
-        }
-      }
-    }
-    return best;
-  }
-
-  function shape(c, split, x, y, r) {
-    if (split === 0) { c.moveTo(x + r, y); c.arc(x, y, r, 0, 2 * Math.PI); return; }
-    const t = r * 1.25;
-    c.moveTo(x, y - t); c.lineTo(x + t * 0.87, y + t * 0.5); c.lineTo(x - t * 0.87, y + t * 0.5);
-    c.closePath();
-  }
-  function drawPoints() {
-    const base = cur * N, C = rgb.length;
-    for (const split of [0, 1]) {
-      if (split === 1 && !showTest) continue;
-      const right = Array.from({length: C}, () => []), wrong = Array.from({length: C}, () => []);
-      for (let i = 0; i < N; i++) {
-        if (SPLIT[i] !== split || Number.isNaN(px[i])) continue;
-        (PRED[base + i] === LAB[i] ? right : wrong)[LAB[i]].push(i);
-      }
-      ctx.lineWidth = EDGE; ctx.strokeStyle = "rgba(31,31,31,0.9)";
-      for (let c = 0; c < C; c++) {
-        if (!right[c].length) continue;
-        ctx.beginPath();
-        for (const i of right[c]) shape(ctx, split, px[i], py[i], R);
-        ctx.fillStyle = rgb[c]; ctx.fill(); ctx.stroke();
-      }
-      ctx.lineWidth = 1.4;
-      for (let c = 0; c < C; c++) {  // rings in the label colour
-        if (!wrong[c].length) continue;
-        ctx.beginPath();
-        for (const i of wrong[c]) shape(ctx, split, px[i], py[i], RING);
-        ctx.strokeStyle = rgb[c]; ctx.stroke();
-      }
-      ctx.lineWidth = EDGE; ctx.strokeStyle = "rgba(31,31,31,0.9)";
-      for (let c = 0; c < C; c++) {  // dots in the predicted colour
-        ctx.beginPath();
-        let any = false;
-        for (const list of wrong) for (const i of list) {
-          if (PRED[base + i] !== c) continue;
-          shape(ctx, split, px[i], py[i], R); any = true;
-        }
-        if (any) { ctx.fillStyle = rgb[c]; ctx.fill(); ctx.stroke(); }
-      }
-    }
-  }
-  function drawTrails() {
-    for (const i of selected) if (visible(i)) drawTrail(ctx, i);
-    ctx.save();
-    for (const i of selected) {
-      const p = pixel(cur, i);
-      if (!p || !visible(i)) continue;
-      ctx.beginPath(); ctx.arc(p[0], p[1], RING + 3, 0, 2 * Math.PI);
-      ctx.lineWidth = 4; ctx.strokeStyle = "rgba(255,255,255,0.9)"; ctx.stroke();
-      ctx.lineWidth = 2; ctx.strokeStyle = "#000"; ctx.stroke();
-      ctx.font = "11px sans-serif"; ctx.fillStyle = "#000";
-      ctx.fillText(String(IDS[i]), p[0] + RING + 5, p[1] - RING - 3);
-    }
-    ctx.restore();
-  }
-  function draw() {
-    ctx.clearRect(0, 0, W, H);
-    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);
-    const bg = bgs[D.backgroundIndex[cur]];
-    if (bg.complete && bg.naturalWidth) {
-      ctx.imageSmoothingEnabled = true; ctx.imageSmoothingQuality = "high";
-      ctx.drawImage(bg, 0, 0, W, H);
-    }
-    drawPoints();
-    drawTrails();
-  }
-
-  let hovered = -1;
-  function describe(i) {
-    const p = PRED[cur * N + i], l = LAB[i];
-    return [
-      "id " + IDS[i] + " (" + (SPLIT[i] === 1 ? "test" : "train") + ")",
-      "label: " + D.classNames[l],
-      "prediction: " + D.classNames[p] + (p === l ? "" : "  \\u2717 wrong"),
-    ];
-  }
-  function hideTip() {
-    hovered = -1; tooltip.style.display = "none";
-    octx.clearRect(0, 0, W, H);
-  }
-  function showTip(i) {
-    hovered = i;
-    tooltip.replaceChildren();
-    if (TH && sprite.complete && sprite.naturalWidth) {
-      const scale = Math.max(1, Math.floor(64 / Math.max(TH.w, TH.h)));
-      const tc = document.createElement("canvas");
-      tc.width = TH.w * scale; tc.height = TH.h * scale; tc.className = "thumb";
-      const t = tc.getContext("2d");
-      t.imageSmoothingEnabled = false;
-      t.drawImage(sprite, (i % TH.cols) * TH.w, Math.floor(i / TH.cols) * TH.h, TH.w, TH.h,
-                  0, 0, tc.width, tc.height);
-      tooltip.append(tc);
-    }
-    for (const line of describe(i)) {
-      const div = document.createElement("div");
-      div.textContent = line; tooltip.append(div);
-    }
-    tooltip.style.display = "block";
-    const tw = tooltip.offsetWidth, th = tooltip.offsetHeight;
-    let left = px[i] + 14, top = py[i] + 14;
-    if (left + tw > W) left = Math.max(0, px[i] - 14 - tw);
-    if (top + th > H) top = Math.max(0, py[i] - 14 - th);
-    tooltip.style.left = left + "px"; tooltip.style.top = top + "px";
-    octx.clearRect(0, 0, W, H);
-    if (!selected.has(i)) drawTrail(octx, i);
-    octx.beginPath(); octx.arc(px[i], py[i], RING + 2, 0, 2 * Math.PI);
-    octx.lineWidth = 2; octx.strokeStyle = "#000"; octx.stroke();
-  }
-  function hoverAt(x, y) {
-    const i = nearest(x, y);
-    if (i < 0) hideTip(); else showTip(i);
-  }
-  canvas.addEventListener("mousemove", ev => {
-    const rect = canvas.getBoundingClientRect();
-    hoverAt(ev.clientX - rect.left, ev.clientY - rect.top);
-  });
-  canvas.addEventListener("mouseleave", hideTip);
-  function select(i) {  // toggle row i's trail
-    if (selected.has(i)) selected.delete(i); else selected.add(i);
-    clearTrails.disabled = selected.size === 0;
-    draw();
-    if (hovered >= 0) showTip(hovered);
-  }
-  canvas.addEventListener("click", ev => {
-    const rect = canvas.getBoundingClientRect();
-    const i = nearest(ev.clientX - rect.left, ev.clientY - rect.top);
-    if (i >= 0) select(i);
-  });
-  function clearSelection() {
-    selected.clear(); clearTrails.disabled = true;
-    draw();
-    if (hovered >= 0) showTip(hovered);
-  }
-  clearTrails.disabled = selected.size === 0;
-  clearTrails.addEventListener("click", clearSelection);
-  function trailRows() {
-    const rows = Array.from(selected).filter(visible);
-    if (hovered >= 0 && !selected.has(hovered)) rows.push(hovered);
-    return rows;
-  }
-
-  function setEpoch(e) {
-    e = Math.max(0, Math.min(E - 1, Math.round(Number(e)) || 0));
-    cur = e;
-    slider.value = String(e);
-    title.textContent = D.titles[e];
-    label.textContent = "epoch " + D.epochs[e] + " (" + (e + 1) + "/" + E + ")";
-    layout(); draw();
-    if (hovered >= 0) {
-      if (visible(hovered) && !Number.isNaN(px[hovered])) showTip(hovered); else hideTip();
-    }
-  }
-  slider.addEventListener("input", () => setEpoch(slider.value));
-  showTestBox.addEventListener("change", () => { showTest = showTestBox.checked; setEpoch(cur); });
-
-  let timer = null;
-  function stop() {
-    if (timer !== null) clearInterval(timer);
-    timer = null; play.textContent = "play";
-  }
-  function start() {
-    if (cur >= E - 1) setEpoch(0);
-    play.textContent = "pause";
-    timer = setInterval(() => {
-      if (cur >= E - 1) { stop(); return; }
-      setEpoch(cur + 1);
-    }, 1000 / Number(speed.value));
-  }
-  play.addEventListener("click", () => { if (timer === null) start(); else stop(); });
-  speed.addEventListener("change", () => { if (timer !== null) { stop(); start(); } });
-  document.addEventListener("keydown", ev => {
-    if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement) return;
-    if (ev.key === " ") { ev.preventDefault(); play.click(); }
-    else if (ev.key === "ArrowRight") setEpoch(cur + 1);
-    else if (ev.key === "ArrowLeft") setEpoch(cur - 1);
-    else if (ev.key === "Escape") clearSelection();
-  });
-
-  function pointAt(i) {
-    const p = pixel(cur, i);
-    if (!p) return null;
-    const rect = canvas.getBoundingClientRect();
-    return {x: p[0], y: p[1], clientX: rect.left + p[0], clientY: rect.top + p[1]};
-  }
-  const ready = Promise.all(loads).then(() => { draw(); });
-  window.timevis = {
-    setEpoch, epoch: () => cur, epochNumber: () => D.epochs[cur], pointAt, ready,
-    epochs: D.epochs.slice(), rows: N, select, trailRows,
-  };
-  setEpoch(0);
-
-  // Test hook: index.html#selftest=epoch:3,click:5,hover:17[,test:1] reports into <pre id="selftest">.
-  const m = /^#selftest=(.*)$/.exec(location.hash);
-  if (m) ready.then(() => {
-    const opts = {};
-    for (const kv of decodeURIComponent(m[1]).split(",")) {
-      const [k, v] = kv.split(":"); opts[k] = v;
-    }
-    const out = {titleBefore: title.textContent, epochBefore: cur, rows: N, epochs: E};
-    if ("test" in opts) {
-      showTestBox.checked = opts.test === "1";
-      showTestBox.dispatchEvent(new Event("change"));
-    }
-    if ("epoch" in opts) {
-      slider.value = opts.epoch;
-      slider.dispatchEvent(new Event("input", {bubbles: true}));
-    }
-    out.epoch = cur; out.epochNumber = D.epochs[cur]; out.title = title.textContent;
-    const t0 = Date.now();
-    setEpoch(cur); setEpoch(cur);
-    out.setEpochMs = (Date.now() - t0) / 2;
-    out.sliderValue = slider.value;
-    out.trailsAtStart = trailRows();
-    if ("click" in opts) {
-      const p = pointAt(Number(opts.click));
-      if (p) canvas.dispatchEvent(new MouseEvent("click",
-          {clientX: p.clientX, clientY: p.clientY, bubbles: true}));
-      out.trailsAfterClick = trailRows();
-    }
-    if ("hover" in opts) {
-      const row = Number(opts.hover), p = pointAt(row);
-      out.point = p;
-      if (p) canvas.dispatchEvent(new MouseEvent("mousemove",
-          {clientX: p.clientX, clientY: p.clientY, bubbles: true}));
-      out.hovered = hovered;
-      out.tooltipVisible = tooltip.style.display === "block";
-      out.tooltip = tooltip.textContent;
-      const tc = tooltip.querySelector("canvas");
-      if (tc) {
-        const px = tc.getContext("2d").getImageData(0, 0, tc.width, tc.height).data;
-        let lo = 255, hi = 0;
-        for (let k = 0; k < px.length; k += 4) {
-          lo = Math.min(lo, px[k]); hi = Math.max(hi, px[k]);
-        }
-        out.thumbnail = {width: tc.width, height: tc.height, min: lo, max: hi};
-      }
-    }
-    out.trails = trailRows();
-    out.legend = Array.from(legend.querySelectorAll(".item")).map(el => el.textContent);
-    const report = () => {
-      $("selftest").textContent = JSON.stringify(out);
-      document.body.setAttribute("data-selftest", "done");
-    };
-    if (!("play" in opts)) { report(); return; }
-    play.click();  // play:MS presses play and reports the epoch MS milliseconds later
-    out.playing = {epoch: cur, button: play.textContent};
-    setTimeout(() => {
-      out.played = {epoch: cur, button: play.textContent};
-      report();
-    }, Number(opts.play));
-  });
-})();
-</script>
-</body>
-</html>
-"""

@@ -12,6 +12,7 @@ import logging
 import re
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from timevis_cli.render.viewer import BYTES_PER_POINT_EPOCH, payload_bytes, writ
 
 EVIL = '<b>"cat"</b>'
 NAMES = ["plane", EVIL, "</script><img src=x onerror=alert(1)>", "a & b \u2028 猫"]
-_DTYPES = {"uint8": "u1", "uint16": "<u2", "int32": "<i4", "float64": "<f8"}
+_DTYPES = {"uint8": "u1", "uint16": "<u2", "int32": "<i4", "float32": "<f4", "float64": "<f8"}
 
 
 def _inputs(n_epochs=6, n=60, n_classes=4, thumbnails="grey", seed=0, same_background=False):
@@ -80,12 +81,24 @@ def _png(uri: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri[len(prefix) :]))))
 
 
+def _page_bytes() -> int:
+    """Bytes of the page's own files (HTML, CSS, JavaScript)."""
+    folder = resources.files("timevis_cli.render") / "viewer_assets"
+    return sum(len((folder / name).read_bytes()) for name in ("viewer.html", "viewer.css", "viewer.js"))
+
+
 def test_page_is_self_contained(tmp_path):
     path = write_viewer(tmp_path / "render" / "index.html", **_inputs())
     assert path == tmp_path / "render" / "index.html"
     text = path.read_text(encoding="utf-8").lower()
-    for needle in ("http://", "https://", "<script src", "<link ", "@import", "url("):
+    for needle in ("http://", "https://", "<script src", "<link ", "@import", "<iframe"):
         assert needle not in text, needle
+    style = re.search(r"<style>(.*?)</style>", text, re.S).group(1)
+    assert "url(" not in style  # no stylesheet resource either
+    for name in ("viewer.css", "viewer.js"):  # the shipped files, inlined whole
+        shipped = (resources.files("timevis_cli.render") / "viewer_assets" / name).read_text()
+        assert shipped.lower() in text, name
+    assert "__timevis_" not in text  # every placeholder filled
     for hook in ('id="epoch-slider"', 'id="play"', 'id="title"', 'id="tooltip"', 'id="canvas"'):
         assert hook in text
 
@@ -163,7 +176,9 @@ def test_size_grows_as_documented(tmp_path):
         grown = size(n_epochs, 2000) - base
         expected = payload_bytes(n_epochs, 2000, 4) - payload_bytes(10, 2000, 4)
         assert expected <= grown <= expected * 1.01 + 2_000
-    assert base <= payload_bytes(10, 2000, 4) + 2000 * 10 + 40_000  # + labels, ids, splits, page
+    # + labels, ids, splits; two float32 measures (correctness, forgetting); the page's code
+    measures = 2 * 2000 * 4 * 4 / 3
+    assert base <= payload_bytes(10, 2000, 4) + 2000 * 10 + measures + _page_bytes() + 20_000
 
 
 def test_subsampling_warns_and_keeps_tracked_rows(tmp_path, caplog):
@@ -375,3 +390,119 @@ def test_browser_screenshot_is_drawn(tmp_path):
     colours = inputs["palette"].astype(np.int64)
     near = (np.abs(pixels[:, :, None, :] - colours[None, None]).sum(-1) < 30).any(-1)
     assert near.mean() > 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# The analysis data: per-epoch camera bounds, agreements, per-sample measures, neighbours.
+
+
+def test_follow_bounds_agreements_and_measures_reach_the_page(tmp_path):
+    inputs = _inputs()
+    boxes = [Bounds(-3 + t, 3 + t, -2, 2 + 0.5 * t) for t in range(6)]
+    inputs["positions"][5, 0] = [9.0, 9.0]  # beyond every box: the quantisation still holds it
+    region = np.array(["easy", "ambiguous", "hard"])[np.arange(60) % 3]
+    data = _data(
+        write_viewer(
+            tmp_path / "i.html",
+            **inputs,
+            epoch_bounds=boxes,
+            agreements=[0.95, float("nan"), None, 0.5, 1.0, 0.91],
+            measures={"confidence": np.linspace(0, 1, 60), "region": region},
+        ).read_text("utf-8")
+    )
+    assert data["epochBounds"] == [[b.xmin, b.xmax, b.ymin, b.ymax] for b in boxes]
+    assert data["fixedCamera"] is False
+    xlo, xhi, ylo, yhi = data["qrange"]
+    assert xlo <= -3 and xhi >= 9 and ylo <= -2 and yhi >= 9  # every box and every point
+    assert data["agreements"] == [0.95, None, None, 0.5, 1.0, 0.91]
+    assert data["agreementWarn"] == 0.9
+    fields = {name: _array(typed) for name, typed in data["fields"].items()}
+    np.testing.assert_allclose(fields["confidence"], np.linspace(0, 1, 60), atol=1e-7)
+    assert data["regions"] == ["easy", "ambiguous", "hard"]
+    np.testing.assert_array_equal(fields["region"], np.arange(60) % 3)
+    # correctness and forgetting come from the page's own predictions when not given
+    correct = inputs["predictions"] == inputs["labels"][None]
+    np.testing.assert_allclose(fields["correctness"], correct.mean(0), atol=1e-7)
+    np.testing.assert_array_equal(fields["forgetting"], (correct[:-1] & ~correct[1:]).sum(0))
+    # without epoch_bounds: one fixed camera on `bounds`
+    fixed = _data(write_viewer(tmp_path / "f.html", **_inputs()).read_text("utf-8"))
+    assert fixed["fixedCamera"] is True and len(fixed["epochBounds"]) == 6
+    assert fixed["agreements"] is None and fixed["neighbors"] is None
+
+
+def test_neighbours_and_faithfulness_survive_subsampling(tmp_path):
+    inputs = _inputs(n_epochs=3, n=500, thumbnails=None)
+    rows = np.arange(500)
+    neighbors = np.stack([np.stack([(rows + 1) % 500, (rows + 2) % 500], 1)] * 3)
+    faith = np.tile(np.linspace(0, 1, 500), (3, 1))
+    faith[1, 7] = np.nan
+    inputs["track"] = [7]
+    data = _data(
+        write_viewer(
+            tmp_path / "i.html", **inputs, max_points=100, neighbors=neighbors, faithfulness=faith
+        ).read_text("utf-8")
+    )
+    kept = np.asarray(data["sourceRows"])
+    stored = _array(data["neighbors"]["rows"]).astype(np.int64)
+    assert data["neighbors"]["k"] == 2 and stored.shape == (3, 100, 2)
+    position = {int(old): k for k, old in enumerate(kept)}
+    for new, old in enumerate(kept):
+        for j, target in enumerate(neighbors[0, old]):  # kept neighbours renumbered, else none
+            assert stored[0, new, j] == position.get(int(target), 65535)
+    codes = _array(data["faithfulness"])
+    assert codes.dtype == np.uint8 and codes.shape == (3, 100)
+    np.testing.assert_allclose(codes[0] / 250, faith[0, kept], atol=0.5 / 250)
+    assert codes[1, position[7]] == 255  # unknown
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"epoch_bounds": [Bounds(0, 1, 0, 1)] * 5}, "epoch_bounds given"),
+        ({"epoch_bounds": [Bounds(0, 1, 0, 1)] * 5 + [Bounds(1, 1, 0, 1)]}, "empty"),
+        ({"agreements": [0.9]}, "agreements given"),
+        ({"measures": {"confidance": np.zeros(60)}}, "not known"),
+        ({"measures": {"confidence": np.zeros(59)}}, "confidence"),
+        ({"measures": {"region": np.array(["easy", "odd"] * 30)}}, "odd"),
+        ({"neighbors": np.zeros((6, 60), np.int64)}, "neighbors of shape"),
+        ({"neighbors": np.full((6, 60, 2), 60)}, "row indices"),
+        ({"faithfulness": np.full((6, 60), 1.5)}, r"\[0, 1\]"),
+    ],
+)
+def test_bad_analysis_inputs_raise(tmp_path, extra, message):
+    with pytest.raises(InputError, match=message):
+        write_viewer(tmp_path / "i.html", **_inputs(), **extra)
+    assert not (tmp_path / "i.html").exists()
+
+
+def test_neighbor_preservation_is_exact():
+    from timevis_cli.fit.neighbors import resolve_backend
+    from timevis_cli.render.page import neighbor_preservation
+
+    # features on a line; the 2-D layout keeps the order but swaps the two last samples
+    features = np.array([[0.0], [1.0], [2.1], [3.3], [4.6], [6.0]]) @ np.ones((1, 4))
+    points = np.array([[0, 0], [1, 0], [2.1, 0], [3.3, 0], [6.0, 0], [4.6, 0]], dtype=float)
+    points[2] = np.nan  # absent at this epoch: in neither search
+    high, kept = neighbor_preservation(features, points, 2, resolve_backend("torch"))
+    assert high.shape == (6, 2) and (high[2] == -1).all() and np.isnan(kept[2])
+    assert high[0].tolist() == [1, 3] and high[5].tolist() == [4, 3]
+    # feature space (without row 2): 0 -> {1, 3}, 1 -> {0, 3}, 3 -> {4, 1}, 4 -> {3, 5}, 5 -> {4, 3}
+    # 2-D, rows 4 and 5 swapped:      0 -> {1, 3}, 1 -> {0, 3}, 3 -> {5, 1}, 4 -> {5, 3}, 5 -> {3, 4}
+    np.testing.assert_allclose(kept[[0, 1, 3, 4, 5]], [1.0, 1.0, 0.5, 1.0, 1.0])
+
+
+def test_a_missing_or_unsafe_page_file_is_one_clear_error(tmp_path, monkeypatch):
+    from timevis_cli.render import viewer
+
+    monkeypatch.setattr(viewer, "_ASSETS", "no_such_folder")
+    with pytest.raises(viewer.ViewerAssetError, match="no_such_folder/viewer.html.*reinstall"):
+        write_viewer(tmp_path / "i.html", **_inputs())
+    assert not (tmp_path / "i.html").exists()
+    monkeypatch.undo()
+    real = viewer._asset
+    monkeypatch.setattr(
+        viewer, "_asset", lambda name: real(name) + ("</script>" if name == "viewer.js" else "")
+    )
+    with pytest.raises(viewer.ViewerAssetError, match="viewer.js holds a closing tag"):
+        write_viewer(tmp_path / "i.html", **_inputs())
+    assert not (tmp_path / "i.html").exists()
