@@ -142,7 +142,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="mnist", choices=["mnist", "digits"])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="training seed (initialisation, batch order)"
+    )
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the train/test split, kept apart from --seed so that runs of several "
+        "training seeds track the same samples",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=2e-3,
+        help="Adam learning rate (a tenth of it, 2e-4, gives a slow learner)",
+    )
     parser.add_argument(
         "--flip-labels",
         type=float,
@@ -154,11 +169,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0.0 <= args.flip_labels < 1.0:
         parser.error(f"--flip-labels {args.flip_labels} must be in [0, 1), e.g. 0.05")
+    if not args.lr > 0:
+        parser.error(f"--lr {args.lr} must be positive, e.g. 2e-3")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     L.seed_everything(args.seed, verbose=False)
-    train, test, names = load_data(args.data, args.seed)
+    train, test, names = load_data(args.data, args.split_seed)
     (args.out / "flipped.json").unlink(missing_ok=True)  # never a record of an earlier run
     if args.flip_labels > 0:
         train, record = flip_labels(train, args.flip_labels, args.seed, len(names))
@@ -181,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         callbacks=[TimeVisCallback(args.out / "store", class_names=names, overwrite=True)],
     )
     trainer.fit(
-        SmallResNet(),
+        SmallResNet(lr=args.lr),
         DataLoader(train, batch_size=args.batch_size, shuffle=True),
         DataLoader(test, batch_size=500),
     )

@@ -339,6 +339,23 @@ class RefineConfig(_Section):
     )
     decoder_batch: int = _setting(2000, "vertices per decoder step", _within(1, _MAX_ROWS))
     decoder_lr: float = _setting(0.01, "Adam learning rate of the decoder fit", _above(0))
+    align: str = _setting(
+        "none",
+        "before the decoder is fitted, move each epoch's refined positions as a whole onto the "
+        "previous epoch's (least squares on the tracked samples): similarity (rotation, "
+        "translation, uniform scale), rigid (rotation, translation) or none. Aligning removes the "
+        "whole cloud's drift between epochs but also what it shows of the features' common "
+        "change: temp_g and ppr drop (docs/faithfulness.md)",
+        _one_of("similarity", "rigid", "none"),
+    )
+    prediction_weight: float = _setting(
+        0.2,
+        "weight of the decoder's prediction term: a hinge that asks the classifier head, on the "
+        "decoded features at each train sample's position, for the model's own prediction with "
+        "a margin of a quarter of the epoch's median margin, so the landscape's colour under a "
+        "sample is its prediction (0: reconstruction only)",
+        _at_least(0),
+    )
 
 
 @dataclass(frozen=True)

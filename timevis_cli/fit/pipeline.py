@@ -39,6 +39,7 @@ from timevis_callback.reader import Run, format_epochs
 from timevis_cli.config import Config
 from timevis_cli.device import resolve_device
 from timevis_cli.errors import InputError
+from timevis_cli.fit.align import align_layout, largest
 from timevis_cli.fit.complex import (
     EdgeKind,
     EdgeSet,
@@ -55,6 +56,7 @@ from timevis_cli.fit.losses import (
     top2_classes,
 )
 from timevis_cli.fit.neighbors import KNNBackend, TorchExact, resolve_backend
+from timevis_cli.fit.predictive import EpochHeads, PredictionTerm, prediction_targets
 from timevis_cli.fit.projector import Projector
 from timevis_cli.fit.reduction import select_epochs
 from timevis_cli.fit.refine import (
@@ -608,6 +610,29 @@ def _budget_bytes(config: Config) -> int:
     return int(config.refine.memory_mb * 2**20)
 
 
+def _prediction_term(
+    parts: list[_EpochPart], positions: np.ndarray, starts: np.ndarray, run: Run, config: Config
+) -> PredictionTerm | None:
+    """The decoder's prediction term over every train sample of every fitted epoch, at its
+    refined position (``positions`` of the layout; epoch i's samples start at ``starts[i]``), or
+    None when ``refine.prediction_weight`` is 0."""
+    r = config.refine
+    if r.prediction_weight == 0:
+        return None
+    train_rows = np.flatnonzero(run.samples.mask("train"))
+    logits = [run.logits(part.epoch, split="train") for part in parts]
+    target, floor = prediction_targets(logits)
+    return PredictionTerm(
+        heads=EpochHeads([run.head(part.epoch) for part in parts]),
+        positions=torch.from_numpy(np.concatenate([positions[s + train_rows] for s in starts])),
+        epoch_index=torch.from_numpy(np.repeat(np.arange(len(parts)), len(train_rows))),
+        target=torch.from_numpy(target),
+        floor=torch.from_numpy(floor),
+        weight=r.prediction_weight,
+        batch_size=r.decoder_batch,
+    )
+
+
 def _refine(
     graph: LayoutGraph,
     trajectory: Trajectories | None,
@@ -640,6 +665,19 @@ def _refine(
         progress=lambda epoch: reporter.advance(epoch=epoch),
     )
     reporter.finish()
+    # each epoch's block onto its predecessor's (drift without information), before the decoder
+    # learns the positions: the decoder, the landscapes and embedding.h5 share the aligned frame
+    transforms = align_layout(positions, graph.offsets, graph.n_tracked, r.align)
+    if r.align != "none":
+        big = largest(transforms)
+        log.info(
+            "alignment (%s) of %d epochs: largest rotation %.1f°, scale x%.3f, translation %.3g",
+            r.align,
+            len(transforms),
+            big["rotation_degrees"],
+            big["scale"],
+            big["translation"],
+        )
     layout_seconds = time.perf_counter() - started
     train_rows = np.flatnonzero(run.samples.mask("train"))
     test_rows = np.flatnonzero(run.samples.mask("test"))
@@ -671,6 +709,7 @@ def _refine(
         epoch_index=torch.from_numpy(epoch_index) if r.epoch_decoder else None,
         n_epochs=len(parts),
         progress=decoder_progress,
+        prediction=_prediction_term(parts, positions, starts, run, config),
     )
     reporter.finish()
     stats["refine"] = {
@@ -682,6 +721,11 @@ def _refine(
         "resident_bytes": graph.edges.resident_bytes + (trajectory.targets.resident_bytes if trajectory else 0),
         "scratch_file": graph.edges.spilled or bool(trajectory and trajectory.targets.spilled),
         "decoder_loss": [round(losses[0], 6), round(losses[-1], 6)] if losses else [],
+        # x_aligned = scale * R(rotation_degrees) x + translation, per fitted epoch (the first: identity)
+        "align": {
+            "mode": r.align,
+            "epochs": {str(p.epoch): t.to_dict() for p, t in zip(parts, transforms, strict=True)},
+        },
         "seconds": {
             "layout": round(layout_seconds, 3),
             "decoder": round(time.perf_counter() - started - layout_seconds, 3),

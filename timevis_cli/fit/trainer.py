@@ -23,6 +23,7 @@ from torch import Tensor
 from timevis_cli.errors import InputError
 from timevis_cli.fit.complex import EdgeSet
 from timevis_cli.fit.losses import find_ab_params, reconstruction_loss, total_loss, umap_loss
+from timevis_cli.fit.predictive import PredictionTerm
 from timevis_cli.fit.projector import DEFAULT_DEPTH, DEFAULT_HIDDEN, Projector
 
 __all__ = [
@@ -567,6 +568,7 @@ def fit_decoder(
     epoch_index: Tensor | None = None,
     n_epochs: int | None = None,
     progress: Callable[[int, float], None] | None = None,
+    prediction: PredictionTerm | None = None,
 ) -> list[float]:
     """Fit the projector's decoder to map ``positions`` [V, 2] back to ``features`` [V, D].
 
@@ -579,7 +581,9 @@ def fit_decoder(
     different epochs' features at one 2-D point. The encoder is left as it is. Seeded (on the
     CPU bitwise: the steps run under :func:`deterministic_on_cpu`); runs on the projector's
     device. Returns the loss of every step; ``progress(step, loss)`` is
-    called every 10 steps and at the end.
+    called every 10 steps and at the end. ``prediction``: adds ``λ·L_pred`` on a batch of its
+    own points each step (:mod:`~timevis_cli.fit.predictive`), so the head's prediction on each
+    sample's decoded features is the model's own.
     """
     if positions.ndim != 2 or positions.shape[1] != 2 or positions.shape[0] != features.shape[0]:
         raise InputError(
@@ -603,6 +607,8 @@ def fit_decoder(
         if n_epochs is not None and n_epochs < largest:
             raise InputError(f"n_epochs={n_epochs} but epoch_index holds index {largest - 1}")
         projector.add_epoch_bias(largest if n_epochs is None else n_epochs)
+    if prediction is not None:
+        prediction = prediction.to(device)
     generator = torch.Generator(device=device)
     generator.manual_seed(_seeds(seed)[1] ^ 0x5EED)
     parameters = list(projector.decoder.parameters())
@@ -618,6 +624,8 @@ def fit_decoder(
             )
             decoded = projector.decode(positions[rows], None if epoch_index is None else epoch_index[rows])
             loss = reconstruction_loss(features[rows], decoded, attention[rows])
+            if prediction is not None:
+                loss = loss + prediction.loss(projector.decode, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,231 @@
+"""The decoder's prediction term: the landscape agrees with the model at its own samples.
+
+The landscape colours each 2-D point with the classifier head's prediction on the decoded
+features there. Reconstruction alone (even attention-weighted) leaves the decoded features of a
+sample a little off its own, and where the classes are close together (the first epochs, whose
+features are barely separated) a little off is on the other side of the head's boundary: the
+picture then shows the sample in a region of another class. When the decoder is fitted to the
+refined positions, this term adds, for every tracked train sample ``v`` at every fitted epoch
+``t`` (its refined position ``y_v``; the model's prediction ``c_v = argmax h_t(x_v)`` from the
+stored logits), a hinge on the decoded features' margin::
+
+    m_v   = h_t(ψ_t(y_v))[c_v] - max_{c != c_v} h_t(ψ_t(y_v))[c]
+    L_pred = mean_v  max(0, δ_t - m_v) / δ_t
+
+where ``δ_t`` is a fraction (:data:`MARGIN_FRACTION`) of the median margin of epoch ``t``'s own
+samples ``h_t(x_v)``, so it is scale-free: an untrained epoch with logits of 0.01 and a trained one
+with logits of 10 ask for the same relative margin. The hinge is zero once a sample's decoded
+margin reaches ``δ_t``: it moves the decoder only where the picture would lie, and no further, so
+the reconstruction keeps its say everywhere else. The reconstruction is fitted on the complex's
+vertices (a reduced subset of the samples, and the boundary points); this term reaches every
+train sample, since it needs only their positions and logits. Test samples are left out, so
+their agreement stays a measure of how the landscape generalises. Each decoder step draws one
+batch for each term: ``L_rec + λ·L_pred`` (``refine.prediction_weight = λ``; 0 switches the term
+off).
+
+Everything here is a pure function of tensors (:class:`EpochHeads` holds the heads' parameters
+as tensors) and runs on the tensors' device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from timevis_callback.head import Head
+from timevis_cli.errors import InputError
+
+__all__ = [
+    "MARGIN_FRACTION",
+    "EpochHeads",
+    "PredictionTerm",
+    "margin_floor",
+    "prediction_hinge",
+    "prediction_targets",
+]
+
+MARGIN_FRACTION = 0.25
+"""``δ_t`` is this fraction of the median margin of epoch ``t``'s samples under its own head."""
+
+_LINEAR_TYPES = {"Linear", "Dropout", "Identity", "Flatten"}
+
+
+def _linear_map(head: Head) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W [C, D], b [C]) when ``head`` is one Linear layer (with eval-time no-ops around it)."""
+    types = [layer["type"] for layer in head.spec]
+    if not set(types) <= _LINEAR_TYPES or types.count("Linear") != 1:
+        return None
+    i = types.index("Linear")
+    weight = np.asarray(head.state[f"{i}.weight"], np.float32)
+    bias = (
+        np.asarray(head.state[f"{i}.bias"], np.float32)
+        if head.spec[i].get("bias", True)
+        else np.zeros(weight.shape[0], np.float32)
+    )
+    return weight, bias
+
+
+class EpochHeads:
+    """The classifier heads of the fitted epochs, evaluated on decoded features in torch.
+
+    ``heads``: one :class:`~timevis_callback.head.Head` per fitted epoch, in the decoder's epoch
+    order. Linear heads (the common case) are stacked into one matrix, so a batch mixing epochs
+    costs one matmul; other heads run as their ``to_torch()`` modules, one call per epoch present.
+    """
+
+    def __init__(self, heads: Sequence[Head], device: torch.device | str = "cpu"):
+        if not heads:
+            raise InputError("EpochHeads needs the head of at least one epoch")
+        self.n_epochs = len(heads)
+        self.device = torch.device(device)
+        self._heads = list(heads)
+        maps = [_linear_map(h) for h in heads]
+        self.n_classes = int(heads[0](np.zeros((1, _input_width(heads[0])), np.float32)).shape[1])
+        if all(m is not None for m in maps):
+            weight = np.concatenate([m[0] for m in maps])  # [E*C, D]
+            bias = np.concatenate([m[1] for m in maps])
+            self._weight = torch.from_numpy(weight).to(self.device)
+            self._bias = torch.from_numpy(bias).to(self.device)
+            self._modules: list[nn.Module] | None = None
+        else:
+            self._weight = self._bias = None
+            self._modules = [h.to_torch().to(self.device) for h in heads]
+            for module in self._modules:
+                module.requires_grad_(False)
+
+    def to(self, device: torch.device | str) -> EpochHeads:
+        """These heads on ``device`` (itself when they are there already)."""
+        device = torch.device(device)
+        return self if device == self.device else EpochHeads(self._heads, device)
+
+    def logits(self, features: Tensor, epoch_index: Tensor) -> Tensor:
+        """Logits [n, C] of ``features`` [n, D], row v under the head of ``epoch_index[v]``."""
+        if self._modules is None:
+            n, c = features.shape[0], self.n_classes
+            every = features @ self._weight.T + self._bias  # [n, E*C]
+            columns = epoch_index[:, None] * c + torch.arange(c, device=features.device)
+            return every.gather(1, columns.view(n, c))
+        out = features.new_empty((features.shape[0], self.n_classes))
+        for e in torch.unique(epoch_index).tolist():
+            rows = epoch_index == e
+            out[rows] = self._modules[e](features[rows])
+        return out
+
+
+def _input_width(head: Head) -> int:
+    first = next(layer for layer in head.spec if layer["type"] in ("Linear", "BatchNorm1d"))
+    return int(first.get("in_features", first.get("num_features")))
+
+
+def _margins(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax class, top-1 minus top-2) of logits [n, C]."""
+    order = np.argsort(logits, axis=1)
+    top = np.take_along_axis(logits, order[:, -1:], axis=1)[:, 0]
+    second = np.take_along_axis(logits, order[:, -2:-1], axis=1)[:, 0] if logits.shape[1] > 1 else top
+    return order[:, -1], top - second
+
+
+def margin_floor(sample_logits: np.ndarray, fraction: float = MARGIN_FRACTION) -> float:
+    """``δ_t``: ``fraction`` of the median top-1 minus top-2 margin of one epoch's samples'
+    logits [n, C] (a small positive number when every margin is 0, so the hinge stays defined)."""
+    if sample_logits.ndim != 2 or len(sample_logits) == 0:
+        raise InputError(f"sample logits of shape {sample_logits.shape} must be [n >= 1, C]")
+    _, margins = _margins(np.asarray(sample_logits, np.float64))
+    scale = float(np.median(margins)) * fraction
+    spread = float(np.abs(sample_logits).max())
+    return max(scale, 1e-6 * max(spread, 1.0))
+
+
+def prediction_targets(
+    sample_logits: Sequence[np.ndarray], fraction: float = MARGIN_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample of the concatenated epochs: (target class int64, floor δ float32).
+
+    ``sample_logits[t]``: logits [n_t, C] of epoch t's samples; every sample of epoch t gets
+    that epoch's :func:`margin_floor`.
+    """
+    targets, floors = [], []
+    for logits in sample_logits:
+        logits = np.asarray(logits, np.float64)
+        if len(logits) == 0:
+            continue
+        targets.append(_margins(logits)[0].astype(np.int64))
+        floors.append(np.full(len(logits), margin_floor(logits, fraction), np.float32))
+    if not targets:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(targets), np.concatenate(floors)
+
+
+def prediction_hinge(logits: Tensor, target: Tensor, floor: Tensor) -> Tensor:
+    """``mean_v max(0, δ_v - m_v) / δ_v`` over the rows with a target (``target >= 0``), where
+    ``m_v`` is the margin of ``logits[v]`` for class ``target[v]`` over the best other class;
+    0 (a tensor) when no row has a target."""
+    if logits.ndim != 2 or target.shape != logits.shape[:1] or floor.shape != target.shape:
+        raise InputError(
+            f"logits [n, C], target [n] and floor [n] must agree, got {tuple(logits.shape)}, "
+            f"{tuple(target.shape)}, {tuple(floor.shape)}"
+        )
+    keep = target >= 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    z, cls, delta = logits[keep], target[keep], floor[keep].to(logits.dtype)
+    own = z.gather(1, cls[:, None])[:, 0]
+    others = z.scatter(1, cls[:, None], float("-inf")).max(dim=1).values
+    return torch.relu(delta - (own - others)).div(delta).mean()
+
+
+@dataclass(frozen=True)
+class PredictionTerm:
+    """``λ·L_pred`` over its own points: the 2-D positions [M, 2] of samples at the fitted epochs
+    (``epoch_index`` [M], the decoder's epoch order), each with the model's prediction
+    ``target`` [M] (-1: none) and its epoch's floor ``δ`` [M]; ``weight`` = λ, ``batch_size``
+    points drawn per step. They need not be the decoder's reconstruction vertices: the positions
+    of every tracked sample are known after the refinement, their features are not needed."""
+
+    heads: EpochHeads
+    positions: Tensor
+    epoch_index: Tensor
+    target: Tensor
+    floor: Tensor
+    weight: float
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        m = self.positions.shape[0]
+        if self.positions.shape != (m, 2) or any(
+            t.shape != (m,) for t in (self.epoch_index, self.target, self.floor)
+        ):
+            raise InputError(
+                f"positions [M, 2], epoch_index, target and floor [M] must agree, got "
+                f"{tuple(self.positions.shape)}, {tuple(self.epoch_index.shape)}, "
+                f"{tuple(self.target.shape)}, {tuple(self.floor.shape)}"
+            )
+        if m and (int(self.epoch_index.min()) < 0 or int(self.epoch_index.max()) >= self.heads.n_epochs):
+            raise InputError(f"epoch_index must lie in [0, {self.heads.n_epochs}) (one per head)")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size={self.batch_size} must be >= 1")
+
+    def loss(self, decode: Callable[[Tensor, Tensor], Tensor], generator: torch.Generator) -> Tensor:
+        """``λ·L_pred`` on ``batch_size`` points drawn with ``generator``; ``decode(y, epoch)``
+        is the decoder (features [b, D] of positions [b, 2] at epoch indices [b])."""
+        m = self.positions.shape[0]
+        rows = torch.randint(m, (min(self.batch_size, m),), generator=generator, device=self.positions.device)
+        epoch = self.epoch_index[rows]
+        logits = self.heads.logits(decode(self.positions[rows], epoch), epoch)
+        return self.weight * prediction_hinge(logits, self.target[rows], self.floor[rows])
+
+    def to(self, device: torch.device) -> PredictionTerm:
+        """This term, its heads and per-point tensors on ``device``."""
+        return PredictionTerm(
+            self.heads.to(device),
+            self.positions.to(device, torch.float32),
+            self.epoch_index.to(device),
+            self.target.to(device),
+            self.floor.to(device),
+            self.weight,
+            self.batch_size,
+        )
