@@ -10,13 +10,18 @@ refined positions, this term adds, for every tracked train sample ``v`` at every
 stored logits), a hinge on the decoded features' margin::
 
     m_v   = h_t(ψ_t(y_v))[c_v] - max_{c != c_v} h_t(ψ_t(y_v))[c]
-    L_pred = mean_v  max(0, δ_t - m_v) / δ_t
+    L_pred = mean_v  max(0, δ_t - m_v) / ‖∇m_v‖
 
 where ``δ_t`` is a fraction (:data:`MARGIN_FRACTION`) of the median margin of epoch ``t``'s own
-samples ``h_t(x_v)``, so it is scale-free: an untrained epoch with logits of 0.01 and a trained one
-with logits of 10 ask for the same relative margin. The hinge is zero once a sample's decoded
-margin reaches ``δ_t``: it moves the decoder only where the picture would lie, and no further, so
-the reconstruction keeps its say everywhere else. The reconstruction is fitted on the complex's
+samples ``h_t(x_v)`` (an untrained epoch with logits of 0.01 and a trained one with logits of 10
+ask for the same relative margin) and ``‖∇m_v‖`` is the norm of the margin's gradient with respect
+to the decoded features, so each sample's term is how far (in feature space, exactly for a linear
+head) its decoded features lie from the side of the boundary with margin ``δ_t``: the same units
+as the reconstruction, whatever the epoch's logit scale. (Dividing by ``δ_t`` instead made an
+untrained epoch, whose margins are thousandths, pull on the shared decoder a hundred times harder
+than the others and spoil its neighbours.) The hinge is zero once a sample's decoded margin
+reaches ``δ_t``: it moves the decoder only where the picture would lie, and no further, so the
+reconstruction keeps its say everywhere else. The reconstruction is fitted on the complex's
 vertices (a reduced subset of the samples, and the boundary points); this term reaches every
 train sample, since it needs only their positions and logits. Test samples are left out, so
 their agreement stays a measure of how the landscape generalises. Each decoder step draws one
@@ -44,6 +49,7 @@ __all__ = [
     "EpochHeads",
     "PredictionTerm",
     "margin_floor",
+    "margin_gradient_norm",
     "prediction_hinge",
     "prediction_targets",
 ]
@@ -160,22 +166,49 @@ def prediction_targets(
     return np.concatenate(targets), np.concatenate(floors)
 
 
-def prediction_hinge(logits: Tensor, target: Tensor, floor: Tensor) -> Tensor:
-    """``mean_v max(0, δ_v - m_v) / δ_v`` over the rows with a target (``target >= 0``), where
-    ``m_v`` is the margin of ``logits[v]`` for class ``target[v]`` over the best other class;
-    0 (a tensor) when no row has a target."""
+def _margin(logits: Tensor, target: Tensor) -> Tensor:
+    """``logits[v, target[v]]`` minus the best other class's logit, per row."""
+    own = logits.gather(1, target[:, None])[:, 0]
+    others = logits.scatter(1, target[:, None], float("-inf")).max(dim=1).values
+    return own - others
+
+
+def prediction_hinge(
+    logits: Tensor, target: Tensor, floor: Tensor, scale: Tensor | None = None
+) -> Tensor:
+    """``mean_v max(0, δ_v - m_v) / s_v`` over the rows with a target (``target >= 0``), where
+    ``m_v`` is the margin of ``logits[v]`` for class ``target[v]`` over the best other class and
+    ``s_v`` is ``scale[v]`` (e.g. the norm of the margin's gradient, which makes each row's
+    hinge the feature-space distance to the side with margin ``δ_v``), ``δ_v`` when ``scale``
+    is None; 0 (a tensor) when no row has a target."""
     if logits.ndim != 2 or target.shape != logits.shape[:1] or floor.shape != target.shape:
         raise InputError(
             f"logits [n, C], target [n] and floor [n] must agree, got {tuple(logits.shape)}, "
             f"{tuple(target.shape)}, {tuple(floor.shape)}"
         )
+    if scale is not None and scale.shape != target.shape:
+        raise InputError(f"scale must have shape {tuple(target.shape)}, got {tuple(scale.shape)}")
     keep = target >= 0
     if not bool(keep.any()):
         return logits.sum() * 0.0
-    z, cls, delta = logits[keep], target[keep], floor[keep].to(logits.dtype)
-    own = z.gather(1, cls[:, None])[:, 0]
-    others = z.scatter(1, cls[:, None], float("-inf")).max(dim=1).values
-    return torch.relu(delta - (own - others)).div(delta).mean()
+    delta = floor[keep].to(logits.dtype)
+    short = torch.relu(delta - _margin(logits[keep], target[keep]))
+    return short.div(delta if scale is None else scale[keep].to(logits.dtype)).mean()
+
+
+def margin_gradient_norm(logits: Tensor, target: Tensor, features: Tensor) -> Tensor:
+    """Per row, ``‖∂m_v/∂features_v‖`` (detached; at least 1e-12): how fast the margin of class
+    ``target[v]`` changes with the features (``‖W[c] - W[c']‖`` for a linear head), so
+    ``(δ - m) / ‖∇m‖`` is how far the features are from the side with margin ``δ``. Rows without
+    a target (-1) get 1. ``logits`` must have been computed from ``features`` with autograd."""
+    keep = target >= 0
+    out = torch.ones(target.shape, dtype=logits.dtype, device=logits.device)
+    if not bool(keep.any()) or not features.requires_grad:
+        return out
+    margin = _margin(logits, target.clamp_min(0))
+    (grad,) = torch.autograd.grad(margin[keep].sum(), features, retain_graph=True)
+    out[keep] = grad[keep].norm(dim=1).detach().clamp_min(1e-12)
+    return out
 
 
 @dataclass(frozen=True)
@@ -214,9 +247,12 @@ class PredictionTerm:
         is the decoder (features [b, D] of positions [b, 2] at epoch indices [b])."""
         m = self.positions.shape[0]
         rows = torch.randint(m, (min(self.batch_size, m),), generator=generator, device=self.positions.device)
-        epoch = self.epoch_index[rows]
-        logits = self.heads.logits(decode(self.positions[rows], epoch), epoch)
-        return self.weight * prediction_hinge(logits, self.target[rows], self.floor[rows])
+        epoch, target = self.epoch_index[rows], self.target[rows]
+        decoded = decode(self.positions[rows], epoch)
+        logits = self.heads.logits(decoded, epoch)
+        return self.weight * prediction_hinge(
+            logits, target, self.floor[rows], margin_gradient_norm(logits, target, decoded)
+        )
 
     def to(self, device: torch.device) -> PredictionTerm:
         """This term, its heads and per-point tensors on ``device``."""

@@ -191,8 +191,11 @@ def test_optimize_layout_rejects_bad_input():
         EdgeBlock(idx, idx, torch.ones(2), torch.tensor([0]), 1.0)
     with pytest.raises(InputError, match="max_weight"):
         EdgeBlock(idx, idx, torch.ones(2), segments, 0.0)
-    with pytest.raises(InputError, match=r"target must be \[B, 2\]"):
-        PairBlock(idx, idx, torch.ones(2), 0, torch.ones(3, 3), torch.ones(3))
+    runs = refine.pair_runs(np.array([0, 1]), np.array([1, 2]))
+    with pytest.raises(InputError, match=r"target must be \[2, B\]"):
+        PairBlock(torch.tensor([0, 3, 6]), runs, torch.ones(2), 0, torch.ones(3, 3), torch.ones(3))
+    with pytest.raises(InputError, match="pair_runs"):
+        PairBlock(torch.tensor([0, 3]), runs, torch.ones(2), 0, torch.ones(2, 3), torch.ones(3))
 
 
 def test_fit_decoder_follows_new_positions_and_leaves_the_encoder():
@@ -318,7 +321,7 @@ def _one_sample_graph(start: np.ndarray):
 def _flat(graph, trajectories):
     """The stress's pairs of rows, targets and units, one entry per (sample, pair)."""
     rows = _tracked_rows(graph)
-    targets = np.concatenate([block["target"] for block in trajectories.targets])
+    targets = np.concatenate([block["target"].T for block in trajectories.targets])
     p = len(trajectories.first)
     return (
         rows[:, trajectories.first].reshape(-1),
@@ -495,3 +498,105 @@ def test_refinement_on_cuda_recovers_neighbours_with_the_stress_in_blocks(budget
     spread = [np.linalg.norm(layouts[d][:200] - layouts[d][400:], axis=1).mean() for d in ("cpu", "cuda")]
     assert spread[0] < 1.0  # ~0.4 with the stress, ~6-7 without (the random start's)
     assert spread[1] == pytest.approx(spread[0], rel=0.25)  # the stress acts alike on both devices
+
+
+def _stress_by_pair(positions, rows_first, rows_second, target, unit, limit, step, clip):
+    """One step of the trajectory stress, pair by pair in float64 (the reference)."""
+    y = positions.astype(np.float64)
+    move = np.zeros_like(y)
+    for n in range(len(unit)):
+        for p in range(len(limit)):
+            i, j = rows_first[n, p], rows_second[n, p]
+            diff = y[i] - y[j]
+            d = float(np.hypot(*diff))
+            if d == 0:
+                continue
+            gain = min(step / unit[n], limit[p])
+            delta = np.clip(gain * (target[n, p] - d) / d * diff, -clip, clip)
+            move[i] += delta
+            move[j] -= delta
+    return y + move
+
+
+@pytest.mark.parametrize("order", ["trajectory_pairs", "any"])
+def test_trajectory_step_over_runs_of_pairs_equals_the_stress_pair_by_pair(order):
+    # 9 samples over 7 epochs of different sizes, in two blocks; the pairs in trajectory_pairs'
+    # order (one run per lag) or in any order (runs of one pair, lags either way)
+    rng = np.random.default_rng(3)
+    n, n_epochs, extra = 9, 7, [0, 2, 1, 3, 0, 1, 2]
+    offsets = np.cumsum([0] + [n + e for e in extra])
+    if order == "trajectory_pairs":
+        first, second = trajectory_pairs(n_epochs, 4)
+    else:
+        first, second = np.array([5, 0, 3, 6, 2, 1]), np.array([1, 4, 4, 0, 2, 6])
+    runs = refine.pair_runs(first, second)
+    assert len(runs) == (len(set((second - first).tolist())) if order == "trajectory_pairs" else len(first))
+    positions = rng.normal(size=(offsets[-1], 2)).astype(np.float32)
+    positions[offsets[3] + 4] = positions[offsets[2] + 4]  # a sample's coincident copies
+    target = rng.uniform(0.2, 2.0, size=(n, len(first))).astype(np.float32)
+    unit = rng.uniform(0.5, 1.5, size=n).astype(np.float32)
+    limit = refine.pair_limit(np.minimum(first, second), np.maximum(first, second), n_epochs)
+    blocks = [
+        PairBlock(
+            torch.from_numpy(offsets[:-1]), runs, torch.from_numpy(limit), s,
+            torch.from_numpy(np.ascontiguousarray(target[s:e].T)), torch.from_numpy(unit[s:e]),
+        )  # fmt: skip
+        for s, e in ((0, 4), (4, n))
+    ]
+    moved = torch.from_numpy(positions.copy())
+    optimize_layout(
+        moved, [], n_epochs=1, a=A, b=B, negative_rate=0, learning_rate=0.3,
+        trajectory=blocks, trajectory_weight=0.5,
+    )  # fmt: skip
+    rows = offsets[:-1][None, :] + np.arange(n)[:, None]
+    expected = _stress_by_pair(positions, rows[:, first], rows[:, second], target, unit, limit, 0.15, 4.0 * 0.3)
+    np.testing.assert_allclose(moved.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(moved.numpy() - positions).max() > 0.01
+
+
+def test_layout_graph_draws_the_edges_of_large_epochs_at_umaps_lower_density(monkeypatch):
+    # epochs of more points than LARGE_EPOCH_POINTS: each edge is drawn with 2/5 of its
+    # probability per layout epoch (umap-learn's 200 instead of 500 epochs), smaller ones as before
+    rng = np.random.default_rng(0)
+    points = _random_epochs(rng, 40, 2, n_boundary=4)
+    small = layout_graph(points, TorchExact(), 5, 5.0, 0.0)
+    monkeypatch.setattr(refine, "LARGE_EPOCH_POINTS", 43)
+    large = layout_graph(points, TorchExact(), 5, 5.0, 0.0)
+    assert small.density == 1.0 and large.density == refine.LARGE_EPOCH_DENSITY == 0.4
+    block = next(iter(large.edge_blocks(torch.device("cpu"))))
+    assert block.max_weight == pytest.approx(large.max_weight / 0.4)
+    # the drawn share of the edges over many layout epochs: 0.4 x that of the small graph
+    shares = []
+    for graph in (small, large):
+        moved = []
+        for seed in range(40):
+            generator = torch.Generator().manual_seed(seed)
+            edge = next(iter(graph.edge_blocks(torch.device("cpu"))))
+            draw = torch.rand(edge.weight.shape, generator=generator).mul_(edge.max_weight) < edge.weight
+            moved.append(float(draw.float().mean()))
+        shares.append(np.mean(moved))
+    assert shares[1] == pytest.approx(0.4 * shares[0], rel=0.05)
+
+
+def test_layout_graph_searches_with_torch_instead_of_faiss_on_the_cpu(monkeypatch):
+    # FAISS's flat CPU index costs three times torch's exact search on an epoch's every-point
+    # kNN; the graph is the same (both exact)
+    pytest.importorskip("faiss")
+    from timevis_cli.fit.neighbors import FaissCPU
+
+    searched = []
+    original = TorchExact.query
+
+    def spy(self, *args, **kwargs):
+        searched.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TorchExact, "query", spy)
+    rng = np.random.default_rng(1)
+    points = _random_epochs(rng, 30, 3, n_boundary=2)
+    with_faiss = layout_graph(points, FaissCPU(), 5, 5.0, 0.0)
+    assert searched == ["TorchExact"] * 3
+    with_torch = layout_graph(points, TorchExact(), 5, 5.0, 0.0)
+    for got, expected in zip(with_faiss.edges, with_torch.edges, strict=True):
+        for name in refine.EDGE_FIELDS:
+            np.testing.assert_array_equal(got[name], expected[name])
