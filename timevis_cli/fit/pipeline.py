@@ -56,7 +56,12 @@ from timevis_cli.fit.losses import (
     top2_classes,
 )
 from timevis_cli.fit.neighbors import KNNBackend, TorchExact, resolve_backend
-from timevis_cli.fit.predictive import EpochHeads, PredictionTerm, prediction_targets
+from timevis_cli.fit.predictive import (
+    EpochHeads,
+    PredictionTerm,
+    is_linear_head,
+    prediction_targets,
+)
 from timevis_cli.fit.projector import Projector
 from timevis_cli.fit.reduction import select_epochs
 from timevis_cli.fit.refine import (
@@ -75,7 +80,6 @@ from timevis_cli.ranges import parse_range
 log = logging.getLogger(__name__)
 
 FEATURE_BOUNDARY_FRACTION = 0.1  # feature-space boundary points per epoch, of the train samples
-_LINEAR_EQUIVALENT = {"Linear", "Flatten", "Identity", "Dropout"}
 _BATCH = 8192
 _TRAJECTORY_BLOCK_ELEMENTS = 1 << 24  # features [epochs, samples, D] read per block (64 MB)
 
@@ -391,12 +395,6 @@ def select_fit_epochs(run: Run, text: str) -> list[int]:
     return epochs
 
 
-def _is_linear(head: Head) -> bool:
-    return {layer["type"] for layer in head.spec} <= _LINEAR_EQUIVALENT and sum(
-        layer["type"] == "Linear" for layer in head.spec
-    ) == 1
-
-
 def vertex_attention(
     features: np.ndarray, head: Head, temperature: float, logits: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -407,7 +405,7 @@ def vertex_attention(
     table has one row per class pair that occurs; for other heads every row is its own.
     """
     x = torch.from_numpy(np.asarray(features, dtype=np.float32))
-    if _is_linear(head):
+    if is_linear_head(head):
         layer = next(i for i, layer in enumerate(head.spec) if layer["type"] == "Linear")
         weight = torch.from_numpy(head.state[f"{layer}.weight"].astype(np.float32))
         z = torch.from_numpy(head(features) if logits is None else np.asarray(logits))

@@ -46,9 +46,11 @@ from timevis_cli.errors import InputError
 
 __all__ = [
     "MARGIN_FRACTION",
+    "LINEAR_EQUIVALENT",
     "EpochHeads",
     "PredictionTerm",
     "margin_floor",
+    "is_linear_head",
     "margin_gradient_norm",
     "prediction_hinge",
     "prediction_targets",
@@ -57,15 +59,21 @@ __all__ = [
 MARGIN_FRACTION = 0.25
 """``δ_t`` is this fraction of the median margin of epoch ``t``'s samples under its own head."""
 
-_LINEAR_TYPES = {"Linear", "Dropout", "Identity", "Flatten"}
+LINEAR_EQUIVALENT = {"Linear", "Flatten", "Identity", "Dropout"}
+"""Head layer types that leave a head one linear map at evaluation (with exactly one Linear)."""
+
+
+def is_linear_head(head: Head) -> bool:
+    """Whether ``head`` is one Linear layer with only eval-time no-ops around it."""
+    types = [layer["type"] for layer in head.spec]
+    return set(types) <= LINEAR_EQUIVALENT and types.count("Linear") == 1
 
 
 def _linear_map(head: Head) -> tuple[np.ndarray, np.ndarray] | None:
     """(W [C, D], b [C]) when ``head`` is one Linear layer (with eval-time no-ops around it)."""
-    types = [layer["type"] for layer in head.spec]
-    if not set(types) <= _LINEAR_TYPES or types.count("Linear") != 1:
+    if not is_linear_head(head):
         return None
-    i = types.index("Linear")
+    i = next(i for i, layer in enumerate(head.spec) if layer["type"] == "Linear")
     weight = np.asarray(head.state[f"{i}.weight"], np.float32)
     bias = (
         np.asarray(head.state[f"{i}.bias"], np.float32)

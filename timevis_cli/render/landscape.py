@@ -175,16 +175,7 @@ def canvas_bounds(points_per_epoch: Iterable[np.ndarray] | np.ndarray, pad: floa
 
 def _epoch_box(points: np.ndarray, t: object) -> np.ndarray | None:
     """``[xlo, ylo, xhi, yhi]``: the robust box of one epoch's points (None when empty)."""
-    points = np.asarray(points, dtype=np.float64)
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise InputError(f"epoch {t}: points of shape {points.shape} must be (n, 2)")
-    if len(points) == 0:
-        return None
-    if not np.isfinite(points).all():
-        raise InputError(f"epoch {t}: the 2-D points contain NaN or infinity")
-    low = np.quantile(points, EPOCH_BOX_QUANTILE, axis=0)
-    high = np.quantile(points, 1.0 - EPOCH_BOX_QUANTILE, axis=0)
-    return np.concatenate([low, high])
+    return _quantile_box(points, t, EPOCH_BOX_QUANTILE)
 
 
 def shared_canvas_bounds(
