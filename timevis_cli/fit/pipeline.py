@@ -242,6 +242,21 @@ class FitModel:
         decode = lambda y: self.projector.decode(y, index)  # noqa: E731
         return self._apply(decode, points, "points", 2, self.projector.input_dim)
 
+    @torch.no_grad()
+    def decoder_layers(self, epoch: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The decoder of recorded ``epoch`` as its chain of affine maps: ``(weight [out, in],
+        bias [out])`` per layer, float64 on the CPU, a ReLU between consecutive layers and none
+        after the last; the epoch's own bias (a refined fit) is folded into the first layer's.
+        ``inverse_transform(y, epoch)`` equals this chain applied to ``y`` (up to float32
+        rounding); exact region computations read the decoder through it."""
+        index = self.decode_index(epoch)
+        linears = [layer for layer in self.projector.decoder if isinstance(layer, torch.nn.Linear)]
+        layers = [(m.weight.detach().double().cpu(), m.bias.detach().double().cpu()) for m in linears]
+        if index is not None and self.projector.epoch_bias is not None:
+            weight, bias = layers[0]
+            layers[0] = (weight, bias + self.projector.epoch_bias[index].detach().double().cpu())
+        return layers
+
     def epoch_index(self, epoch: int) -> int:
         """The position of recorded ``epoch`` in the fitted epochs; InputError when not fitted."""
         if epoch not in self.epochs:
