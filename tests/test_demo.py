@@ -250,3 +250,150 @@ def test_default_fit_beats_a_global_pca(scores, metric):
     assert mine > theirs - margin, (
         f"{metric} train: default fit {mine:.3f}, global PCA {theirs:.3f}"
     )
+
+
+# --------------------------------------------------------------------------- continual learning
+
+CONTINUAL_EPOCHS = 4  # digits 0-4 for training epochs 1-2, then digits 5-9 for epochs 3-4
+CONTINUAL_TIMEOUT_S = 600
+
+
+def _demo_train_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_train", REPO / "scripts" / "demo_train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_task_sampler_gives_task_a_then_task_b():
+    import numpy as np
+
+    sampler = _demo_train_module().TaskSampler(
+        [np.arange(0, 10), np.arange(100, 112)], switch=2, seed=0
+    )
+    seen = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        seen.append(list(sampler))
+    assert all(len(order) == len(sampler) == 10 for order in seen)
+    assert sorted(seen[0]) == sorted(seen[1]) == list(range(10)) and seen[0] != seen[1]
+    assert all(100 <= i < 112 for i in seen[2] + seen[3])
+
+
+def test_continual_needs_two_epochs():
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo_train.py"), "/nonexistent", "--epochs", "1",
+         "--scenario", "continual"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "needs at least 2" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def continual(tmp_path_factory, pytestconfig) -> Path:
+    """``demo_train.py --scenario continual`` on scikit-learn's digits, 2 + 2 epochs: the
+    output folder (store, continual.json)."""
+    import sys
+
+    out = tmp_path_factory.mktemp("continual")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo_train.py"), str(out), "--data", "digits",
+         "--epochs", str(CONTINUAL_EPOCHS), "--scenario", "continual"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=CONTINUAL_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, _tail(done.stderr)
+    _report(pytestconfig, f"\ncontinual digits training: {time.perf_counter() - started:.0f} s")
+    return out
+
+
+@pytest.mark.slow
+def test_continual_tracks_every_digit_and_names_the_switch(continual):
+    record = json.loads((continual / "continual.json").read_text())
+    assert record["task_a"] == [0, 1, 2, 3, 4] and record["task_b"] == [5, 6, 7, 8, 9]
+    assert record["last_epoch_a"] == 2 and record["first_epoch_b"] == 3
+    run = open_run(continual / "store")
+    assert run.epochs == list(range(CONTINUAL_EPOCHS + 1))
+    for split in ("train", "test"):
+        labels = run.samples.label[run.samples.mask(split)]
+        assert sorted(set(labels.tolist())) == list(range(10)), split
+
+
+@pytest.mark.slow
+def test_continual_task_a_accuracy_drops_after_the_switch(continual):
+    record = json.loads((continual / "continual.json").read_text())
+    run = open_run(continual / "store")
+    test = run.samples.mask("test")
+    labels = run.samples.label[test]
+    task_a = labels <= 4
+
+    def accuracy(epoch: int, rows) -> float:
+        return float((run.logits(epoch, "test").argmax(1)[rows] == labels[rows]).mean())
+
+    before, after = record["last_epoch_a"], record["first_epoch_b"]
+    print(
+        "task-A test accuracy per epoch:",
+        {epoch: round(accuracy(epoch, task_a), 3) for epoch in run.epochs},
+        "task B:",
+        {epoch: round(accuracy(epoch, ~task_a), 3) for epoch in run.epochs},
+    )
+    assert accuracy(before, task_a) > 0.85  # task A learned
+    assert accuracy(after, task_a) < accuracy(before, task_a) - 0.5  # and forgotten
+    assert accuracy(CONTINUAL_EPOCHS, ~task_a) > 0.7  # task B learned
+
+
+@pytest.mark.slow
+def test_continual_forgetting_events_peak_at_the_switch(continual):
+    from click.testing import CliRunner
+
+    from timevis_cli.cli import main
+
+    record = json.loads((continual / "continual.json").read_text())
+    store = continual / "store"
+    result = CliRunner().invoke(main, ["-q", "dynamics", str(store), "--split", "both"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((store / "dynamics" / "summary.json").read_text())
+    for split in ("train", "test"):
+        per_epoch = summary["splits"][split]["per_epoch"]
+        events = per_epoch["forgetting"]
+        peak = per_epoch["epoch"][max(range(len(events)), key=events.__getitem__)]
+        shown = dict(zip(per_epoch["epoch"], events, strict=True))
+        print(split, "forgetting events per epoch:", shown)
+        assert abs(peak - record["first_epoch_b"]) <= 2, (split, peak, events)
+        assert max(events) > 0.3 * summary["splits"][split]["samples"] / 2
+
+
+@pytest.mark.slow
+def test_continual_units_turn_to_task_b(continual):
+    from click.testing import CliRunner
+
+    from timevis_cli.cli import main
+
+    record = json.loads((continual / "continual.json").read_text())
+    store = continual / "store"
+    result = CliRunner().invoke(
+        main, ["-q", "units", str(store), "--samples", "200", "--landmarks", "300", "--overwrite"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((store / "units" / "summary.json").read_text())
+    per_epoch = summary["per_epoch"]
+    changes = per_epoch["preference_changes"]
+    late = [e for e in per_epoch["epoch"] if e >= 1]  # epoch 0 -> 1: the untrained network
+    peak = max(late, key=lambda e: changes[per_epoch["epoch"].index(e)])
+    assert abs(peak - record["first_epoch_b"]) <= 2, changes
+    preferring = per_epoch["units_preferring"]
+
+    def share_b(index: int) -> float:
+        b = sum(preferring[str(d)][index] for d in record["task_b"])
+        return b / max(1, sum(preferring[str(d)][index] for d in range(10)))
+
+    a_end = per_epoch["epoch"].index(record["last_epoch_a"])
+    assert share_b(a_end) < 0.3 < 0.7 < share_b(len(per_epoch["epoch"]) - 1), (
+        share_b(a_end),
+        share_b(-1),
+    )

@@ -138,6 +138,7 @@ def _resolve_config(
 @options.device_option
 @options.knn_option
 @options.temporal_weight_option
+@options.method_option
 @options.seed_option
 @options.overwrite_option
 def fit(
@@ -149,12 +150,15 @@ def fit(
     device: str | None,
     knn: str | None,
     temporal_weight: float | None,
+    method: str | None,
     seed: int | None,
     overwrite: bool,
 ) -> None:
     """Fit one visualization model for all epochs; writes RUN_DIR/fit/.
 
     Example: timevis fit runs/mnist/store --preset mnist --epochs 1-15
+
+    --method dvi fits the DeepVisualInsight baseline instead (one model per epoch).
     """
     from timevis_cli.fit.io import FIT_DIR, save_fit
     from timevis_cli.fit.pipeline import fit as run_fit
@@ -169,8 +173,14 @@ def fit(
             "knn.backend": knn,
             "fit.seed": seed,
             "refine.trajectory_weight": temporal_weight,
+            "fit.method": method,
         },
     )
+    if temporal_weight is not None and config.fit.method == "dvi":
+        raise InputError(
+            f"--temporal-weight {temporal_weight} sets timevis's refinement, which a DVI fit does "
+            "not run; set DVI's temporal term with --set dvi.lambda2=VALUE instead"
+        )
     if temporal_weight is not None and not config.refine.enabled:
         raise InputError(
             f"--temporal-weight {temporal_weight} sets refine.trajectory_weight, which acts only "
@@ -219,6 +229,7 @@ def _prepare(run_dir: Path, name: str, overwrite: bool = True, replace_file: boo
 @options.html_neighbors_option
 @options.jobs_option
 @options.device_option
+@options.exact_option
 def render(
     run_dir: Path,
     config_file: Path | None,
@@ -236,6 +247,7 @@ def render(
     html_neighbors: int | None,
     jobs: int | None,
     device: str | None,
+    exact: bool,
 ) -> None:
     """Per-epoch landscape PNGs and an animation; writes RUN_DIR/render/.
 
@@ -246,6 +258,10 @@ def render(
     and cheap to redo), so frames of epochs not rendered this time do not linger; the previous
     render stays untouched until the new one is complete.
 
+    --exact draws the exact decision regions instead of the sampled landscape: per epoch
+    render/epoch_XXXX.svg, the regions in the PNG frames and as sharp paths in the page, and
+    render/regions.json (docs/exact.md).
+
     Example: timevis render runs/mnist/store --epochs 1-15 --html
     """
     from timevis_cli.device import resolve_device
@@ -253,6 +269,7 @@ def render(
     from timevis_cli.render.animate import write_gif, write_mp4
     from timevis_cli.render.page import export_viewer
     from timevis_cli.render.playback import (
+        ExactLandscapes,
         FrameBuilder,
         GridLandscapes,
         agreement_summary,
@@ -260,6 +277,7 @@ def render(
         parse_track,
         plan_render,
         write_agreement,
+        write_regions,
     )
 
     config = _resolve_config(
@@ -310,13 +328,19 @@ def render(
         shown = min(workers, len(plan.epochs))
         log.info("rendering %d epochs with %d worker(s)", len(plan.epochs), shown)
         landscapes = GridLandscapes(run, fit_result, plan, torch_device)
-        inputs = frame_inputs(landscapes, fit_result)  # computed here while the workers draw
+        exact_landscapes = ExactLandscapes(run, fit_result, plan, tmp) if exact else None
+        # computed here while the workers draw
+        inputs = frame_inputs(landscapes, fit_result, exact_landscapes)
         paths = render_epochs(
             FrameBuilder(plan), plan.epochs, tmp, renderer, jobs=workers, inputs=inputs
         )
         written = [f"{len(paths)} frames ({paths[0].name} ... {paths[-1].name})"]
         write_agreement(tmp, landscapes.agreements)
         written.append(str(out / "agreement.json"))
+        if exact_landscapes is not None:
+            written.append(f"{len(paths)} SVGs")
+            write_regions(tmp, exact_landscapes.summaries)
+            written.append(str(out / "regions.json"))
         if settings.gif:
             animation = write_gif(
                 paths,
@@ -338,6 +362,7 @@ def render(
                 torch_device,
                 landscapes,
                 neighbors=settings.html_neighbors,
+                exact_boundaries=None if exact_landscapes is None else exact_landscapes.boundaries,
             )
             written.append(str(out / page.name))
         (tmp / "config.toml").write_text(config.to_toml())
@@ -399,8 +424,10 @@ def evaluate_command(
 def _register_commands() -> None:
     """Commands defined in their stage's subpackage (their heavy imports stay inside them)."""
     from timevis_cli.dynamics.command import dynamics_command
+    from timevis_cli.units.command import units_command
 
     main.add_command(dynamics_command, name="dynamics")
+    main.add_command(units_command, name="units")
 
 
 _register_commands()

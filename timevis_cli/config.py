@@ -35,6 +35,8 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "ComplexConfig",
     "Config",
+    "DVIConfig",
+    "FIT_METHODS",
     "EvalConfig",
     "FitConfig",
     "KNNConfig",
@@ -55,6 +57,8 @@ _RANGE_PATTERN = (
     r"\s*(all|(\d+|(\d+-\d*|-\d+)(:[1-9]\d*)?)(\s*,\s*(\d+|(\d+-\d*|-\d+)(:[1-9]\d*)?))*)\s*"
 )
 _RANGE_TEXT = "an epoch RANGE such as all, 5, 1-160, 1,5,10-20, 10-, -20 or 0-200:10"
+FIT_METHODS = ("timevis", "dvi")
+"""``fit.method``: timevis's one model, or the DVI baseline's one model per epoch (docs/dvi.md)."""
 
 
 # Upper bounds of the integer keys: far above any useful value, low enough that a typo (an extra
@@ -335,7 +339,7 @@ class RefineConfig(_Section):
         "can decode to different features at different epochs (false: one decoder for all)",
     )
     decoder_steps: int = _setting(
-        300, "Adam steps fitting the decoder to the refined positions", _within(0, _MAX_STEPS)
+        600, "Adam steps fitting the decoder to the refined positions", _within(0, _MAX_STEPS)
     )
     decoder_batch: int = _setting(2000, "vertices per decoder step", _within(1, _MAX_ROWS))
     decoder_lr: float = _setting(0.01, "Adam learning rate of the decoder fit", _above(0))
@@ -348,8 +352,16 @@ class RefineConfig(_Section):
         "change: temp_g and ppr drop (docs/faithfulness.md)",
         _one_of("similarity", "rigid", "none"),
     )
+    cross_prediction_weight: float = _setting(
+        0.01,
+        "the layout graph's edges joining two train samples that the model predicts differently "
+        "at that epoch keep this fraction of their weight, so the refined map separates what the "
+        "model tells apart and the landscape under each sample can be its prediction (1: the "
+        "feature-space graph as it is; test samples are never reweighted)",
+        _within(0, 1),
+    )
     prediction_weight: float = _setting(
-        0.2,
+        1.0,
         "weight of the decoder's prediction term: a hinge that asks the classifier head, on the "
         "decoded features at each train sample's position, for the model's own prediction with "
         "a margin of a quarter of the epoch's median margin, so the landscape's colour under a "
@@ -370,6 +382,53 @@ class FitConfig(_Section):
     seed: int = _setting(0, "seed of every random choice of the fit", _within(0, 2**32 - 1))
     epochs: str = _setting(
         "all", "recorded epochs to fit (RANGE)", _matching(_RANGE_PATTERN, _RANGE_TEXT)
+    )
+    method: str = _setting(
+        "timevis",
+        "timevis (one model for all epochs, then the refinement) or dvi (the DeepVisualInsight "
+        "baseline: one model per epoch, each warm-started from the previous one's, [dvi])",
+        _one_of(*FIT_METHODS),
+    )
+
+
+@dataclass(frozen=True)
+class DVIConfig(_Section):
+    """The DeepVisualInsight baseline, ``fit.method = "dvi"`` (``[dvi]``; docs/dvi.md)."""
+
+    lambda1: float = _setting(
+        1.0, "weight of the reconstruction MSE against the UMAP cross-entropy", _at_least(0)
+    )
+    lambda2: float = _setting(
+        1.0,
+        "weight of the temporal term: lambda2 x mean neighbour preservation between the epoch "
+        "and the previous one x sum of squared weight changes from the previous epoch's model",
+        _at_least(0),
+    )
+    adam_lr: float = _setting(0.01, "Adam learning rate, reset at every epoch", _above(0))
+    adam_weight_decay: float = _setting(1e-5, "Adam weight decay", _at_least(0))
+    lr_decay_every: int = _setting(
+        4, "passes between learning-rate decays (StepLR)", _within(1, _MAX_STEPS)
+    )
+    lr_decay: float = _setting(
+        0.1, "learning-rate factor at each decay", _within(0, 1, open_low=True)
+    )
+    max_passes: int = _setting(
+        5, "most passes over an epoch's sampled edges", _within(1, _MAX_STEPS)
+    )
+    patience_passes: int = _setting(
+        3,
+        "stop after this many passes plus one in a row whose loss fell by less than "
+        "min_loss_drop",
+        _within(0, _MAX_STEPS),
+    )
+    min_loss_drop: float = _setting(
+        0.005, "absolute fall of the pass's mean loss that resets the patience", _at_least(0)
+    )
+    batch_edges: int = _setting(1000, "sampled edges per optimiser step", _within(1, _MAX_ROWS))
+    edges_factor: float = _setting(
+        5.0,
+        "edges drawn per pass: floor(factor x sum(w / max w)) over the epoch's complex",
+        _above(0),
     )
 
 
@@ -458,6 +517,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    dvi: DVIConfig = field(default_factory=DVIConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from timevis_cli.config import FIT_METHODS
 from timevis_cli.fit.neighbors import KNN_BACKENDS
 
 run_dir_argument = click.argument(
@@ -66,6 +67,12 @@ temporal_weight_option = click.option(
     "sample's path on the canvas shaped like its path in the network, lower keeps more "
     "neighbours per epoch (default 0.5; 0: per-epoch layouts only).",
 )
+method_option = click.option(
+    "--method",
+    type=click.Choice(FIT_METHODS),
+    help="fit.method: timevis (default) or dvi, the DeepVisualInsight baseline (one model per "
+    "epoch, each warm-started from the previous one; [dvi] settings, docs/dvi.md).",
+)
 seed_option = click.option("--seed", type=int, help="Seed of every random choice.")
 overwrite_option = click.option(
     "--overwrite",
@@ -110,6 +117,14 @@ track_option = click.option(
     help="Train sample ids whose trails the HTML page draws (test samples as test:ID).",
 )
 jobs_option = click.option("--jobs", type=int, help="Parallel frame workers (0: one per core).")
+exact_option = click.option(
+    "--exact",
+    is_flag=True,
+    default=False,
+    help="Exact decision regions: split the canvas into the polygons where the decoder and head "
+    "are linear; per epoch an SVG, the regions drawn into the frames and the page, "
+    "render/regions.json (needs a head of Linear, BatchNorm1d, ReLU, Flatten, Dropout, Identity).",
+)
 
 k_option = click.option("--k", "k", type=int, help="Neighbours for nnpv and boundary (default 15).")
 temporal_k_option = click.option(

@@ -144,6 +144,9 @@ class EvalResult:
     temporal: dict[str, dict[str, dict[str, float]]]
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: epoch -> the exact landscape's figures from ``render/regions.json`` (``render --exact``):
+    #: linear_regions, class_regions, boundary_length, boundary_fraction, ...; empty without one
+    regions: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def value(
         self, metric: str, split: str, epoch: int | None = None, convention: str = "paper"
@@ -218,6 +221,8 @@ class EvalResult:
                     text += f" worst {float(worst['value']):.3f} (epoch {worst['epoch']})"
                 parts.append(text)
             lines.append(f"{split}: " + ", ".join(parts))
+        if self.regions:
+            lines.append(_regions_line(self.regions))
         return lines
 
     # --- serialisation ------------------------------------------------------------------
@@ -241,6 +246,7 @@ class EvalResult:
             "worst": _nan_to_none(self.worst),
             "notes": list(self.notes),
             "seconds": dict(self.seconds),
+            **({"regions": {str(e): v for e, v in self.regions.items()}} if self.regions else {}),
         }
 
     def to_json(self) -> str:
@@ -272,6 +278,7 @@ class EvalResult:
             temporal=_none_to_nan(data["temporal"]),
             notes=list(data.get("notes", [])),
             seconds={k: float(v) for k, v in data.get("seconds", {}).items()},
+            regions={int(e): dict(v) for e, v in data.get("regions", {}).items()},
         )
 
     @classmethod
@@ -329,6 +336,8 @@ class EvalResult:
             "",
             _READING_GUIDE.format(k=self.k, temporal_k=self.temporal_k),
         ]
+        if self.regions:
+            lines += ["", *_regions_table(self.regions)]
         if self.notes:
             lines += ["", "## Notes", "", *(f"- {note}" for note in self.notes)]
         return "\n".join(lines) + "\n"
@@ -647,7 +656,62 @@ def evaluate(
         temporal=temporal,
         notes=notes,
         seconds=seconds,
+        regions=read_regions(run.path),
     )
+
+
+#: ``timevis render --exact`` writes the exact landscapes' figures here (under RUN_DIR).
+REGIONS_PATH = Path("render") / "regions.json"
+
+
+def read_regions(run_dir: str | os.PathLike) -> dict[int, dict[str, float]]:
+    """The exact landscapes' figures per rendered epoch from ``RUN_DIR/render/regions.json``
+    (written by ``timevis render --exact``; eval reports them, it does not compute them);
+    empty when there is none. An unreadable file is a one-line InputError naming it."""
+    path = Path(run_dir) / REGIONS_PATH
+    if not path.is_file():
+        return {}
+    try:
+        epochs = json.loads(path.read_text(encoding="utf-8"))["epochs"]
+        figures = {int(epoch): dict(values) for epoch, values in epochs.items()}
+        return dict(sorted(figures.items()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(
+            f"{path} cannot be read ({exc}); rerun timevis render --exact, or delete it"
+        ) from exc
+
+
+def _regions_line(regions: dict[int, dict[str, float]]) -> str:
+    """``"exact regions (render --exact, epochs 1-15): linear regions explored 812 -> 3689,
+    class regions 9 -> 5, boundary 2.41 -> 1.79 diagonals"``: the first and last rendered
+    epochs (with pruning, the linear regions explored near the boundaries)."""
+    first, last = regions[min(regions)], regions[max(regions)]
+
+    def change(key: str, fmt: str) -> str:
+        return f"{first.get(key, float('nan')):{fmt}} -> {last.get(key, float('nan')):{fmt}}"
+
+    return (
+        f"exact regions (render --exact, epochs {min(regions)}-{max(regions)}): linear regions "
+        f"explored {change('linear_regions', '.0f')}, class regions {change('class_regions', '.0f')}, "
+        f"boundary {change('boundary_fraction', '.3g')} diagonals"
+    )
+
+
+def _regions_table(regions: dict[int, dict[str, float]]) -> list[str]:
+    """The markdown section of the exact landscapes' figures over training."""
+    lines = [
+        "## Exact regions (from render/regions.json)",
+        "",
+        "| epoch | linear regions explored | class regions | boundary length | boundary / diagonal |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for epoch, values in regions.items():
+        lines.append(
+            f"| {epoch} | {values.get('linear_regions', 'n/a')} | "
+            f"{values.get('class_regions', 'n/a')} | {values.get('boundary_length', float('nan')):.4g} | "
+            f"{values.get('boundary_fraction', float('nan')):.4g} |"
+        )
+    return lines
 
 
 class _SpatialPass:

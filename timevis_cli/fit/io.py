@@ -1,7 +1,9 @@
 """The fit outputs in ``RUN_DIR/fit/``: written into a temporary folder and renamed at the end.
 
 ``projector.pt``: ``{"projector": Projector.checkpoint(), "config": resolved config dict,
-"run_id", "epochs"}``, loadable with ``torch.load(..., weights_only=True)``.
+"run_id", "epochs"}``, loadable with ``torch.load(..., weights_only=True)``; a DVI fit
+(``fit.method = "dvi"``) holds ``"epoch_projectors"``, one checkpoint per fitted epoch in
+``"epochs"`` order, instead of ``"projector"``.
 ``embedding.h5``: every epoch's 2-D positions (keys below). ``fit.json``: config, versions,
 device, kNN backend, complex sizes, seconds per stage, peak memory. ``config.toml``: the
 resolved configuration. Every key is defined here once; render and eval read through
@@ -34,6 +36,15 @@ PROJECTOR_FILE = "projector.pt"
 EMBEDDING_FILE = "embedding.h5"
 REPORT_FILE = "fit.json"
 CONFIG_FILE = "config.toml"
+
+# projector.pt
+SAVED_PROJECTOR = "projector"  # Projector.checkpoint() of timevis's one model
+SAVED_EPOCH_PROJECTORS = "epoch_projectors"  # DVI: one Projector.checkpoint() per fitted epoch
+SAVED_CONFIG = "config"  # Config.to_dict(); its fit.method says which of the two is there
+SAVED_RUN_ID = "run_id"
+SAVED_EPOCHS = "epochs"
+# fit.json
+REPORT_METHOD = "method"  # "timevis" | "dvi"
 
 # embedding.h5
 ATTR_RUN_ID = "run_id"
@@ -73,10 +84,10 @@ def save_fit(run_dir: Path, result: FitResult, overwrite: bool) -> Path:
         with replaced_folder(run_dir, FIT_DIR, overwrite, replace_file=True) as tmp:
             torch.save(
                 {
-                    "projector": result.model.projector.checkpoint(),
-                    "config": result.config.to_dict(),
-                    "run_id": result.run_id,
-                    "epochs": list(result.epochs),
+                    **_saved_projectors(result.model),
+                    SAVED_CONFIG: result.config.to_dict(),
+                    SAVED_RUN_ID: result.run_id,
+                    SAVED_EPOCHS: list(result.epochs),
                 },
                 tmp / PROJECTOR_FILE,
             )
@@ -100,6 +111,7 @@ def save_fit(run_dir: Path, result: FitResult, overwrite: bool) -> Path:
                 f.create_dataset(SELECTED_OFFSETS, data=_offsets(selected))
             report = {
                 "run_id": result.run_id,
+                REPORT_METHOD: result.config.fit.method,
                 "versions": _versions(),
                 **result.stats,
                 "training": result.report.as_dict(),
@@ -112,6 +124,13 @@ def save_fit(run_dir: Path, result: FitResult, overwrite: bool) -> Path:
     except OSError as exc:  # HDF5's and torch's failures to write, raised inside the block
         raise write_error(final, exc) from exc
     return final
+
+
+def _saved_projectors(model: FitModel) -> dict[str, Any]:
+    """projector.pt's model entry: timevis's one projector, or a DVI fit's one per epoch."""
+    if model.epoch_projectors is not None:
+        return {SAVED_EPOCH_PROJECTORS: [p.checkpoint() for p in model.epoch_projectors]}
+    return {SAVED_PROJECTOR: model.projector.checkpoint()}
 
 
 def _concat(parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -197,26 +216,42 @@ def load_fit(run: Run, device: torch.device | None = None) -> LoadedFit:
         raise StoreError(
             f"{projector_file} holds a {type(saved).__name__}, not a timevis fit; {refit}"
         )
-    for key in ("projector", "config"):
+
+    def entry(key: str) -> Any:
         if key not in saved:
             raise StoreError(
                 f"{projector_file} has no {key!r} entry (keys: {', '.join(map(str, saved))}); "
                 f"{refit}"
             )
+        return saved[key]
+
     device = device or torch.device("cpu")
     try:
-        projector = Projector.from_checkpoint(saved["projector"], map_location=device)
-        config = Config.from_dict(saved["config"], source=str(projector_file))
+        config = Config.from_dict(entry(SAVED_CONFIG), source=str(projector_file))
+        dvi = config.fit.method == "dvi"
+        checkpoints = entry(SAVED_EPOCH_PROJECTORS) if dvi else [entry(SAVED_PROJECTOR)]
+        if dvi and (not isinstance(checkpoints, list) or len(checkpoints) != len(epochs)):
+            held = len(checkpoints) if isinstance(checkpoints, list) else type(checkpoints).__name__
+            raise StoreError(
+                f"{projector_file} holds {held} per-epoch models for {len(epochs)} fitted "
+                f"epochs; {refit}"
+            )
+        projectors = [Projector.from_checkpoint(c, map_location=device).eval() for c in checkpoints]
+    except StoreError:
+        raise
     except (TimeVisError, RuntimeError, KeyError, TypeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise StoreError(f"{projector_file} cannot be used ({reason}); {refit}") from exc
-    if projector.input_dim != run.feature_dim:
-        raise StoreError(
-            f"{projector_file} maps {projector.input_dim}-d features, but the store's are "
-            f"{run.feature_dim}-d; {refit}"
-        )
-    model = FitModel(projector.eval(), device, list(epochs))
-    if config.refine.enabled:  # transform places new samples among the refined tracked ones
+    for projector in projectors:
+        if projector.input_dim != run.feature_dim:
+            raise StoreError(
+                f"{projector_file} maps {projector.input_dim}-d features, but the store's are "
+                f"{run.feature_dim}-d; {refit}"
+            )
+    model = FitModel(
+        projectors[-1], device, list(epochs), epoch_projectors=projectors if dvi else None
+    )
+    if config.refine.enabled and not dvi:  # transform places new samples among the refined ones
         model.tracked = TrackedSamples(
             run, list(epochs), functools.partial(_saved_positions, path / EMBEDDING_FILE)
         )

@@ -17,6 +17,7 @@ positions of every (sample, epoch), and the refinement's edges and targets up to
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import functools
@@ -168,12 +169,15 @@ class FitModel:
 
     ``tracked``: where a refined fit placed the tracked samples (None: the positions are the
     encoder's, and :meth:`transform` is the encoder).
+    ``epoch_projectors``: a DVI fit's one projector per fitted epoch, in ``epochs`` order
+    (``projector`` is then the last of them); None for timevis's one projector of all epochs.
     """
 
     projector: Projector
     device: torch.device
     epochs: list[int] = field(default_factory=list)  # fitted epochs, in the decoder's order
     tracked: TrackedSamples | None = None
+    epoch_projectors: list[Projector] | None = None
 
     def __post_init__(self) -> None:
         if self.projector.epochs not in (0, len(self.epochs)):
@@ -181,12 +185,58 @@ class FitModel:
                 f"the decoder has {self.projector.epochs} per-epoch biases but {len(self.epochs)} "
                 "fitted epochs are given; load the fit with timevis_cli.fit.io.load_fit"
             )
+        if self.epoch_projectors is not None and len(self.epoch_projectors) != len(self.epochs):
+            raise InputError(
+                f"{len(self.epoch_projectors)} per-epoch projectors are given for "
+                f"{len(self.epochs)} fitted epochs; load the fit with timevis_cli.fit.io.load_fit"
+            )
+
+    def projector_at(self, epoch: int | None) -> Projector:
+        """The projector of recorded ``epoch``: a DVI fit's own model of that epoch (``epoch``
+        required), otherwise the one projector of every epoch (``epoch`` may be None)."""
+        if self.epoch_projectors is None:
+            return self.projector
+        if epoch is None:
+            raise InputError(
+                "this fit (DVI) has one model per epoch; pass epoch= (one of "
+                f"{format_epochs(self.epochs)})"
+            )
+        return self.epoch_projectors[self.epoch_index(epoch)]
 
     @torch.no_grad()
-    def encode(self, features: np.ndarray) -> np.ndarray:
+    def encode(self, features: np.ndarray, epoch: int | None = None) -> np.ndarray:
         """The encoder's 2-D positions float32 [n, 2] of features [n, D] (the fit's positions
-        unless it was refined)."""
-        return self._apply(self.projector.encode, features, "features", self.projector.input_dim, 2)
+        unless it was refined); ``epoch``: a DVI fit's epoch, whose own encoder is used
+        (ignored by a timevis fit)."""
+        projector = self.projector_at(epoch)
+        return self._apply(projector.encode, features, "features", projector.input_dim, 2)
+
+    def decoder(self, device: torch.device | str) -> Callable[..., torch.Tensor]:
+        """``decode(y, index=None)``: 2-D points [n, 2] (a tensor on ``device``) to features,
+        by the decoder of fitted-epoch ``index`` (:meth:`decode_index`; None for a decoder
+        shared by every epoch), its parameters on ``device`` (copies where the fit lies
+        elsewhere; the fit itself is left as it is). What ``timevis render`` decodes its
+        landscapes with; gradients are the caller's to switch off (``torch.no_grad()``)."""
+        device = torch.device(device)
+
+        def on_device(projector: Projector) -> Projector:
+            if next(projector.parameters()).device != device:
+                projector = copy.deepcopy(projector).to(device)
+            return projector.eval()
+
+        if self.epoch_projectors is None:
+            projector = on_device(self.projector)
+            return lambda y, index=None: projector.decode(y, index)
+        projectors = [on_device(p) for p in self.epoch_projectors]
+
+        def decode(y: torch.Tensor, index: int | None = None) -> torch.Tensor:
+            if index is None:
+                raise InputError(
+                    "this fit (DVI) has one decoder per epoch; decode with an epoch's index"
+                )
+            return projectors[index].decode(y)
+
+        return decode
 
     def transform(self, features: np.ndarray, epoch: int | None = None) -> np.ndarray:
         """2-D positions float32 [n, 2] of features [n, D] recorded at ``epoch``, on the map the
@@ -198,10 +248,11 @@ class FitModel:
         where the fit placed it and a new sample among its neighbours. ``epoch`` None searches
         every fitted epoch (their features are read once per call; pass the epoch when it is
         known; features recorded alike at several epochs land at the mean of their positions).
-        A fit without refinement is its encoder (:meth:`encode`), and ``epoch`` is ignored.
+        A fit without refinement is its encoder (:meth:`encode`), and ``epoch`` is ignored; a
+        DVI fit is the encoder of ``epoch`` (required).
         """
         if self.tracked is None:
-            return self.encode(features)
+            return self.encode(features, epoch)
         x = np.asarray(features, dtype=np.float32)
         width = self.projector.input_dim
         if x.ndim != 2 or x.shape[1] != width:
@@ -237,10 +288,12 @@ class FitModel:
     @torch.no_grad()
     def inverse_transform(self, points: np.ndarray, epoch: int | None = None) -> np.ndarray:
         """Features float32 [n, D] decoded from 2-D points [n, 2] at recorded ``epoch`` (required
-        when the decoder has per-epoch biases, as after refinement; ignored otherwise)."""
+        when the decoder has per-epoch biases, as after refinement, or per-epoch models, as a
+        DVI fit; ignored otherwise)."""
         index = self.decode_index(epoch)
-        decode = lambda y: self.projector.decode(y, index)  # noqa: E731
-        return self._apply(decode, points, "points", 2, self.projector.input_dim)
+        projector = self.projector_at(epoch)
+        decode = lambda y: projector.decode(y, index)  # noqa: E731
+        return self._apply(decode, points, "points", 2, projector.input_dim)
 
     @torch.no_grad()
     def decoder_layers(self, epoch: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -248,13 +301,15 @@ class FitModel:
         bias [out])`` per layer, float64 on the CPU, a ReLU between consecutive layers and none
         after the last; the epoch's own bias (a refined fit) is folded into the first layer's.
         ``inverse_transform(y, epoch)`` equals this chain applied to ``y`` (up to float32
-        rounding); exact region computations read the decoder through it."""
+        rounding); exact region computations read the decoder through it. A DVI fit gives the
+        decoder of that epoch's own model."""
         index = self.decode_index(epoch)
-        linears = [layer for layer in self.projector.decoder if isinstance(layer, torch.nn.Linear)]
+        projector = self.projector_at(epoch)
+        linears = [layer for layer in projector.decoder if isinstance(layer, torch.nn.Linear)]
         layers = [(m.weight.detach().double().cpu(), m.bias.detach().double().cpu()) for m in linears]
-        if index is not None and self.projector.epoch_bias is not None:
+        if index is not None and projector.epoch_bias is not None:
             weight, bias = layers[0]
-            layers[0] = (weight, bias + self.projector.epoch_bias[index].detach().double().cpu())
+            layers[0] = (weight, bias + projector.epoch_bias[index].detach().double().cpu())
         return layers
 
     def epoch_index(self, epoch: int) -> int:
@@ -268,12 +323,14 @@ class FitModel:
 
     def decode_index(self, epoch: int | None) -> int | None:
         """The decoder's index of recorded ``epoch`` (None when the decoder is shared by all
-        epochs). A decoder with per-epoch biases needs the epoch."""
-        if self.projector.epoch_bias is None:
+        epochs). A decoder with per-epoch biases, or a DVI fit's per-epoch models, needs the
+        epoch."""
+        if self.epoch_projectors is None and self.projector.epoch_bias is None:
             return None
         if epoch is None:
+            what = "one bias" if self.epoch_projectors is None else "one model (DVI)"
             raise InputError(
-                "this fit's decoder has one bias per epoch; pass epoch= (one of "
+                f"this fit's decoder has {what} per epoch; pass epoch= (one of "
                 f"{format_epochs(self.epochs)}) to inverse_transform"
             )
         return self.epoch_index(epoch)
@@ -555,13 +612,18 @@ def _layout_graph(
     """The refinement's graph over every tracked sample and boundary point of every epoch,
     starting from the projector's positions; features are read one epoch at a time."""
     n_tracked = len(run.samples.id)  # a sample's row is its identity across epochs
+    train_rows = np.flatnonzero(run.samples.mask("train"))
     reporter.start("refinement graph", len(epochs))
 
     def points() -> Iterator[EpochPoints]:
         for epoch, part in zip(epochs, parts, strict=True):
             features = np.concatenate([_tracked_features(run, epoch), part.features])
             features = features.astype(np.float32, copy=False)
-            yield EpochPoints(features, model.encode(features), n_tracked)
+            # the train samples' predictions (test samples keep the features' graph: their
+            # agreement measures how the landscape generalises)
+            classes = np.full(len(features), -1, np.int64)
+            classes[train_rows] = run.logits(epoch, "train").argmax(axis=1)
+            yield EpochPoints(features, model.encode(features), n_tracked, classes)
             _return_freed_memory()
             reporter.advance(epoch=epoch)
 
@@ -573,6 +635,7 @@ def _layout_graph(
         prune_offset=config.complex.prune_offset,
         budget_bytes=_budget_bytes(config),
         scratch_dir=run.path,
+        cross_class_weight=config.refine.cross_prediction_weight,
     )
     reporter.finish()
     return graph
@@ -751,8 +814,15 @@ def _refine(
 
 
 def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult:
-    """Fit the projector on the run's epochs (``config.fit.epochs``) and embed every epoch."""
+    """Fit the projector on the run's epochs (``config.fit.epochs``) and embed every epoch.
+
+    ``config.fit.method = "dvi"`` fits the DeepVisualInsight baseline instead
+    (:func:`timevis_cli.fit.dvi.fit_dvi`: one model per epoch, no refinement)."""
     reporter = reporter or Reporter()
+    if config.fit.method == "dvi":
+        from timevis_cli.fit.dvi import fit_dvi  # imports this module: loaded when asked for
+
+        return fit_dvi(run, config, reporter)
     stats: dict[str, Any] = {}
     epochs = select_fit_epochs(run, config.fit.epochs)
     device = resolve_device(config.fit.device)

@@ -398,12 +398,15 @@ class EpochPoints:
     order at every epoch), then the boundary points.
 
     ``features`` float32 [n + B, D], ``positions`` float32 [n + B, 2] (where refinement starts:
-    the projector's embedding), ``n_tracked``: n.
+    the projector's embedding), ``n_tracked``: n. ``classes`` int64 [n + B] or None: each
+    point's predicted class at the epoch, -1 for a point without one (boundary points, test
+    samples); :func:`layout_graph` weakens the edges between points of different classes.
     """
 
     features: np.ndarray
     positions: np.ndarray
     n_tracked: int
+    classes: np.ndarray | None = None
 
 
 def _device_blocks(store: BlockStore, convert: Callable[[int, dict[str, np.ndarray]], _T]) -> Iterable[_T]:
@@ -472,6 +475,7 @@ def layout_graph(
     *,
     budget_bytes: int = 1 << 62,
     scratch_dir: Path | None = None,
+    cross_class_weight: float = 1.0,
 ) -> LayoutGraph:
     """The refinement's graph: each epoch's fuzzy kNN graph over all its points (tracked samples
     and boundary points together), pruned and weighted as the complex's spatial edges are
@@ -485,7 +489,15 @@ def layout_graph(
     The edges of a graph whose largest epoch holds more than :data:`LARGE_EPOCH_POINTS` points
     are drawn at :data:`LARGE_EPOCH_DENSITY` (``density``), as umap-learn's layout runs fewer
     epochs on larger graphs.
+
+    ``cross_class_weight`` in [0, 1]: an edge whose two ends both have a class
+    (:attr:`EpochPoints.classes` >= 0) and the classes differ keeps this fraction of its weight
+    (umap-learn's supervised layout does the same with labels; here the model's predictions), so
+    the layout separates what the model tells apart and the landscape can colour each sample
+    with its own prediction. 1 leaves the graph as the features give it.
     """
+    if not 0.0 <= cross_class_weight <= 1.0:
+        raise InputError(f"cross_class_weight={cross_class_weight} must be within [0, 1]")
     edges = BlockStore(EDGE_FIELDS, budget_bytes, scratch_dir, label="the refinement's edges")
     backend = _dense_search(backend)
     positions: list[np.ndarray] = []
@@ -526,6 +538,15 @@ def layout_graph(
                 block_first = len(positions)
             idx, dist = backend.query(points.features, k=k, include_self=True)
             mixed = mix_edges(spatial_edges(idx, dist).edges, rates={"spatial": rate}, prune_offset=prune_offset)
+            if points.classes is not None and cross_class_weight != 1.0:
+                classes = np.asarray(points.classes)
+                if classes.shape != (n_points,):
+                    raise InputError(
+                        f"classes of shape {classes.shape} given for an epoch of {n_points} points"
+                    )
+                ends = classes[mixed.head], classes[mixed.tail]
+                cross = (ends[0] != ends[1]) & (ends[0] >= 0) & (ends[1] >= 0)
+                mixed.weight[cross] *= np.float32(cross_class_weight)
             shift = offsets[-1] - offsets[block_first]
             pending.append(((mixed.head + shift).astype(np.int32), (mixed.tail + shift).astype(np.int32), mixed.weight))
             if len(mixed):

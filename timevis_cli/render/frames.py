@@ -35,6 +35,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image
@@ -76,6 +77,8 @@ _MIN_CANVAS_PX = 32  # smallest canvas height left under the title and above the
 _RING_SCALE = 3.2  # ring marker area / dot marker area
 _EDGE_COLOUR = (0.12, 0.12, 0.12, 1.0)  # thin outline that keeps a dot visible on its own colour
 _NEUTRAL = (0.45, 0.45, 0.45, 1.0)  # marker legend entries
+_EXACT_TINT = 0.55  # exact regions: this share of the class colour over white
+_EXACT_BOUNDARY = (0.12, 0.12, 0.12, 0.9)  # exact boundary lines
 _AGREEMENT_COLOURS = {True: (0.12, 0.12, 0.12), False: (0.8, 0.1, 0.1)}  # ok / below the warning
 
 
@@ -121,7 +124,10 @@ class EpochFrame:
     canvas it covers; *_points: float (n, 2) embedding positions; *_labels, *_preds: int (n,)
     class ids. Test arrays are optional (all three or none). metrics: shown after the epoch in
     the title, in order. agreement: the epoch's landscape agreement in [0, 1], drawn in the
-    canvas's corner (None: not drawn).
+    canvas's corner (None: not drawn). regions: the exact class regions drawn over the
+    background instead of it (``render --exact``): a list of float (n_i, 2) convex polygons and
+    their int (Q,) classes, filled in flat class colours; boundary: float (S, 4) segments
+    ``x0, y0, x1, y1`` drawn as lines over them (None: neither).
     """
 
     epoch: int
@@ -135,6 +141,8 @@ class EpochFrame:
     test_preds: np.ndarray | None = None
     metrics: Mapping[str, float | str] = field(default_factory=dict)
     agreement: float | None = None
+    regions: tuple[Sequence[np.ndarray], np.ndarray] | None = None
+    boundary: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.epoch):
@@ -315,6 +323,9 @@ class FrameRenderer:
             np.full((2, 2, 3), 255, dtype=np.uint8), origin="upper", extent=(0, 1, 0, 1),
             interpolation="bilinear", zorder=0,
         )  # fmt: skip
+        # exact regions and boundaries (``render --exact``): added on first use
+        self._regions: PolyCollection | None = None
+        self._boundary: LineCollection | None = None
         self._train = _PointLayer(ax, "o", zorder=2)
         self._test = _PointLayer(ax, "^", zorder=5)
         self._title = self.figure.text(
@@ -405,6 +416,7 @@ class FrameRenderer:
         b = frame.bounds
         self._image.set_data(frame.background)
         self._image.set_extent(b.extent)
+        self._set_regions(frame)
         self.axes.set_xlim(b.xmin, b.xmax)
         self.axes.set_ylim(b.ymin, b.ymax)
         n_points = len(frame.train_points) + (
@@ -424,6 +436,37 @@ class FrameRenderer:
         self._agreement.set_visible(frame.agreement is not None)
         self._draw((b.xmax - b.xmin) / (b.ymax - b.ymin))
         return np.asarray(self._canvas.buffer_rgba())[..., :3].copy()
+
+    def _set_regions(self, frame: EpochFrame) -> None:
+        """Show the frame's exact class regions (flat class colours, a light tint so the points
+        stay readable) and boundary lines, or hide both."""
+        shown = frame.regions is not None
+        if self._regions is None:
+            if not shown:
+                return
+            self._regions = PolyCollection([], zorder=0.5, antialiased=True, linewidths=0.6)
+            self._boundary = LineCollection([], zorder=1, colors=[_EXACT_BOUNDARY], linewidths=1.0)
+            for artist in (self._regions, self._boundary):
+                artist.set_animated(True)
+                self.axes.add_collection(artist)
+        self._regions.set_visible(shown)
+        self._boundary.set_visible(shown)
+        if not shown:
+            return
+        polygons, classes = frame.regions
+        classes = np.asarray(classes, np.int64)
+        if classes.size and (classes.min() < 0 or classes.max() >= len(self.palette)):
+            raise InputError(
+                f"epoch {frame.epoch}: region classes {classes.min()}..{classes.max()} fall "
+                f"outside the {len(self.palette)} classes of the renderer"
+            )
+        tint = 1.0 - _EXACT_TINT * (1.0 - self._rgba[classes, :3])
+        colours = np.concatenate([tint, np.ones((len(classes), 1))], axis=1)
+        self._regions.set_verts(list(polygons))
+        self._regions.set_facecolor(colours)
+        self._regions.set_edgecolor(colours)  # hides the seams between pieces of one class
+        segments = np.zeros((0, 2, 2)) if frame.boundary is None else frame.boundary
+        self._boundary.set_segments(np.asarray(segments, np.float64).reshape(-1, 2, 2))
 
     def _set_title(self, text: str) -> None:
         """Show ``text`` as the title, fitted to the figure's width and the title band.
@@ -471,6 +514,9 @@ class FrameRenderer:
             self._canvas.restore_region(self._static)
         ax = self.axes
         ax.draw_artist(self._image)
+        if self._regions is not None and self._regions.get_visible():
+            ax.draw_artist(self._regions)
+            ax.draw_artist(self._boundary)
         for spine in ax.spines.values():
             ax.draw_artist(spine)
         for layer in (self._train, self._test):  # test points above train points

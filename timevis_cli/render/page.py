@@ -143,6 +143,7 @@ def export_viewer(
     device: torch.device,
     landscapes: GridLandscapes | None = None,
     neighbors: int = HTML_NEIGHBORS,
+    exact_boundaries: dict[int, np.ndarray] | None = None,
 ) -> Path:
     """Write the self-contained interactive page of the rendered epochs (selected at the
     start: track_rows).
@@ -152,7 +153,8 @@ def export_viewer(
     again, and its agreements are reused. ``--bounds global`` with epochs lying far from the
     rest draws every epoch on one canvas covering them all (a fixed camera). ``neighbors``: k
     for the neighbours and kNN preservation (0: none; see the module docstring for the size
-    rule).
+    rule). exact_boundaries: epoch -> the exact class boundaries' segments (S, 4) drawn over
+    the backgrounds as vector paths (``render --exact``).
     """
     from timevis_cli.render.frames import title_text
     from timevis_cli.render.viewer import write_viewer
@@ -236,4 +238,8 @@ def export_viewer(
         measures=_measures(run, plan.epochs, (tr, te)) if n_rows else None,
         neighbors=np.stack(high) if neighbors else None,
         faithfulness=np.stack(kept) if neighbors else None,
+        exact_boundaries=(
+            None if exact_boundaries is None
+            else [exact_boundaries.get(e) for e in plan.epochs]
+        ),
     )

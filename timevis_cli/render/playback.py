@@ -18,7 +18,6 @@ The work is split between the parent process and the render workers:
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -192,10 +191,8 @@ class GridLandscapes:
         self.run = run
         self.plan = plan
         self.device = torch.device(device)
-        projector = fit.model.projector
-        if next(projector.parameters()).device != self.device:
-            projector = copy.deepcopy(projector).to(self.device)
-        self._decode = projector.eval().decode
+        # decode(y, index): the fit's decoder(s) on the device (a DVI fit: each epoch's own)
+        self._decode = fit.model.decoder(self.device)
         self._decode_index = fit.model.decode_index
         self._decoded: tuple[Bounds, torch.Tensor] | None = None
         self.seconds = {"decode": 0.0, "heads": 0.0}
@@ -273,26 +270,106 @@ class GridLandscapes:
 
 
 @dataclass(frozen=True, eq=False)
+class ExactRegions:
+    """One epoch's exact class regions as a frame draws them: polygons, a list of float64
+    (n_i, 2) convex class pieces; classes, int64 (Q,) each piece's class; boundary, float64
+    (S, 4) segments ``x0, y0, x1, y1`` between classes."""
+
+    polygons: list[np.ndarray]
+    classes: np.ndarray
+    boundary: np.ndarray
+
+
+class ExactLandscapes:
+    """Every planned epoch's exact landscape (``render --exact``), computed in this process on
+    the CPU from the fit's decoder (``FitModel.decoder_layers``) and the epoch's head
+    (:mod:`~timevis_cli.render.exact`); each epoch's SVG is written into ``folder`` and its
+    figures kept in ``summaries`` (``render/regions.json``).
+
+    The head of the first planned epoch is checked on construction: a head that is not
+    piecewise linear raises ``NotPiecewiseLinearError`` before anything is computed.
+    """
+
+    def __init__(self, run: Run, fit: LoadedFit, plan: RenderPlan, folder: Path):
+        from timevis_cli.render.exact import cpwl_chain
+
+        self.run = run
+        self.fit = fit
+        self.plan = plan
+        self.folder = Path(folder)
+        self.summaries: dict[int, dict[str, float | int]] = {}
+        #: epoch -> boundary segments (S, 4) of the epochs computed so far (the HTML overlay)
+        self.boundaries: dict[int, np.ndarray] = {}
+        first = plan.epochs[0]
+        head = run.head(first)
+        cpwl_chain(fit.model.decoder_layers(first), head.spec, head.state)
+
+    def regions(self, epoch: int, points: np.ndarray, labels: np.ndarray) -> ExactRegions:
+        """The epoch's exact landscape: its SVG written (with ``points`` (n, 2) coloured by
+        ``labels`` (n,)), its figures kept; the regions a frame draws."""
+        from timevis_cli.render.exact import cpwl_chain, exact_landscape
+        from timevis_cli.render.frames import title_text
+        from timevis_cli.render.svg import SVG_FILENAME, write_svg
+
+        head = self.run.head(epoch)
+        chain = cpwl_chain(self.fit.model.decoder_layers(epoch), head.spec, head.state)
+        exact = exact_landscape(chain, self.plan.bounds[epoch])
+        self.summaries[epoch] = exact.summary()
+        self.boundaries[epoch] = exact.boundary
+        write_svg(
+            self.folder / SVG_FILENAME.format(epoch=epoch), exact, palette(self.run.num_classes),
+            class_names=self.plan.class_names or None, points=points, labels=labels,
+            title=title_text(epoch),
+        )  # fmt: skip
+        log.info(
+            "epoch %d: %d linear regions, %d class regions, boundary %.3g of the diagonal "
+            "(%.2f s)", epoch, exact.linear_regions, exact.class_regions,
+            self.summaries[epoch]["boundary_fraction"], self.summaries[epoch]["seconds"],
+        )  # fmt: skip
+        return ExactRegions(exact.piece_polygons(), exact.piece_class, exact.boundary)
+
+
+#: File of the exact landscapes' figures per epoch in render/ (``render --exact``).
+REGIONS_FILE = "regions.json"
+
+
+def write_regions(folder: Path, summaries: dict[int, dict[str, float | int]]) -> Path:
+    """``folder/regions.json``: per epoch the linear regions, the class regions (connected
+    components per class), the boundary length (canvas units, and as a fraction of the canvas
+    diagonal), the slivers dropped and the seconds it took."""
+    path = Path(folder) / REGIONS_FILE
+    values = {"epochs": {str(epoch): summary for epoch, summary in summaries.items()}}
+    path.write_text(json.dumps(values, indent=1) + "\n")
+    return path
+
+
+@dataclass(frozen=True, eq=False)
 class FrameInput:
     """The parent's part of one epoch's frame, sent to a render worker.
 
-    classes, margins: the landscape (:data:`Grid`); train_points, test_points: float32 (n, 2)
-    positions of the plan's drawn train and test rows; fade: float32 (R, R) the share of the
-    landscape's colour each pixel keeps (:func:`~timevis_cli.render.landscape.fade_weights`;
-    None: no fade); agreement: the epoch's agreement (:meth:`GridLandscapes.agreement`).
+    classes, margins: the landscape (:data:`Grid`; None with ``exact``); train_points,
+    test_points: float32 (n, 2) positions of the plan's drawn train and test rows; fade:
+    float32 (R, R) the share of the landscape's colour each pixel keeps
+    (:func:`~timevis_cli.render.landscape.fade_weights`; None: no fade); agreement: the epoch's
+    agreement (:meth:`GridLandscapes.agreement`); exact: the exact class regions drawn instead
+    of the raster landscape (``render --exact``).
     """
 
-    classes: np.ndarray
-    margins: np.ndarray
+    classes: np.ndarray | None
+    margins: np.ndarray | None
     train_points: np.ndarray
     test_points: np.ndarray
     fade: np.ndarray | None = None
     agreement: float | None = None
+    exact: ExactRegions | None = None
 
 
-def frame_inputs(landscapes: GridLandscapes, fit: LoadedFit) -> Iterator[FrameInput]:
+def frame_inputs(
+    landscapes: GridLandscapes, fit: LoadedFit, exact: ExactLandscapes | None = None
+) -> Iterator[FrameInput]:
     """One :class:`FrameInput` per planned epoch, in order, computed when asked for (so a pool
-    draws earlier epochs meanwhile and memory stays bounded however many epochs there are)."""
+    draws earlier epochs meanwhile and memory stays bounded however many epochs there are).
+    With ``exact`` each epoch's exact regions replace the grid landscape."""
     plan = landscapes.plan
     log.info(
         "landscapes of %d epochs: grid decode and heads on %s", len(plan.epochs), landscapes.device
@@ -301,22 +378,29 @@ def frame_inputs(landscapes: GridLandscapes, fit: LoadedFit) -> Iterator[FrameIn
     train = run.samples.mask("train")
     for epoch in plan.epochs:
         emb = fit.embedding(epoch)
-        classes, margins = landscapes.grid(epoch)
         train_points = emb["train"][plan.train_rows]
+        regions = None
+        if exact is None:
+            classes, margins = landscapes.grid(epoch)
+        else:
+            classes = margins = None
+            labels = run.samples.label[train][plan.train_rows]
+            regions = exact.regions(epoch, train_points, labels)
         features = run.features(epoch)[train][plan.train_rows]
         agreement = landscapes.agreement(epoch, train_points, features)
         landscapes.agreements[epoch] = agreement
         yield FrameInput(
+            exact=regions,
             classes=classes,
             margins=margins,
             train_points=train_points,
             test_points=emb["test"][plan.test_rows],
-            fade=fade_weights(
+            fade=None if regions is not None else fade_weights(
                 _recorded_points(emb), plan.bounds[epoch], plan.resolution, plan.fade_distance
             ),
             agreement=None if math.isnan(agreement) else agreement,
         )
-    warn_low_agreement(landscapes.agreements, run.path)
+    warn_low_agreement(landscapes.agreements, run.path, fit.config.fit.method)
 
 
 def _recorded_points(emb: dict[str, np.ndarray]) -> np.ndarray:
@@ -325,19 +409,21 @@ def _recorded_points(emb: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(part, np.float64).reshape(-1, 2) for part in parts])
 
 
-def warn_low_agreement(agreements: dict[int, float], run_dir: Path | str = "RUN_DIR") -> list[int]:
+def warn_low_agreement(
+    agreements: dict[int, float], run_dir: Path | str = "RUN_DIR", method: str = "timevis"
+) -> list[int]:
     """Log ONE warning naming the epochs whose agreement is below ``AGREEMENT_WARN``, with
-    their values (and how to refit ``run_dir``); those epochs."""
+    their values (and how to refit ``run_dir`` with the fit's ``method``); those epochs."""
     low = [epoch for epoch, value in agreements.items() if value < AGREEMENT_WARN]
+    more = "dvi.max_passes=N" if method == "dvi" else "training.max_epochs=N"
     if low:
         shown = ", ".join(f"epoch {epoch} {agreements[epoch]:.3f}" for epoch in low)
         log.warning(
             "the landscape disagrees with the model at %d of %d rendered epochs (agreement < "
             "%.2f: the share of drawn train samples whose landscape class at their position is "
             "the model's prediction): %s; do not trust the regions there: refit with more "
-            "training (e.g. timevis fit %s --overwrite --set training.max_epochs=N) and check "
-            "timevis eval",
-            len(low), len(agreements), AGREEMENT_WARN, shown, run_dir,
+            "training (e.g. timevis fit %s --overwrite --set %s) and check timevis eval",
+            len(low), len(agreements), AGREEMENT_WARN, shown, run_dir, more,
         )  # fmt: skip
     return low
 
@@ -406,9 +492,18 @@ class FrameBuilder:
                 test_labels=run.samples.label[test][te],
                 test_preds=preds[test][te],
             )
+        regions = {}
+        if given.exact is None:
+            background = self.background(given.classes, given.margins, given.fade)
+        else:  # the exact regions are drawn as polygons over a white canvas
+            background = np.full((1, 1, 3), 255, np.uint8)
+            regions = dict(
+                regions=(given.exact.polygons, given.exact.classes), boundary=given.exact.boundary
+            )
         return EpochFrame(
             epoch=epoch,
-            background=self.background(given.classes, given.margins, given.fade),
+            background=background,
+            **regions,
             bounds=self.plan.bounds[epoch],
             train_points=given.train_points,
             train_labels=run.samples.label[train][tr],

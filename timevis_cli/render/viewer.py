@@ -332,6 +332,29 @@ def _check_faithfulness(values: object, shape: tuple[int, int]) -> np.ndarray | 
     return array
 
 
+def _check_exact(
+    boundaries: Sequence[np.ndarray | None] | None, epochs: list[int]
+) -> list[dict[str, object] | None] | None:
+    """The exact boundaries as the page reads them: per epoch float32 segments (S, 4)."""
+    if boundaries is None:
+        return None
+    boundaries = list(boundaries)
+    if len(boundaries) != len(epochs):
+        raise InputError(f"{len(boundaries)} exact_boundaries given for {len(epochs)} epochs")
+    out: list[dict[str, object] | None] = []
+    for epoch, segments in zip(epochs, boundaries, strict=True):
+        if segments is None:
+            out.append(None)
+            continue
+        array = np.asarray(segments, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != 4 or not np.isfinite(array).all():
+            raise InputError(
+                f"exact boundary of epoch {epoch}: shape {array.shape} must be finite (S, 4)"
+            )
+        out.append(_typed(array, "float32"))
+    return out
+
+
 def write_viewer(
     out_path: str | Path,
     *,
@@ -354,6 +377,7 @@ def write_viewer(
     measures: Mapping[str, object] | None = None,
     neighbors: np.ndarray | None = None,
     faithfulness: np.ndarray | None = None,
+    exact_boundaries: Sequence[np.ndarray | None] | None = None,
 ) -> Path:
     """Write the interactive page to ``out_path`` (its folder is created); the path.
 
@@ -371,7 +395,9 @@ def write_viewer(
     map needs ``confidence`` and ``variability``; ``region`` as names or codes into
     :data:`REGIONS`). neighbors: int [E, N, k] each sample's k nearest rows in feature space at
     each epoch (-1: none), drawn on hover; faithfulness: float [E, N] each sample's kNN
-    preservation at each epoch (NaN: unknown).
+    preservation at each epoch (NaN: unknown). exact_boundaries: E float arrays (S, 4) of
+    the exact class boundaries' segments ``x0, y0, x1, y1`` (``render --exact``; None for an
+    epoch without), drawn over the backgrounds as vector paths that stay sharp at any scale.
     """
     epochs = list(epochs)
     if not epochs or not all(_is_int(e) for e in epochs):
@@ -444,6 +470,7 @@ def write_viewer(
     values = _measures(measures, n, predictions == labels[None, :])
     neighbors = _check_neighbors(neighbors, (n_epochs, n))
     faithfulness = _check_faithfulness(faithfulness, (n_epochs, n))
+    exact = _check_exact(exact_boundaries, epochs)
 
     keep = _subsample(n, max_points, track)
     if keep is not None:
@@ -512,6 +539,7 @@ def write_viewer(
         "fields": fields,
         "neighbors": knn,
         "faithfulness": faith,
+        "exactBoundaries": exact,
     }
     payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     # Nothing in the block can close the <script> element or start markup.

@@ -32,6 +32,8 @@
   const KNN = D.neighbors ? decode(D.neighbors.rows) : null, KK = D.neighbors ? D.neighbors.k : 0;
   const KNN_NONE = D.neighbors && D.neighbors.rows.dtype === "int32" ? 2147483647 : 65535;
   const FAITH = decode(D.faithfulness);
+  // Exact class boundaries per epoch (render --exact): x0, y0, x1, y1 segments, world units.
+  const EXACT = D.exactBoundaries ? D.exactBoundaries.map(decode) : null;
   const MISSING = 65535;
   const PAL = D.palette;
   const rgbOf = c => "rgb(" + c[0] + "," + c[1] + "," + c[2] + ")";
@@ -583,6 +585,24 @@
     put(a, 1);
     if (f > 0 && b !== a) put(b, f);
     bctx.globalAlpha = 1;
+    if (EXACT) {
+      drawExact(bctx, a, f > 0 && b !== a ? 1 - f : 1);
+      if (f > 0 && b !== a) drawExact(bctx, b, f);
+    }
+  }
+  // The exact boundaries as vector paths, stroked at the current camera: sharp at any scale.
+  function drawExact(c, e, alpha) {
+    const S = EXACT[e];
+    if (!S || !S.length) return;
+    c.save();
+    c.globalAlpha = alpha;
+    c.beginPath();
+    for (let k = 0; k < S.length; k += 4) {
+      c.moveTo((S[k] - cam.x0) * cam.s, (cam.y1 - S[k + 1]) * cam.s);
+      c.lineTo((S[k + 2] - cam.x0) * cam.s, (cam.y1 - S[k + 3]) * cam.s);
+    }
+    c.lineWidth = 1.2; c.lineCap = "round"; c.strokeStyle = "rgba(20,20,20,0.85)"; c.stroke();
+    c.restore();
   }
   function drawOverview() {
     if (D.fixedCamera) { overview.style.display = "none"; return; }
@@ -1171,6 +1191,7 @@
     readyMs = performance.now();
   });
   window.timevis = {
+    exactSegments: () => (EXACT ? EXACT.map(S => (S ? S.length / 4 : 0)) : null),
     setEpoch, goTo, epoch: () => cur, time: () => t, epochNumber: () => D.epochs[cur], pointAt,
     ready, epochs: D.epochs.slice(), rows: N, select, trailRows, worldToClient,
     selection: selectionRows,
