@@ -353,11 +353,12 @@ class RefineConfig(_Section):
         _one_of("similarity", "rigid", "none"),
     )
     cross_prediction_weight: float = _setting(
-        0.01,
+        1.0,
         "the layout graph's edges joining two train samples that the model predicts differently "
         "at that epoch keep this fraction of their weight, so the refined map separates what the "
-        "model tells apart and the landscape under each sample can be its prediction (1: the "
-        "feature-space graph as it is; test samples are never reweighted)",
+        "model tells apart and the landscape under each sample can be its prediction (1, the "
+        "default: the feature-space graph as it is; test samples are never reweighted; 0.01 "
+        "helped one MNIST run and badly hurt another: docs/faithfulness.md)",
         _within(0, 1),
     )
     prediction_weight: float = _setting(
