@@ -339,8 +339,8 @@ def render(
         written.append(str(out / "agreement.json"))
         if exact_landscapes is not None:
             written.append(f"{len(paths)} SVGs")
-            write_regions(tmp, exact_landscapes.summaries)
-            written.append(str(out / "regions.json"))
+            regions = write_regions(tmp, exact_landscapes.summaries)
+            written.append(str(out / regions.name))
         if settings.gif:
             animation = write_gif(
                 paths,

@@ -62,6 +62,7 @@ from timevis_cli.fit.io import LoadedFit
 from timevis_cli.fit.neighbors import KNNBackend, resolve_backend
 from timevis_cli.outputs import replaced_folder
 from timevis_cli.ranges import parse_range
+from timevis_cli.render.playback import REGIONS_FILE
 
 __all__ = [
     "CONVENTIONS",
@@ -661,7 +662,7 @@ def evaluate(
 
 
 #: ``timevis render --exact`` writes the exact landscapes' figures here (under RUN_DIR).
-REGIONS_PATH = Path("render") / "regions.json"
+REGIONS_PATH = Path("render") / REGIONS_FILE
 
 
 def read_regions(run_dir: str | os.PathLike) -> dict[int, dict[str, float]]:
