@@ -353,13 +353,21 @@ class RefineConfig(_Section):
         _one_of("similarity", "rigid", "none"),
     )
     cross_prediction_weight: float = _setting(
-        1.0,
-        "the layout graph's edges joining two train samples that the model predicts differently "
-        "at that epoch keep this fraction of their weight, so the refined map separates what the "
-        "model tells apart and the landscape under each sample can be its prediction (1, the "
-        "default: the feature-space graph as it is; test samples are never reweighted; 0.01 "
-        "helped one MNIST run and badly hurt another: docs/faithfulness.md)",
+        0.1,
+        "the layout graph's edges joining two tracked samples (train or test) that the model "
+        "predicts differently at that epoch keep this fraction of their weight, so the refined "
+        "map separates what the model tells apart and the landscape under each sample can be its "
+        "prediction (the model's predictions, never the labels; 1: the feature-space graph as it "
+        "is; docs/faithfulness.md)",
         _within(0, 1),
+    )
+    prediction_anchors: int = _setting(
+        5,
+        "every tracked sample also gets edges in the layout graph to this many nearest samples "
+        "(in feature space) that the model predicts alike at that epoch, at the largest weight, "
+        "so a sample whose feature neighbours are all predicted otherwise is held by its own "
+        "class (0: none)",
+        _within(0, 100),
     )
     prediction_weight: float = _setting(
         1.0,

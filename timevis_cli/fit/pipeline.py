@@ -612,17 +612,19 @@ def _layout_graph(
     """The refinement's graph over every tracked sample and boundary point of every epoch,
     starting from the projector's positions; features are read one epoch at a time."""
     n_tracked = len(run.samples.id)  # a sample's row is its identity across epochs
-    train_rows = np.flatnonzero(run.samples.mask("train"))
+    splits = [(split, np.flatnonzero(run.samples.mask(split))) for split in ("train", "test")]
     reporter.start("refinement graph", len(epochs))
 
     def points() -> Iterator[EpochPoints]:
         for epoch, part in zip(epochs, parts, strict=True):
             features = np.concatenate([_tracked_features(run, epoch), part.features])
             features = features.astype(np.float32, copy=False)
-            # the train samples' predictions (test samples keep the features' graph: their
-            # agreement measures how the landscape generalises)
+            # every tracked sample's prediction at the epoch (the model's, never the label;
+            # boundary points have none)
             classes = np.full(len(features), -1, np.int64)
-            classes[train_rows] = run.logits(epoch, "train").argmax(axis=1)
+            for split, rows in splits:
+                if len(rows):
+                    classes[rows] = run.logits(epoch, split).argmax(axis=1)
             yield EpochPoints(features, model.encode(features), n_tracked, classes)
             _return_freed_memory()
             reporter.advance(epoch=epoch)
@@ -636,6 +638,7 @@ def _layout_graph(
         budget_bytes=_budget_bytes(config),
         scratch_dir=run.path,
         cross_class_weight=config.refine.cross_prediction_weight,
+        anchors=config.refine.prediction_anchors,
     )
     reporter.finish()
     return graph

@@ -476,6 +476,7 @@ def layout_graph(
     budget_bytes: int = 1 << 62,
     scratch_dir: Path | None = None,
     cross_class_weight: float = 1.0,
+    anchors: int = 0,
 ) -> LayoutGraph:
     """The refinement's graph: each epoch's fuzzy kNN graph over all its points (tracked samples
     and boundary points together), pruned and weighted as the complex's spatial edges are
@@ -495,9 +496,16 @@ def layout_graph(
     (umap-learn's supervised layout does the same with labels; here the model's predictions), so
     the layout separates what the model tells apart and the landscape can colour each sample
     with its own prediction. 1 leaves the graph as the features give it.
+
+    ``anchors`` >= 1: every point with a class also gets edges of weight 1 (the largest
+    membership) to its ``anchors`` nearest points of the same class (:func:`anchor_edges`), both
+    directions, so a point whose feature neighbours are all of other classes is still held, by
+    the nearest points predicted alike, when those edges are weakened. 0: none.
     """
     if not 0.0 <= cross_class_weight <= 1.0:
         raise InputError(f"cross_class_weight={cross_class_weight} must be within [0, 1]")
+    if isinstance(anchors, bool) or not isinstance(anchors, int) or anchors < 0:
+        raise InputError(f"anchors={anchors!r} must be an integer >= 0")
     edges = BlockStore(EDGE_FIELDS, budget_bytes, scratch_dir, label="the refinement's edges")
     backend = _dense_search(backend)
     positions: list[np.ndarray] = []
@@ -547,11 +555,16 @@ def layout_graph(
                 ends = classes[mixed.head], classes[mixed.tail]
                 cross = (ends[0] != ends[1]) & (ends[0] >= 0) & (ends[1] >= 0)
                 mixed.weight[cross] *= np.float32(cross_class_weight)
+            head, tail, weight = mixed.head, mixed.tail, mixed.weight
+            if points.classes is not None and anchors:
+                extra = anchor_edges(points.features, np.asarray(points.classes), anchors, backend)
+                head, tail = np.concatenate([head, extra[0]]), np.concatenate([tail, extra[1]])
+                weight = np.concatenate([weight, np.ones(len(extra[0]), np.float32)])
             shift = offsets[-1] - offsets[block_first]
-            pending.append(((mixed.head + shift).astype(np.int32), (mixed.tail + shift).astype(np.int32), mixed.weight))
-            if len(mixed):
-                max_weight = max(max_weight, float(mixed.weight.max()))
-            n_edges += len(mixed)
+            pending.append(((head + shift).astype(np.int32), (tail + shift).astype(np.int32), weight))
+            if len(weight):
+                max_weight = max(max_weight, float(weight.max()))
+            n_edges += len(weight)
             positions.append(np.asarray(points.positions, np.float32))
             offsets.append(offsets[-1] + n_points)
             if sum(len(part[0]) for part in pending) >= _EDGES_PER_BLOCK:
@@ -582,6 +595,29 @@ def layout_graph(
         n_edges=n_edges,
         density=density,
     )
+
+
+def anchor_edges(
+    features: np.ndarray, classes: np.ndarray, k: int, backend: KNNBackend
+) -> tuple[np.ndarray, np.ndarray]:
+    """Edges (head, tail: int64 [m], both directions of each pair) from every point with a
+    class (``classes`` >= 0) to its ``k`` nearest points (``features``, exact kNN) among those
+    of the same class; a class of c points gives each of them ``min(k, c - 1)``."""
+    if classes.shape != (len(features),):
+        raise InputError(f"classes of shape {classes.shape} given for {len(features)} points")
+    heads, tails = [], []
+    for c in np.unique(classes[classes >= 0]):
+        rows = np.flatnonzero(classes == c)
+        kk = min(k, len(rows) - 1)
+        if kk < 1:
+            continue
+        idx, _ = backend.query(features[rows], k=kk)
+        head, tail = np.repeat(rows, kk), rows[idx.reshape(-1)]
+        heads += [head, tail]
+        tails += [tail, head]
+    if not heads:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(heads).astype(np.int64), np.concatenate(tails).astype(np.int64)
 
 
 def _dense_search(backend: KNNBackend) -> KNNBackend:

@@ -17,6 +17,7 @@ from timevis_cli.fit.refine import (
     EdgeBlock,
     EpochPoints,
     PairBlock,
+    anchor_edges,
     layout_graph,
     optimize_layout,
     refine_layout,
@@ -659,3 +660,58 @@ def test_weakened_cross_class_edges_separate_the_predicted_classes_in_the_layout
         consistency[weight] = _prediction_consistency(layout, classes)
     # measured 0.63 -> 0.71: the flipped samples lose their attraction to the other class
     assert consistency[0.01] > consistency[1.0] + 0.05
+
+
+def test_anchor_edges_join_each_point_to_its_nearest_points_of_the_same_class():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    classes = rng.integers(0, 3, 60)
+    classes[:4] = -1  # boundary points / no prediction: no anchors
+    classes[4] = 3  # a class of one point: nothing to anchor to
+    head, tail = anchor_edges(x, classes, 4, TorchExact())
+    got = {(int(h), int(t)) for h, t in zip(head, tail, strict=True)}
+    expected = set()
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    for v in range(60):
+        if classes[v] < 0:
+            continue
+        same = np.flatnonzero((classes == classes[v]) & (np.arange(60) != v))
+        for u in same[np.argsort(d[v, same], kind="stable")[:4]]:
+            expected |= {(v, int(u)), (int(u), v)}
+    assert got == expected
+    assert len(head) == 2 * 4 * int((classes[5:] >= 0).sum())  # both directions of k per point
+    assert all(classes[h] == classes[t] >= 0 for h, t in got)
+    with pytest.raises(InputError, match="classes of shape"):
+        anchor_edges(x, classes[:10], 4, TorchExact())
+
+
+def test_layout_graph_adds_the_anchor_edges_at_the_largest_weight():
+    rng = np.random.default_rng(8)
+    plain = _random_epochs(rng, 30, 2, n_boundary=4, dim=5)
+    classes = [np.concatenate([rng.integers(0, 2, 30), np.full(4, -1)]) for _ in plain]
+    labelled = [EpochPoints(p.features, p.positions, p.n_tracked, c) for p, c in zip(plain, classes, strict=True)]
+
+    def edges(points, anchors):
+        graph = layout_graph(points, TorchExact(), 6, 1.0, 0.0, cross_class_weight=0.1, anchors=anchors)
+        blocks = list(graph.edge_blocks(torch.device("cpu")))
+        return graph, [np.concatenate([getattr(b, name).numpy() for b in blocks]) for name in ("head", "tail", "weight")]
+
+    base_graph, (head0, tail0, weight0) = edges(labelled, 0)
+    graph, (head, tail, weight) = edges(labelled, 3)
+    extra = len(head) - len(head0)
+    assert extra == 2 * 2 * 3 * 30 and graph.n_edges == base_graph.n_edges + extra
+    assert graph.max_weight == 1.0
+    for epoch, offset in enumerate(graph.offsets[:-1]):
+        # within an epoch: the graph's own edges, unchanged, then its anchor edges at weight 1
+        end = graph.offsets[epoch + 1]
+        rows, rows0 = (head >= offset) & (head < end), (head0 >= offset) & (head0 < end)
+        n0 = int(rows0.sum())
+        h, t, w = head[rows] - offset, tail[rows] - offset, weight[rows]
+        np.testing.assert_array_equal(h[:n0], head0[rows0] - offset)
+        np.testing.assert_array_equal(w[:n0], weight0[rows0])
+        own = anchor_edges(labelled[epoch].features, classes[epoch], 3, TorchExact())
+        np.testing.assert_array_equal(h[n0:], own[0])
+        np.testing.assert_array_equal(t[n0:], own[1])
+        assert (w[n0:] == 1.0).all()
+    with pytest.raises(InputError, match="anchors=-1"):
+        layout_graph(labelled, TorchExact(), 6, 1.0, 0.0, anchors=-1)
