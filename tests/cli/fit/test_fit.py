@@ -475,3 +475,31 @@ def test_training_draws_are_capped_only_when_the_refinement_places_every_sample(
         ),
     )
     assert unrefined.report.edges_per_epoch == free.report.edges_per_epoch
+
+
+def test_the_layout_graph_gets_every_tracked_samples_prediction_and_the_anchor_setting(tmp_path, monkeypatch):
+    from timevis_cli.fit import pipeline
+
+    store = drifting_clusters(tmp_path / "s", n_train=120, n_test=20, epochs=3)
+    run = open_run(store)
+    seen = []
+    original = pipeline.layout_graph
+
+    def spy(epochs, *args, **kwargs):
+        seen.append(kwargs)
+        points = list(epochs)
+        seen.append(points)
+        return original(points, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "layout_graph", spy)
+    config = load_config(overrides=FAST + ["refine.prediction_anchors=3", "refine.cross_prediction_weight=0.25"])
+    fit(run, config)
+    kwargs, points = seen
+    assert kwargs["anchors"] == 3 and kwargs["cross_class_weight"] == 0.25
+    train, test = run.samples.mask("train"), run.samples.mask("test")
+    for epoch, p in zip(run.epochs, points, strict=True):
+        n = p.n_tracked
+        # the model's predictions (the stored logits' argmax), train and test; boundary points none
+        np.testing.assert_array_equal(p.classes[:n][train], run.logits(epoch, "train").argmax(axis=1))
+        np.testing.assert_array_equal(p.classes[:n][test], run.logits(epoch, "test").argmax(axis=1))
+        assert (p.classes[n:] == -1).all()
