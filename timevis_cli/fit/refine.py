@@ -497,10 +497,12 @@ def layout_graph(
     the layout separates what the model tells apart and the landscape can colour each sample
     with its own prediction. 1 leaves the graph as the features give it.
 
-    ``anchors`` >= 1: every point with a class also gets edges of weight 1 (the largest
-    membership) to its ``anchors`` nearest points of the same class (:func:`anchor_edges`), both
-    directions, so a point whose feature neighbours are all of other classes is still held, by
-    the nearest points predicted alike, when those edges are weakened. 0: none.
+    ``anchors`` >= 1: every point with a class also gets edges of weight 1 (a membership of 1:
+    the graph's own edges weigh ``rate`` x membership) to its ``anchors`` nearest points of the
+    same class (:func:`anchor_edges`, found in the epoch's kNN where it holds them), both
+    directions, added to the graph's own, so a point whose feature neighbours are all of other
+    classes is still held, by the nearest points predicted alike, when those edges are
+    weakened. 0: none.
     """
     if not 0.0 <= cross_class_weight <= 1.0:
         raise InputError(f"cross_class_weight={cross_class_weight} must be within [0, 1]")
@@ -557,7 +559,7 @@ def layout_graph(
                 mixed.weight[cross] *= np.float32(cross_class_weight)
             head, tail, weight = mixed.head, mixed.tail, mixed.weight
             if points.classes is not None and anchors:
-                extra = anchor_edges(points.features, np.asarray(points.classes), anchors, backend)
+                extra = anchor_edges(points.features, np.asarray(points.classes), anchors, backend, neighbors=idx)
                 head, tail = np.concatenate([head, extra[0]]), np.concatenate([tail, extra[1]])
                 weight = np.concatenate([weight, np.ones(len(extra[0]), np.float32)])
             shift = offsets[-1] - offsets[block_first]
@@ -598,26 +600,72 @@ def layout_graph(
 
 
 def anchor_edges(
-    features: np.ndarray, classes: np.ndarray, k: int, backend: KNNBackend
+    features: np.ndarray,
+    classes: np.ndarray,
+    k: int,
+    backend: KNNBackend,
+    *,
+    neighbors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Edges (head, tail: int64 [m], both directions of each pair) from every point with a
     class (``classes`` >= 0) to its ``k`` nearest points (``features``, exact kNN) among those
-    of the same class; a class of c points gives each of them ``min(k, c - 1)``."""
-    if classes.shape != (len(features),):
-        raise InputError(f"classes of shape {classes.shape} given for {len(features)} points")
+    of the same class; a class of c points gives each of them ``min(k, c - 1)``. Order: class
+    by class (ascending), the class's points ascending, each point's nearest first, then the
+    same pairs reversed.
+
+    ``neighbors``: the points' own kNN over all classes (indices [n, m], nearest first, as the
+    same exact ``backend`` gives them; a point's own index is skipped wherever it stands). A
+    point with enough points of its class there takes its nearest ones from it (the nearest of
+    its class, up to ties); only the other points are searched, among their class. On an epoch
+    whose predictions are mostly settled this spares most of the per-class searches.
+    """
+    n = len(features)
+    if classes.shape != (n,):
+        raise InputError(f"classes of shape {classes.shape} given for {n} points")
+    classes = classes.astype(np.int64, copy=False)
+    has_class = classes >= 0
+    if not has_class.any() or k < 1:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    sizes = np.bincount(classes[has_class])
+    want = np.zeros(n, np.int64)  # anchors per point
+    want[has_class] = np.minimum(k, sizes[classes[has_class]] - 1)
+    nearest = np.full((n, k), -1, np.int64)  # each point's anchors, nearest first
+    searched = want > 0
+    if neighbors is not None:
+        if neighbors.ndim != 2 or len(neighbors) != n:
+            raise InputError(f"neighbors of shape {neighbors.shape} given for {n} points")
+        alike = (classes[neighbors] == classes[:, None]) & (neighbors != np.arange(n)[:, None])
+        rank = np.cumsum(alike, axis=1)
+        enough = searched & (rank[:, -1] >= want)
+        rows, cols = np.nonzero(alike & (rank <= want[:, None]) & enough[:, None])
+        nearest[rows, rank[rows, cols] - 1] = neighbors[rows, cols]
+        searched &= ~enough
+    for c in np.unique(classes[searched]):
+        members = np.flatnonzero(classes == c)
+        queries = np.flatnonzero(searched & (classes == c))
+        kk = int(want[queries[0]])
+        if len(queries) == len(members):  # every point of the class: its self-kNN
+            idx, _ = backend.query(features[members], k=kk)
+            nearest[queries, :kk] = members[idx]
+            continue
+        idx, _ = backend.query(features[members], features[queries], k=kk + 1)
+        found = members[idx]
+        # each query is among the members: skip it (or, where a tie hid it, the farthest)
+        keep = found != queries[:, None]
+        keep[keep.all(axis=1), -1] = False
+        nearest[queries, :kk] = found[keep].reshape(len(queries), kk)
     heads, tails = [], []
-    for c in np.unique(classes[classes >= 0]):
+    for c in np.flatnonzero(sizes):
         rows = np.flatnonzero(classes == c)
-        kk = min(k, len(rows) - 1)
+        kk = int(want[rows[0]])
         if kk < 1:
             continue
-        idx, _ = backend.query(features[rows], k=kk)
-        head, tail = np.repeat(rows, kk), rows[idx.reshape(-1)]
+        head, tail = np.repeat(rows, kk), nearest[rows, :kk].reshape(-1)
         heads += [head, tail]
         tails += [tail, head]
     if not heads:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(heads).astype(np.int64), np.concatenate(tails).astype(np.int64)
+    return np.concatenate(heads), np.concatenate(tails)
 
 
 def _dense_search(backend: KNNBackend) -> KNNBackend:

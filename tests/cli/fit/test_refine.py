@@ -662,30 +662,44 @@ def test_weakened_cross_class_edges_separate_the_predicted_classes_in_the_layout
     assert consistency[0.01] > consistency[1.0] + 0.05
 
 
-def test_anchor_edges_join_each_point_to_its_nearest_points_of_the_same_class():
+def _brute_force_anchors(x, classes, k):
+    expected = set()
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    for v in range(len(x)):
+        if classes[v] < 0:
+            continue
+        same = np.flatnonzero((classes == classes[v]) & (np.arange(len(x)) != v))
+        for u in same[np.argsort(d[v, same], kind="stable")[:k]]:
+            expected |= {(v, int(u)), (int(u), v)}
+    return expected
+
+
+@pytest.mark.parametrize("given_neighbors", [None, 3, 8])
+def test_anchor_edges_join_each_point_to_its_nearest_points_of_the_same_class(given_neighbors):
     rng = np.random.default_rng(7)
     x = rng.normal(size=(60, 5)).astype(np.float32)
     classes = rng.integers(0, 3, 60)
     classes[:4] = -1  # boundary points / no prediction: no anchors
     classes[4] = 3  # a class of one point: nothing to anchor to
-    head, tail = anchor_edges(x, classes, 4, TorchExact())
+    neighbors = None
+    if given_neighbors is not None:
+        # the layout graph's own kNN (self first): with 3, most points lack 4 of their class
+        # there and are searched; with 8, many take them from the list
+        neighbors, _ = TorchExact().query(x, k=given_neighbors, include_self=True)
+    head, tail = anchor_edges(x, classes, 4, TorchExact(), neighbors=neighbors)
     got = {(int(h), int(t)) for h, t in zip(head, tail, strict=True)}
-    expected = set()
-    d = ((x[:, None] - x[None]) ** 2).sum(-1)
-    for v in range(60):
-        if classes[v] < 0:
-            continue
-        same = np.flatnonzero((classes == classes[v]) & (np.arange(60) != v))
-        for u in same[np.argsort(d[v, same], kind="stable")[:4]]:
-            expected |= {(v, int(u)), (int(u), v)}
-    assert got == expected
+    assert got == _brute_force_anchors(x, classes, 4)
+    # and in the order of a search of each class on its own
+    reference = anchor_edges(x, classes, 4, TorchExact())
+    np.testing.assert_array_equal(head, reference[0])
+    np.testing.assert_array_equal(tail, reference[1])
     assert len(head) == 2 * 4 * int((classes[5:] >= 0).sum())  # both directions of k per point
     assert all(classes[h] == classes[t] >= 0 for h, t in got)
     with pytest.raises(InputError, match="classes of shape"):
         anchor_edges(x, classes[:10], 4, TorchExact())
 
 
-def test_layout_graph_adds_the_anchor_edges_at_the_largest_weight():
+def test_layout_graph_adds_the_anchor_edges_at_weight_one():
     rng = np.random.default_rng(8)
     plain = _random_epochs(rng, 30, 2, n_boundary=4, dim=5)
     classes = [np.concatenate([rng.integers(0, 2, 30), np.full(4, -1)]) for _ in plain]
@@ -709,6 +723,7 @@ def test_layout_graph_adds_the_anchor_edges_at_the_largest_weight():
         h, t, w = head[rows] - offset, tail[rows] - offset, weight[rows]
         np.testing.assert_array_equal(h[:n0], head0[rows0] - offset)
         np.testing.assert_array_equal(w[:n0], weight0[rows0])
+        # the same edges, in the same order, as a search of each class on its own gives
         own = anchor_edges(labelled[epoch].features, classes[epoch], 3, TorchExact())
         np.testing.assert_array_equal(h[n0:], own[0])
         np.testing.assert_array_equal(t[n0:], own[1])
