@@ -29,12 +29,15 @@ For each run store (default ``/work/runs/mnist/store``, the demo's MNIST-5k run)
 and scores every method with the project's own ``timevis_cli.evaluate.loop.evaluate`` (same k, same
 temporal k, same splits, same boundary points: the store's, as the timevis fit uses them), then
 prints ONE markdown table per store: method x {fit seconds, nnpv(k) train/test, boundary(k)
-train, temp_l(tk) train, temp_g train, temppv train, ppr train/test}. ppr is the mean over ALL
+train, temp_l(tk) train, temp_g train, temppv train, ppr train/test, landscape test}. ppr (the
+decoder's round trip) and landscape (the agreement of the landscape ``timevis render`` draws, with
+its sample lift made from the train samples: 1 on train by construction, so the test samples'
+share is the measurement) are the mean over ALL
 fitted epochs, with the worst epoch's value and number in brackets (an early, barely trained
 epoch counts like any other: a map that is wrong there is wrong where users look). Spatial
 metrics are averaged over all epochs; the temporal ones are over the whole run (the eval
-convention). Below the table, a per-epoch table of each timevis row: ppr train/test and
-nnpv train/test at every fitted epoch (and of the DVI row). "fit s" is, for timevis, reduction + complex
+convention). Below the table, a per-epoch table of each timevis row: ppr train/test, landscape
+train/test and nnpv train/test at every fitted epoch (and of the DVI row). "fit s" is, for timevis, reduction + complex
 + temporal + mixing + training + refine (the fit-time target; embedding every sample is left out), for
 DVI complex + npr + training over its epochs, for the other baselines the time to fit and embed the
 training samples.
@@ -307,11 +310,12 @@ def score(data: StoreData, method: MethodFit, k: int, temporal_k: int) -> dict:
         row[f"recon_{split}"] = result.value("recon", split)
         for metric in ("temp_l", "temp_g", "temppv"):
             row[f"{metric}_{split}"] = result.value(metric, split)
-        worst = result.worst[split]["ppr"]
-        row[f"ppr_{split}"] = result.value("ppr", split)  # the mean over every fitted epoch
-        row[f"ppr_{split}_min"] = float(worst["value"])
-        row[f"ppr_{split}_min_epoch"] = worst["epoch"]
-        row[f"ppr_{split}_all"] = result.series("ppr", split)
+        for metric in ("ppr", "landscape"):
+            worst = result.worst[split][metric]
+            row[f"{metric}_{split}"] = result.value(metric, split)  # the mean over every fitted epoch
+            row[f"{metric}_{split}_min"] = float(worst["value"])
+            row[f"{metric}_{split}_min_epoch"] = worst["epoch"]
+            row[f"{metric}_{split}_all"] = result.series(metric, split)
         row[f"nnpv_{split}_per_epoch"] = result.series("nnpv", split)
     row["eval_seconds"] = time.perf_counter() - started
     row.update({f"x_{key}": value for key, value in method.extra.items()})
@@ -322,18 +326,18 @@ def _f(value: float, spec: str = ".3f") -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def _worst(row: dict, split: str) -> str:
-    """``"0.962 (0.871 @ 2)"``: the mean ppr over every epoch, the worst epoch's in brackets."""
-    epoch = row.get(f"ppr_{split}_min_epoch")
+def _worst(row: dict, split: str, metric: str = "ppr") -> str:
+    """``"0.962 (0.871 @ 2)"``: the mean over every epoch, the worst epoch's in brackets."""
+    epoch = row.get(f"{metric}_{split}_min_epoch")
     at = f" @ {epoch}" if epoch is not None else ""
-    return f"{_f(row.get(f'ppr_{split}'))} ({_f(row.get(f'ppr_{split}_min'))}{at})"
+    return f"{_f(row.get(f'{metric}_{split}'))} ({_f(row.get(f'{metric}_{split}_min'))}{at})"
 
 
 def table(rows: list[dict], k: int, temporal_k: int) -> str:
     header = [
         "method", "fit s", f"nnpv({k}) train", f"nnpv({k}) test", f"boundary({k})",
         f"temp_l({temporal_k})", "temp_g τ", "temppv ↓", "ppr train (worst @ epoch)",
-        "ppr test (worst @ epoch)",
+        "ppr test (worst @ epoch)", "landscape test (worst @ epoch)",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for r in rows:
@@ -348,21 +352,24 @@ def table(rows: list[dict], k: int, temporal_k: int) -> str:
             _f(r.get("temppv_train")),
             _worst(r, "train"),
             _worst(r, "test"),
+            _worst(r, "test", "landscape"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def per_epoch_table(row: dict) -> str:
-    """One timevis row epoch by epoch: ppr train/test and nnpv train/test."""
+    """One timevis row epoch by epoch: ppr train/test, the landscape's agreement (train, 1 by
+    construction with the sample lift, and test) and nnpv train/test."""
     epochs = row.get("epochs") or list(range(len(row["ppr_train_all"])))
-    series = [row.get(key) or [] for key in ("ppr_train_all", "ppr_test_all")]
+    keys = ("ppr_train_all", "ppr_test_all", "landscape_train_all", "landscape_test_all")
+    series = [row.get(key) or [] for key in keys]
     series += [row.get(f"nnpv_{split}_per_epoch") or [] for split in ("train", "test")]
     lines = [
         f"{row['method']}, per epoch:",
         "",
-        "| epoch | ppr train | ppr test | nnpv train | nnpv test |",
-        "|---:|---:|---:|---:|---:|",
+        "| epoch | ppr train | ppr test | landscape train | landscape test | nnpv train | nnpv test |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, epoch in enumerate(epochs):
         cells = [_f(values[i]) if i < len(values) else "n/a" for values in series]
@@ -386,12 +393,15 @@ def targets(rows: list[dict]) -> list[str]:
         if not r["method"].startswith("timevis"):
             continue
         checks = []
-        for split in ("train", "test"):
-            ok = r[f"ppr_{split}_min"] >= PPR_EVERY_EPOCH and r[f"ppr_{split}"] >= PPR_MEAN
-            checks.append(
-                f"ppr {split} ≥ {PPR_EVERY_EPOCH} every epoch and ≥ {PPR_MEAN} mean: "
-                f"{'yes' if ok else 'NO'}"
-            )
+        for metric in ("ppr", "landscape"):
+            for split in ("train", "test"):
+                if r.get(f"{metric}_{split}_min") is None:
+                    continue
+                ok = r[f"{metric}_{split}_min"] >= PPR_EVERY_EPOCH and r[f"{metric}_{split}"] >= PPR_MEAN
+                checks.append(
+                    f"{metric} {split} ≥ {PPR_EVERY_EPOCH} every epoch and ≥ {PPR_MEAN} mean: "
+                    f"{'yes' if ok else 'NO'}"
+                )
         if umap_row:
             same = umap_row.get("epochs") == r.get("epochs")
             for split in ("train", "test"):
@@ -451,7 +461,10 @@ def spread_lines(report: dict) -> list[str]:
         if len(rows) < 2:
             continue
         cells = []
-        for key in ("ppr_train", "ppr_train_min", "ppr_test", "ppr_test_min", "nnpv_train", "temp_l_train"):
+        for key in (
+            "ppr_train", "ppr_train_min", "ppr_test", "ppr_test_min", "landscape_test",
+            "landscape_test_min", "nnpv_train", "temp_l_train",
+        ):  # fmt: skip
             values = [r[key] for r in rows]
             cells.append(f"{key} {min(values):.3f}-{max(values):.3f}")
         out.append(f"- {method} over {len(rows)} stores: " + ", ".join(cells))
@@ -557,7 +570,7 @@ def main() -> None:
                     f"  {fitted.name}: fit {fitted.seconds:.1f} s, nnpv {row['nnpv_train']:.3f}/"
                     f"{row['nnpv_test']:.3f}, boundary {row['boundary_train']:.3f}, temp_l {row['temp_l_train']:.3f}, temp_g "
                     f"{row['temp_g_train']:.3f}, temppv {row['temppv_train']:.3f}, ppr "
-                    f"{row['ppr_train']:.3f}/{row['ppr_test']:.3f}",
+                    f"{row['ppr_train']:.3f}/{row['ppr_test']:.3f}, landscape test {row['landscape_test']:.3f}",
                     file=sys.stderr,
                     flush=True,
                 )

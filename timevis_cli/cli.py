@@ -222,6 +222,7 @@ def _prepare(run_dir: Path, name: str, overwrite: bool = True, replace_file: boo
 @options.resolution_option
 @options.bounds_option
 @options.agreement_option
+@options.sample_lift_option
 @options.gif_option
 @options.mp4_option
 @options.html_option
@@ -240,6 +241,7 @@ def render(
     resolution: int | None,
     bounds: str | None,
     agreement: bool | None,
+    sample_lift: bool | None,
     gif: bool | None,
     mp4: bool | None,
     html: bool | None,
@@ -290,6 +292,7 @@ def render(
             "render.resolution": resolution,
             "render.bounds": bounds,
             "render.show_agreement": agreement,
+            "render.sample_lift": sample_lift,
             "render.gif": gif,
             "render.mp4": mp4,
             "render.html": html,
@@ -302,7 +305,7 @@ def render(
     _limit_threads()
     run = open_run(run_dir)
     fit_result = load_fit(run)
-    plan = plan_render(run, fit_result, settings)
+    plan = plan_render(run, fit_result, settings, exact=exact)
     track_rows = parse_track(track, run, plan)
     if track_rows and not settings.html:
         raise InputError("--track draws trails in the HTML page; add --html")
@@ -367,7 +370,8 @@ def render(
             written.append(str(out / page.name))
         (tmp / "config.toml").write_text(config.to_toml())
     click.echo(
-        "wrote " + ", ".join(written) + f" into {out}; " + agreement_summary(landscapes.agreements)
+        "wrote " + ", ".join(written) + f" into {out}; "
+        + agreement_summary(landscapes.agreements, landscapes.agreement_split())
     )
 
 

@@ -470,8 +470,15 @@ class RenderConfig(_Section):
     )
     show_agreement: bool = _setting(
         True,
-        "draw each epoch's landscape agreement (share of drawn train samples whose landscape "
-        "class is the model's prediction) in the frame's corner, red below 0.9",
+        "draw each epoch's landscape agreement (share of samples whose landscape class at their "
+        "own point is the model's prediction: the test samples when the sample lift is on, the "
+        "train samples otherwise) in the frame's corner, red below 0.9",
+    )
+    sample_lift: bool = _setting(
+        True,
+        "lift the landscape's logits around the train samples the decoder shows in another "
+        "class, just enough that every train sample's own point has the model's prediction "
+        "(a continuous correction, zero where the decoder already agrees); off with --exact",
     )
     split: str = _setting(
         "train", "samples drawn: train, test or both", _one_of("train", "test", "both")

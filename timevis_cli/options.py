@@ -100,8 +100,16 @@ bounds_option = click.option(
 agreement_option = click.option(
     "--agreement/--no-agreement",
     default=None,
-    help="Draw each epoch's landscape agreement (share of drawn train samples whose landscape "
-    "class is the model's prediction) in the frame's corner (default: on).",
+    help="Draw each epoch's landscape agreement (share of samples whose landscape class at "
+    "their own point is the model's prediction: the test samples when the sample lift is on, "
+    "the train samples otherwise) in the frame's corner (default: on).",
+)
+sample_lift_option = click.option(
+    "--sample-lift/--no-sample-lift",
+    default=None,
+    help="Lift the landscape just enough around the train samples the decoder shows in another "
+    "class that every train sample's own point has the model's prediction (default: on; "
+    "--exact draws the decoder's own regions).",
 )
 gif_option = click.option("--gif/--no-gif", default=None, help="Write render/training.gif.")
 mp4_option = click.option(

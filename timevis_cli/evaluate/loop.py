@@ -62,6 +62,7 @@ from timevis_cli.fit.io import LoadedFit
 from timevis_cli.fit.neighbors import KNNBackend, resolve_backend
 from timevis_cli.outputs import replaced_folder
 from timevis_cli.ranges import parse_range
+from timevis_cli.render.lift import SampleLift
 from timevis_cli.render.playback import REGIONS_FILE
 
 __all__ = [
@@ -90,7 +91,7 @@ JSON_VERSION = 1
 
 CONVENTIONS: tuple[Convention, ...] = ("paper", "reference")
 SPLITS: tuple[str, ...] = ("train", "test")
-SPATIAL = ("nnpv", "boundary", "ppr", "recon")
+SPATIAL = ("nnpv", "boundary", "ppr", "landscape", "recon")
 TEMPORAL_PER_EPOCH = ("temp_l", "temp_g", "temp_g_spearman")
 METRICS: tuple[str, ...] = (*SPATIAL, *TEMPORAL_PER_EPOCH, "temppv")
 """Every metric name in the results; ``temp_g`` is Kendall's τ, ``temp_g_spearman`` Spearman's ρ."""
@@ -128,7 +129,7 @@ class EvalResult:
     """What :func:`evaluate` computed.
 
     rows: one :class:`EpochScores` per (epoch, split), epochs ascending, train before test;
-        metrics ``nnpv``, ``boundary``, ``ppr``, ``recon``, ``temp_l``, ``temp_g``,
+        metrics ``nnpv``, ``boundary``, ``ppr``, ``landscape``, ``recon``, ``temp_l``, ``temp_g``,
         ``temp_g_spearman`` (the last three: that epoch's mean over samples).
     temporal: ``temporal[split][metric][convention]`` over all selected epochs: ``temppv``,
         ``temp_l``, ``temp_g``, ``temp_g_spearman``.
@@ -171,7 +172,7 @@ class EvalResult:
 
     @cached_property
     def averages(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Per split: nnpv, boundary, ppr, recon averaged over epochs (NaN epochs left out);
+        """Per split: nnpv, boundary, ppr, landscape, recon averaged over epochs (NaN epochs left out);
         temppv, temp_l, temp_g, temp_g_spearman over the whole run (:attr:`temporal`)."""
         out: dict[str, dict[str, dict[str, float]]] = {}
         for split in self.splits:
@@ -267,6 +268,8 @@ class EvalResult:
         rows = []
         for item in data["per_epoch"]:
             values = {k: v for k, v in item.items() if k not in ("epoch", "split")}
+            for metric in SPATIAL:  # a result written before the metric existed
+                values.setdefault(metric, dict.fromkeys(CONVENTIONS, None))
             rows.append(EpochScores(int(item["epoch"]), str(item["split"]), _none_to_nan(values)))
         return cls(
             run_id=str(data["run_id"]),
@@ -292,6 +295,7 @@ class EvalResult:
             "nnpv": f"nnpv({self.k})",
             "boundary": f"boundary({self.k})",
             "ppr": "ppr",
+            "landscape": "landscape",
             "recon": "recon",
             "temp_l": f"temp_l({self.temporal_k})",
             "temp_g": "temp_g τ",
@@ -345,7 +349,7 @@ class EvalResult:
 
     def _cell(self, metric: str, split: str, epoch: int | None = None) -> str:
         paper = self.value(metric, split, epoch, "paper")
-        if metric in ("ppr", "recon"):
+        if metric in ("ppr", "landscape", "recon"):
             return _number(paper, ".4g" if metric == "recon" else ".3f")
         reference = self.value(metric, split, epoch, "reference")
         counts = metric in ("nnpv", "boundary", "temp_l")
@@ -367,7 +371,8 @@ class EvalResult:
         headers = self._headers()
         figure = Figure(figsize=(14, 6.5), dpi=100, layout="constrained")
         FigureCanvasAgg(figure)
-        axes = figure.subplots(2, 4).ravel()
+        axes = figure.subplots(2, 5).ravel()
+        axes[-2].set_visible(False)
         colours = {"train": "tab:blue", "test": "tab:orange"}
         for ax, metric in zip(axes, [*SPATIAL, *TEMPORAL_PER_EPOCH], strict=False):
             for split in self.splits:
@@ -399,7 +404,10 @@ _READING_GUIDE = (
     "with {k} neighbours including the sample itself, in [1, {k}]. **boundary({k})**: the same "
     "with the {k} nearest boundary points of the epoch (bracket: the shared count, in [0, {k}]). "
     "**ppr**: share of samples whose predicted class survives the round trip through the map, "
-    "ψ(φ(x)). **recon**: mean distance between a feature vector and its reconstruction, in "
+    "ψ(φ(x)). **landscape**: share of samples whose class in the landscape `timevis render` "
+    "draws (the decoded prediction with the sample lift made from the train samples) at their "
+    "own point is the model's prediction: 1 for train by construction, the test samples' "
+    "share measures the picture away from the samples it honours. **recon**: mean distance between a feature vector and its reconstruction, in "
     "feature units. **temppv**: per sample, the correlation between the share of neighbours kept "
     "from one epoch to the next and the distance moved on the map; more negative is better "
     "(samples whose neighbourhood changes should move). **temp_l({temporal_k})**: share of the "
@@ -765,6 +773,7 @@ class _SpatialPass:
                 f"epoch {epoch}: boundary({self.k}) skipped, the fit has {len(boundary_high)} "
                 f"boundary points there (needs at least {self.k})"
             )
+        lift = None  # the landscape's sample lift, made from the train samples (render.lift)
         for split in self.splits:
             x, y = high[split], low[split]
             reference = (high["train"], low["train"]) if split == "test" else (None, None)
@@ -783,9 +792,15 @@ class _SpatialPass:
                 },
             }
             recon = self.fit.model.inverse_transform(y, epoch=epoch)
-            kept = ppr(head(x).argmax(axis=1), head(recon).argmax(axis=1))
+            model_logits, recon_logits = head(x), head(recon)
+            if split == "train" and len(y):
+                lift = SampleLift.from_logits(y, recon_logits, model_logits)
+            predicted = model_logits.argmax(axis=1)
+            kept = ppr(predicted, recon_logits.argmax(axis=1))
+            shown = recon_logits if lift is None else recon_logits + lift(y)
             error = recon_error(x, recon)
             values["ppr"] = dict.fromkeys(CONVENTIONS, kept)
+            values["landscape"] = dict.fromkeys(CONVENTIONS, ppr(predicted, shown.argmax(axis=1)))
             values["recon"] = dict.fromkeys(CONVENTIONS, error)
             self.rows[(epoch, split)] = values
             self.positions[split][index] = y

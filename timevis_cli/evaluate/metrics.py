@@ -60,6 +60,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "nnpv": True,
     "boundary": True,
     "ppr": True,
+    "landscape": True,
     "recon": False,
     "temppv": False,
     "temp_l": True,

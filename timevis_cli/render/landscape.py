@@ -588,7 +588,12 @@ def decode_grid_torch(
 
 
 def classify_grid_torch(
-    decoded: torch.Tensor, head: Head, batch_size: int = _HEAD_BATCH
+    decoded: torch.Tensor,
+    head: Head,
+    batch_size: int = _HEAD_BATCH,
+    *,
+    lift: Callable[[np.ndarray], np.ndarray] | None = None,
+    bounds: Bounds | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply one epoch's head to a decoded grid on the grid's device; the results on the CPU.
 
@@ -600,6 +605,8 @@ def classify_grid_torch(
     predicted class, (R, R) of :func:`class_dtype`, and the margin, float32 (R, R) in [0, 1].
     batch_size: grid rows per head call; small float64 batches (8 MiB at D = 512) stay in the
     CPU's cache, which makes the CPU path about 1.5x faster than 8192-row batches.
+    lift: added to the logits at the grid's points (``bounds``' :func:`grid_points`), e.g. a
+    :class:`~timevis_cli.render.lift.SampleLift`; None: the head's logits as they are.
     """
     batch_size = _check_positive_int("batch_size", batch_size)
     resolution = math.isqrt(len(decoded)) if decoded.ndim == 2 else 0
@@ -608,6 +615,10 @@ def classify_grid_torch(
             f"decoded grid of shape {tuple(decoded.shape)} must be (R*R, D) for a square grid"
         )
     logits = _head_logits(decoded, head, batch_size)  # one transfer per epoch: (R*R, C)
+    if lift is not None:
+        if bounds is None:
+            raise InputError("a lifted grid needs its bounds, to place the lift")
+        logits = _lifted(logits, grid_points(bounds, resolution), lift)
     classes, margins = _classes_margins(logits)
     shape = (resolution, resolution)
     return classes.reshape(shape), margins.reshape(shape)
@@ -619,16 +630,51 @@ def classify_points_torch(
     points: np.ndarray,
     device: torch.device | str,
     batch_size: int = 16384,
+    *,
+    lift: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """The landscape's class at given 2-D points (n, 2): decoded on ``device`` and classified
-    with one epoch's head, as :func:`classify_grid_torch` does a grid; (n,) of
-    :func:`class_dtype`."""
+    with one epoch's head (plus ``lift`` at the points, when given), as
+    :func:`classify_grid_torch` does a grid; (n,) of :func:`class_dtype`."""
     batch_size = _check_positive_int("batch_size", batch_size)
     points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
     if len(points) == 0:
         return np.zeros(0, np.uint8)
+    return _classes_margins(_point_logits(decode, head, points, device, batch_size, lift))[0]
+
+
+def point_logits(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    head: Head,
+    points: np.ndarray,
+    device: torch.device | str,
+    batch_size: int = 16384,
+) -> np.ndarray:
+    """The head's logits float32 (n, C) on the decoded features at 2-D points (n, 2), as the
+    landscape computes them (no lift)."""
+    batch_size = _check_positive_int("batch_size", batch_size)
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    return _point_logits(decode, head, points, device, batch_size, None)
+
+
+def _point_logits(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    head: Head,
+    points: np.ndarray,
+    device: torch.device | str,
+    batch_size: int,
+    lift: Callable[[np.ndarray], np.ndarray] | None,
+) -> np.ndarray:
     logits = _head_logits(_decode_points(decode, points, device, batch_size), head, _HEAD_BATCH)
-    return _classes_margins(logits)[0]
+    return logits if lift is None else _lifted(logits, points, lift)
+
+
+def _lifted(logits: np.ndarray, points: np.ndarray, lift: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``logits`` (n, C) plus ``lift`` at the points (n, 2), float32."""
+    extra = np.asarray(lift(points), np.float32)
+    if extra.shape != logits.shape:
+        raise InputError(f"the lift gave shape {extra.shape} for logits of shape {logits.shape}")
+    return logits + extra
 
 
 def _classes_margins(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -693,6 +739,8 @@ def landscape_coarse_to_fine(
     device: torch.device | str,
     step: int = 2,
     batch_size: int = 16384,
+    *,
+    lift: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One epoch's landscape (classes, margins; as :func:`classify_grid_torch`) from fewer
     decoded points: every ``step``-th row and column of the grid (and the last) is decoded and
@@ -701,7 +749,8 @@ def landscape_coarse_to_fine(
     do not (near class borders). For a decoder that differs per epoch, where the canvas cannot be
     decoded once for all epochs: about ``1 / step²`` of the decodes plus the borders. A class
     region narrower than ``step`` pixels that falls between decoded pixels of one other class is
-    not drawn.
+    not drawn. ``lift``: added to the logits at each decoded point (as
+    :func:`classify_grid_torch`).
     """
     resolution = _check_positive_int("resolution", resolution)
     step = _check_positive_int("step", step)
@@ -709,7 +758,7 @@ def landscape_coarse_to_fine(
     lattice = np.unique(np.r_[np.arange(0, resolution, step), resolution - 1])
     coarse = grid[np.ix_(lattice, lattice)].reshape(-1, 2)
     coarse_classes, coarse_margins = _classes_margins(
-        _head_logits(_decode_points(decode, coarse, device, batch_size), head, _HEAD_BATCH)
+        _point_logits(decode, head, coarse, device, batch_size, lift)
     )
     size = len(lattice)
     coarse_classes = coarse_classes.reshape(size, size)
@@ -736,7 +785,7 @@ def landscape_coarse_to_fine(
     border = ~agree
     if border.any():
         classes[border], margins[border] = _classes_margins(
-            _head_logits(_decode_points(decode, grid[border], device, batch_size), head, _HEAD_BATCH)
+            _point_logits(decode, head, grid[border], device, batch_size, lift)
         )
     logger.debug(
         "landscape %dx%d: %d decoded on the lattice, %d at class borders",

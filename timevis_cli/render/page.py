@@ -203,11 +203,9 @@ def export_viewer(
         )
         backgrounds.append(landscape_image(*landscapes.grid(epoch), colours, fade=fade))
         titles.append(title_text(epoch, _title_metrics(run.epoch_info(epoch).metrics)))
-        features = None
-        if epoch not in agreements or neighbors:
-            features = run.features(epoch)
+        features = run.features(epoch) if neighbors else None
         if epoch not in agreements:
-            agreements[epoch] = landscapes.agreement(epoch, emb["train"][tr], features[train][tr])
+            agreements[epoch] = landscapes.agreement(epoch)
         if neighbors:
             rows = np.concatenate([features[train][tr], features[test][te]])
             near, share = neighbor_preservation(rows, points, neighbors, backend)

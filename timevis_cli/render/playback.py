@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +46,7 @@ from timevis_cli.render.landscape import (
     landscape_coarse_to_fine,
     landscape_image,
     palette,
+    point_logits,
     shared_canvas_bounds,
 )
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     import torch
 
     from timevis_cli.fit.io import LoadedFit
+    from timevis_cli.render.lift import SampleLift
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,16 @@ class RenderPlan:
     fade_distance: float = 0.0
     #: draw each epoch's agreement in its frame's corner
     show_agreement: bool = False
+    #: lift the landscape around the train samples it would show in another class
+    #: (:mod:`~timevis_cli.render.lift`); the agreement is then the test samples'
+    sample_lift: bool = False
 
 
-def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
+def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig, *, exact: bool = False) -> RenderPlan:
     """Epochs (must be fitted), canvas bounds, and a fixed subsample of at most max_points.
+
+    ``settings.sample_lift`` is kept unless ``exact`` (``render --exact`` draws the decoder's
+    own piecewise-linear regions, which a lift would not be).
 
     Bounds: ``follow`` (the default), each epoch's canvas framed on its train samples and
     boundary points, smoothed over the rendered epochs and never so large that the epoch's
@@ -152,7 +160,14 @@ def plan_render(run: Run, fit: LoadedFit, settings: RenderConfig) -> RenderPlan:
         epochs_apart=apart,
         fade_distance=settings.fade_distance,
         show_agreement=settings.show_agreement,
+        sample_lift=_sample_lift(settings.sample_lift, exact),
     )
+
+
+def _sample_lift(wanted: bool, exact: bool) -> bool:
+    if wanted and exact:
+        log.info("--exact draws the decoder's own regions: the sample lift is off")
+    return wanted and not exact
 
 
 def _check_split(run_dir: Path, split: str, tracked: dict[str, int]) -> None:
@@ -199,6 +214,8 @@ class GridLandscapes:
         #: epoch -> agreement of the epochs :func:`frame_inputs` has produced
         self.agreements: dict[int, float] = {}
         self._last_head: tuple[int, Head] | None = None
+        self._last_lift: tuple[int, SampleLift | None] | None = None
+        self._fit = fit
 
     def head(self, epoch: int) -> Head:
         """The epoch's head, read from the store once for its grid and its agreement."""
@@ -229,6 +246,7 @@ class GridLandscapes:
         and at class borders only (:func:`~timevis_cli.render.landscape.landscape_coarse_to_fine`).
         """
         index = self._decode_index(epoch)
+        lift = self.lift(epoch)
         if index is not None:
             started = time.perf_counter()
             grid = landscape_coarse_to_fine(
@@ -238,32 +256,69 @@ class GridLandscapes:
                 self.plan.resolution,
                 self.device,
                 step=self.plan.landscape_step,
+                lift=lift,
             )
             self.seconds["decode"] += time.perf_counter() - started
             return grid
         decoded = self.decoded(self.plan.bounds[epoch])
         started = time.perf_counter()
-        grid = classify_grid_torch(decoded, self.head(epoch))
+        grid = classify_grid_torch(decoded, self.head(epoch), lift=lift, bounds=self.plan.bounds[epoch])
         self.seconds["heads"] += time.perf_counter() - started
         return grid
 
+    def _epoch_decode(self, epoch: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The epoch's decoder as a torch function of 2-D points."""
+        index = self._decode_index(epoch)
+        return self._decode if index is None else (lambda y: self._decode(y, index))
 
-    def agreement(self, epoch: int, points: np.ndarray, features: np.ndarray) -> float:
-        """The landscape's agreement with the model at ``epoch`` (its ppr): the share of samples
-        whose landscape class at their own 2-D position (decoded with the epoch's decoder,
-        classified with its head, on the device) is the model's prediction ``argmax h_t(x)``
-        (its head on their stored features, as ``timevis eval`` computes it).
+    def lift(self, epoch: int) -> SampleLift | None:
+        """The epoch's sample lift (:mod:`~timevis_cli.render.lift`) from every tracked train
+        sample's position, the landscape's logits there and the model's logits (its head on the
+        stored features); None when the plan has no lift or the run tracks no train sample."""
+        from timevis_cli.render.lift import SampleLift
 
-        points: float (n, 2) the samples' positions at ``epoch``; features: (n, D) theirs.
-        NaN when n is 0.
+        if not self.plan.sample_lift:
+            return None
+        if self._last_lift is None or self._last_lift[0] != epoch:
+            self._last_lift = (epoch, None)
+            positions = np.asarray(self._fit.embedding(epoch)["train"], np.float32)
+            if len(positions):
+                started = time.perf_counter()
+                head = self.head(epoch)
+                model = head(self.run.features(epoch)[self.run.samples.mask("train")])
+                decoded = point_logits(self._epoch_decode(epoch), head, positions, self.device)
+                lift = SampleLift.from_logits(positions, decoded, model)
+                log.debug("epoch %d: %d of %d train samples lifted", epoch, lift.n_lifted, len(positions))
+                self._last_lift = (epoch, lift)
+                self.seconds["heads"] += time.perf_counter() - started
+        return self._last_lift[1]
+
+
+    def agreement_split(self) -> str:
+        """Whose agreement :meth:`agreement` measures: ``"test"`` with the sample lift (every
+        train sample agrees by construction) when the run tracks test samples, else ``"train"``
+        (without the lift: the decoder's own agreement)."""
+        if self.plan.sample_lift and self.run.samples.mask("test").any():
+            return "test"
+        return "train"
+
+    def agreement(self, epoch: int) -> float:
+        """The landscape's agreement with the model at ``epoch``: the share of the
+        :meth:`agreement_split` samples (every one tracked) whose landscape class at their own
+        2-D position (decoded with the epoch's decoder, classified with its head, on the device,
+        lifted when the plan says so) is the model's prediction ``argmax h_t(x)`` (its head on
+        their stored features, as ``timevis eval`` computes it). NaN when there are none.
+        Without test samples the lift is left out (it would make every train sample agree).
         """
+        split = self.agreement_split()
+        points = np.asarray(self._fit.embedding(epoch)[split], np.float32)
         if len(points) == 0:
             return float("nan")
         started = time.perf_counter()
         head = self.head(epoch)
-        index = self._decode_index(epoch)
-        decode = self._decode if index is None else (lambda y: self._decode(y, index))
-        mapped = classify_points_torch(decode, head, points, self.device)
+        lift = self.lift(epoch) if split == "test" else None
+        mapped = classify_points_torch(self._epoch_decode(epoch), head, points, self.device, lift=lift)
+        features = self.run.features(epoch)[self.run.samples.mask(split)]
         model = head(np.asarray(features, dtype=np.float32)).argmax(axis=1)
         self.seconds["heads"] += time.perf_counter() - started
         return float(np.mean(mapped.astype(np.int64) == model))
@@ -386,8 +441,7 @@ def frame_inputs(
             classes = margins = None
             labels = run.samples.label[train][plan.train_rows]
             regions = exact.regions(epoch, train_points, labels)
-        features = run.features(epoch)[train][plan.train_rows]
-        agreement = landscapes.agreement(epoch, train_points, features)
+        agreement = landscapes.agreement(epoch)
         landscapes.agreements[epoch] = agreement
         yield FrameInput(
             exact=regions,
@@ -400,7 +454,7 @@ def frame_inputs(
             ),
             agreement=None if math.isnan(agreement) else agreement,
         )
-    warn_low_agreement(landscapes.agreements, run.path, fit.config.fit.method)
+    warn_low_agreement(landscapes.agreements, run.path, fit.config.fit.method, landscapes.agreement_split())
 
 
 def _recorded_points(emb: dict[str, np.ndarray]) -> np.ndarray:
@@ -410,20 +464,29 @@ def _recorded_points(emb: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def warn_low_agreement(
-    agreements: dict[int, float], run_dir: Path | str = "RUN_DIR", method: str = "timevis"
+    agreements: dict[int, float],
+    run_dir: Path | str = "RUN_DIR",
+    method: str = "timevis",
+    split: str = "train",
 ) -> list[int]:
-    """Log ONE warning naming the epochs whose agreement is below ``AGREEMENT_WARN``, with
-    their values (and how to refit ``run_dir`` with the fit's ``method``); those epochs."""
+    """Log ONE warning naming the epochs whose agreement (of the ``split`` samples:
+    :meth:`GridLandscapes.agreement_split`) is below ``AGREEMENT_WARN``, with their values (and
+    how to refit ``run_dir`` with the fit's ``method``); those epochs."""
     low = [epoch for epoch, value in agreements.items() if value < AGREEMENT_WARN]
     more = "dvi.max_passes=N" if method == "dvi" else "training.max_epochs=N"
+    whose = (
+        "test samples whose lifted landscape class"
+        if split == "test"
+        else "train samples whose landscape class"
+    )
     if low:
         shown = ", ".join(f"epoch {epoch} {agreements[epoch]:.3f}" for epoch in low)
         log.warning(
             "the landscape disagrees with the model at %d of %d rendered epochs (agreement < "
-            "%.2f: the share of drawn train samples whose landscape class at their position is "
-            "the model's prediction): %s; do not trust the regions there: refit with more "
-            "training (e.g. timevis fit %s --overwrite --set %s) and check timevis eval",
-            len(low), len(agreements), AGREEMENT_WARN, shown, run_dir, more,
+            "%.2f: the share of %s at their position is the model's prediction): %s; do not "
+            "trust the regions there: refit with more training (e.g. timevis fit %s "
+            "--overwrite --set %s) and check timevis eval",
+            len(low), len(agreements), AGREEMENT_WARN, whose, shown, run_dir, more,
         )  # fmt: skip
     return low
 
@@ -436,14 +499,16 @@ def write_agreement(folder: Path, agreements: dict[int, float]) -> Path:
     return path
 
 
-def agreement_summary(agreements: dict[int, float]) -> str:
-    """``"agreement min 0.912 (epoch 3), mean 0.968"`` of the rendered epochs."""
+def agreement_summary(agreements: dict[int, float], split: str = "train") -> str:
+    """``"agreement min 0.912 (epoch 3), mean 0.968"`` of the rendered epochs (``"test
+    agreement ..."`` when the ``split`` measured is the test samples')."""
+    name = "agreement" if split == "train" else f"{split} agreement"
     known = {e: v for e, v in agreements.items() if not math.isnan(v)}
     if not known:
-        return "agreement n/a (no train sample drawn)"
+        return f"{name} n/a (no {split} sample)"
     worst = min(known, key=known.__getitem__)
     mean = sum(known.values()) / len(known)
-    return f"agreement min {known[worst]:.3f} (epoch {worst}), mean {mean:.3f}"
+    return f"{name} min {known[worst]:.3f} (epoch {worst}), mean {mean:.3f}"
 
 
 class FrameBuilder:

@@ -36,7 +36,7 @@ K = 10
 TEMPORAL_K = 3
 # float64 distances: near-ties in 2-D resolve the same way however the lists are requested
 EXACT = TorchExact(precision="float64")
-PER_EPOCH = ("nnpv", "boundary", "ppr", "recon", "temp_l", "temp_g", "temp_g_spearman")
+PER_EPOCH = ("nnpv", "boundary", "ppr", "landscape", "recon", "temp_l", "temp_g", "temp_g_spearman")
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,7 @@ def test_higher_is_better_names_every_metric():
         "nnpv": True,
         "boundary": True,
         "ppr": True,
+        "landscape": True,
         "recon": False,
         "temppv": False,
         "temp_l": True,

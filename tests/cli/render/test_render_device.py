@@ -31,10 +31,13 @@ from timevis_cli.render.landscape import (
     class_dtype,
     classify_grid,
     classify_grid_torch,
+    classify_points_torch,
     decode_grid,
     decode_grid_torch,
+    grid_points,
     landscape_coarse_to_fine,
 )
+from timevis_cli.render.lift import SampleLift
 from timevis_cli.render.playback import (
     AGREEMENT_FILE,
     FrameBuilder,
@@ -156,7 +159,7 @@ def _plan(store, **settings):
 def test_grid_landscapes_on_cpu_equal_the_numpy_reference(store, shared_store, bounds, decoder):
     # landscape_step=1: a per-epoch decoder decodes every pixel too, so both are exact
     path = shared_store if decoder == "shared" else store
-    run, fit, plan = _plan(path, resolution=24, bounds=bounds, landscape_step=1)
+    run, fit, plan = _plan(path, resolution=24, bounds=bounds, landscape_step=1, sample_lift="false")
     landscapes = GridLandscapes(run, fit, plan, torch.device("cpu"))
     for epoch in plan.epochs:
         classes, margins = landscapes.grid(epoch)
@@ -169,6 +172,32 @@ def test_grid_landscapes_on_cpu_equal_the_numpy_reference(store, shared_store, b
         np.testing.assert_array_equal(classes, classes_ref)
         np.testing.assert_allclose(margins, margins_ref, rtol=0, atol=1e-5)
     assert set(landscapes.seconds) == {"decode", "heads"}
+
+
+@pytest.mark.parametrize("decoder", ["shared", "per-epoch"])
+def test_the_lifted_landscape_is_the_decoded_logits_plus_the_lift_and_honours_every_train_sample(
+    store, shared_store, decoder
+):
+    run, fit, plan = _plan(shared_store if decoder == "shared" else store, resolution=24, landscape_step=1)
+    assert plan.sample_lift  # the default
+    landscapes = GridLandscapes(run, fit, plan, torch.device("cpu"))
+    train = run.samples.mask("train")
+    lifted_somewhere = False
+    for epoch in plan.epochs:
+        head, positions = run.head(epoch), fit.embedding(epoch)["train"]
+        # the lift made independently: numpy decoder and head
+        model = head(run.features(epoch)[train])
+        lift = SampleLift.from_logits(positions, head(fit.model.inverse_transform(positions, epoch=epoch)), model)
+        lifted_somewhere |= lift.n_lifted > 0
+        points = grid_points(plan.bounds[epoch], 24)
+        logits = head(fit.model.inverse_transform(points, epoch=epoch)) + lift(points)
+        classes, _ = landscapes.grid(epoch)
+        assert (classes.reshape(-1) == logits.argmax(axis=1)).mean() >= 0.998  # float32 ties aside
+        shown = classify_points_torch(
+            landscapes._epoch_decode(epoch), head, positions, "cpu", lift=landscapes.lift(epoch)
+        )
+        np.testing.assert_array_equal(shown, model.argmax(axis=1))  # every train sample, by construction
+    assert lifted_somewhere or decoder == "per-epoch"  # the refined fit's decoder agrees already
 
 
 def test_coarse_to_fine_landscape_matches_the_full_grid_with_fewer_decodes(store):
@@ -265,22 +294,28 @@ def bad_store(tmp_path_factory):
     return path
 
 
+@pytest.mark.parametrize("lifted", [True, False])
 @pytest.mark.parametrize("fitted", ["store", "shared_store", "bad_store"])
-def test_the_agreement_at_render_time_is_evals_ppr(fitted, request):
-    run, fit, plan = _plan(request.getfixturevalue(fitted), resolution=16)
+def test_the_agreement_at_render_time_is_evals(fitted, lifted, request):
+    # with the sample lift: the test samples' agreement with the lifted landscape (eval's
+    # landscape, test); without: the train samples' with the decoder's own (eval's ppr, train)
+    run, fit, plan = _plan(request.getfixturevalue(fitted), resolution=16, sample_lift=str(lifted).lower())
     assert len(plan.train_rows) == int(run.samples.mask("train").sum())  # every sample drawn
     landscapes = GridLandscapes(run, fit, plan, torch.device("cpu"))
+    assert landscapes.agreement_split() == ("test" if lifted else "train")
     inputs = list(frame_inputs(landscapes, fit))
     scores = evaluate(run, fit, plan.epochs, k=5, temporal_k=2, knn_backend="torch")
     for epoch, given in zip(plan.epochs, inputs, strict=True):
-        expected = scores.value("ppr", "train", epoch)
+        assert scores.value("landscape", "train", epoch) == 1.0
+        expected = scores.value("landscape", "test", epoch) if lifted else scores.value("ppr", "train", epoch)
         assert given.agreement == landscapes.agreements[epoch]
         assert given.agreement == pytest.approx(expected, abs=1e-12), epoch
         assert FrameBuilder(plan)(epoch, given).agreement == given.agreement
 
 
 def test_a_bad_fit_warns_once_naming_its_epochs(bad_store, caplog):
-    run, fit, plan = _plan(bad_store, resolution=16)
+    # without the sample lift: the decoder's own agreement at the train samples
+    run, fit, plan = _plan(bad_store, resolution=16, sample_lift="false")
     landscapes = GridLandscapes(run, fit, plan, torch.device("cpu"))
     with caplog.at_level(logging.WARNING, logger="timevis_cli.render.playback"):
         list(frame_inputs(landscapes, fit))
@@ -291,7 +326,7 @@ def test_a_bad_fit_warns_once_naming_its_epochs(bad_store, caplog):
     for epoch in low:
         assert f"epoch {epoch} {landscapes.agreements[epoch]:.3f}" in warnings[0]
     assert f"timevis fit {bad_store} --overwrite" in warnings[0]
-    result = invoke("render", bad_store, "--resolution", "16", "--no-gif", "--jobs", "1")
+    result = invoke("render", bad_store, "--resolution", "16", "--no-gif", "--jobs", "1", "--no-sample-lift")
     assert result.exit_code == 0, result.output
     assert result.output.count("the landscape disagrees with the model") == 1
     assert f"epoch {low[0]} " in result.output
@@ -303,7 +338,8 @@ def test_agreement_file_summary_and_warning_functions(tmp_path, caplog):
     assert path.name == AGREEMENT_FILE
     assert json.loads(path.read_text()) == {"0": 0.5, "3": 0.95, "7": 0.875, "9": None}
     assert agreement_summary(values) == "agreement min 0.500 (epoch 0), mean 0.775"
-    assert agreement_summary({}) == "agreement n/a (no train sample drawn)"
+    assert agreement_summary({}) == "agreement n/a (no train sample)"
+    assert agreement_summary(values, "test") == "test agreement min 0.500 (epoch 0), mean 0.775"
     with caplog.at_level(logging.WARNING, logger="timevis_cli.render.playback"):
         assert warn_low_agreement(values, "runs/x") == [0, 7]
         assert warn_low_agreement({1: 0.95}) == []
@@ -316,7 +352,7 @@ def test_hiding_the_agreement_changes_only_the_frames_corner(bad_store):
     for shown in ("true", "false"):
         result = invoke(
             "render", bad_store, "--epochs", "2", "--resolution", "24", "--no-gif", "--jobs", "1",
-            "--set", f"render.show_agreement={shown}",
+            "--set", f"render.show_agreement={shown}", "--no-sample-lift",
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         frames[shown] = np.asarray(Image.open(bad_store / "render" / "epoch_0002.png"))
