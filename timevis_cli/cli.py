@@ -260,6 +260,10 @@ def render(
     and cheap to redo), so frames of epochs not rendered this time do not linger; the previous
     render stays untouched until the new one is complete.
 
+    The landscape is lifted, just enough and continuously, around the train samples the decoder
+    would show in another class, so every train sample's own point has the model's prediction;
+    the frames' agreement is then the test samples' (--no-sample-lift: the decoder's own).
+
     --exact draws the exact decision regions instead of the sampled landscape: per epoch
     render/epoch_XXXX.svg, the regions in the PNG frames and as sharp paths in the page, and
     render/regions.json (docs/exact.md).
@@ -394,7 +398,7 @@ def evaluate_command(
     temporal_k: int | None,
     knn: str | None,
 ) -> None:
-    """Faithfulness metrics of the fit (nnpv, boundary, ppr, recon, temporal); writes RUN_DIR/eval/.
+    """Faithfulness metrics of the fit (nnpv, boundary, ppr, landscape, recon, temporal); writes RUN_DIR/eval/.
 
     Every eval replaces RUN_DIR/eval/ as a whole (no --overwrite: it is derived from the fit and
     cheap to redo); the previous one stays untouched until the new one is complete.

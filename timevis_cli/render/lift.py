@@ -134,7 +134,7 @@ class SampleLift:
         if k > 1:
             reach = distance[:, -1:]  # R: the next nearest sample's distance
             distance, index = distance[:, :-1], index[:, :-1]
-        else:  # one sample: its lift fades out at twice the distance (nothing nearer to weigh)
+        else:  # one sample: its lift everywhere (the weights below normalise to 1)
             reach = 2 * distance
         with np.errstate(divide="ignore", invalid="ignore"):
             weight = (np.maximum(reach - distance, 0.0) / (reach * distance)) ** 2

@@ -293,7 +293,6 @@ class GridLandscapes:
                 self.seconds["heads"] += time.perf_counter() - started
         return self._last_lift[1]
 
-
     def agreement_split(self) -> str:
         """Whose agreement :meth:`agreement` measures: ``"test"`` with the sample lift (every
         train sample agrees by construction) when the run tracks test samples, else ``"train"``
