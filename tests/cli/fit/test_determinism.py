@@ -23,7 +23,7 @@ from timevis_cli.config import load_config
 from timevis_cli.fit.pipeline import FitResult, fit
 from timevis_cli.render.landscape import canvas_bounds, classify_grid, grid_points
 
-FAST = ["training.max_epochs=3", "reduction.init_size=100", "refine.epochs=30"]
+FAST = ["training.max_epochs=3", "reduction.init_size=100", "refine.epochs=30", "refine.decoder_steps=150"]
 THREADS = 8
 RESOLUTION = 48
 HERE = Path(__file__).resolve().parent

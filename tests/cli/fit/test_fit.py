@@ -21,7 +21,7 @@ from timevis_cli.fit.neighbors import TorchExact
 from timevis_cli.fit.pipeline import Reporter, fit
 from timevis_cli.render.landscape import shared_canvas_bounds
 
-FAST = ["training.max_epochs=6", "reduction.init_size=100"]
+FAST = ["training.max_epochs=6", "reduction.init_size=100", "refine.decoder_steps=150"]
 
 
 def invoke(*args):
