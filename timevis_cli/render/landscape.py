@@ -640,7 +640,7 @@ def classify_points_torch(
     points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
     if len(points) == 0:
         return np.zeros(0, np.uint8)
-    return _classes_margins(_point_logits(decode, head, points, device, batch_size, lift))[0]
+    return _classes_margins(point_logits(decode, head, points, device, batch_size, lift=lift))[0]
 
 
 def point_logits(
@@ -649,22 +649,13 @@ def point_logits(
     points: np.ndarray,
     device: torch.device | str,
     batch_size: int = 16384,
+    *,
+    lift: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """The head's logits float32 (n, C) on the decoded features at 2-D points (n, 2), as the
-    landscape computes them (no lift)."""
+    """The landscape's logits float32 (n, C) at 2-D points (n, 2): the head on the decoded
+    features there, plus ``lift`` at the points when given."""
     batch_size = _check_positive_int("batch_size", batch_size)
     points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-    return _point_logits(decode, head, points, device, batch_size, None)
-
-
-def _point_logits(
-    decode: Callable[[torch.Tensor], torch.Tensor],
-    head: Head,
-    points: np.ndarray,
-    device: torch.device | str,
-    batch_size: int,
-    lift: Callable[[np.ndarray], np.ndarray] | None,
-) -> np.ndarray:
     logits = _head_logits(_decode_points(decode, points, device, batch_size), head, _HEAD_BATCH)
     return logits if lift is None else _lifted(logits, points, lift)
 
@@ -758,7 +749,7 @@ def landscape_coarse_to_fine(
     lattice = np.unique(np.r_[np.arange(0, resolution, step), resolution - 1])
     coarse = grid[np.ix_(lattice, lattice)].reshape(-1, 2)
     coarse_classes, coarse_margins = _classes_margins(
-        _point_logits(decode, head, coarse, device, batch_size, lift)
+        point_logits(decode, head, coarse, device, batch_size, lift=lift)
     )
     size = len(lattice)
     coarse_classes = coarse_classes.reshape(size, size)
@@ -785,7 +776,7 @@ def landscape_coarse_to_fine(
     border = ~agree
     if border.any():
         classes[border], margins[border] = _classes_margins(
-            _point_logits(decode, head, grid[border], device, batch_size, lift)
+            point_logits(decode, head, grid[border], device, batch_size, lift=lift)
         )
     logger.debug(
         "landscape %dx%d: %d decoded on the lattice, %d at class borders",

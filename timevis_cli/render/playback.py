@@ -215,6 +215,7 @@ class GridLandscapes:
         self.agreements: dict[int, float] = {}
         self._last_head: tuple[int, Head] | None = None
         self._last_lift: tuple[int, SampleLift | None] | None = None
+        self._last_model: tuple[int, np.ndarray] | None = None
         self._fit = fit
 
     def head(self, epoch: int) -> Head:
@@ -222,6 +223,14 @@ class GridLandscapes:
         if self._last_head is None or self._last_head[0] != epoch:
             self._last_head = (epoch, self.run.head(epoch))
         return self._last_head[1]
+
+    def model_logits(self, epoch: int) -> np.ndarray:
+        """The model's logits float32 [N, C] for every tracked sample at ``epoch`` (its head on
+        the stored features, as ``timevis eval`` computes them), read once per epoch for its
+        lift and its agreement."""
+        if self._last_model is None or self._last_model[0] != epoch:
+            self._last_model = (epoch, self.head(epoch)(self.run.features(epoch)))
+        return self._last_model[1]
 
     def decoded(self, bounds: Bounds) -> torch.Tensor:
         """The grid of ``bounds`` decoded on the device by a decoder shared by every epoch (only
@@ -245,12 +254,11 @@ class GridLandscapes:
         epoch decodes every epoch, then on every ``plan.landscape_step``-th row and column
         and at class borders only (:func:`~timevis_cli.render.landscape.landscape_coarse_to_fine`).
         """
-        index = self._decode_index(epoch)
         lift = self.lift(epoch)
-        if index is not None:
+        if self._decode_index(epoch) is not None:
             started = time.perf_counter()
             grid = landscape_coarse_to_fine(
-                lambda y: self._decode(y, index),
+                self._epoch_decode(epoch),
                 self.head(epoch),
                 self.plan.bounds[epoch],
                 self.plan.resolution,
@@ -285,7 +293,7 @@ class GridLandscapes:
             if len(positions):
                 started = time.perf_counter()
                 head = self.head(epoch)
-                model = head(self.run.features(epoch)[self.run.samples.mask("train")])
+                model = self.model_logits(epoch)[self.run.samples.mask("train")]
                 decoded = point_logits(self._epoch_decode(epoch), head, positions, self.device)
                 lift = SampleLift.from_logits(positions, decoded, model)
                 log.debug("epoch %d: %d of %d train samples lifted", epoch, lift.n_lifted, len(positions))
@@ -317,8 +325,7 @@ class GridLandscapes:
         head = self.head(epoch)
         lift = self.lift(epoch) if split == "test" else None
         mapped = classify_points_torch(self._epoch_decode(epoch), head, points, self.device, lift=lift)
-        features = self.run.features(epoch)[self.run.samples.mask(split)]
-        model = head(np.asarray(features, dtype=np.float32)).argmax(axis=1)
+        model = self.model_logits(epoch)[self.run.samples.mask(split)].argmax(axis=1)
         self.seconds["heads"] += time.perf_counter() - started
         return float(np.mean(mapped.astype(np.int64) == model))
 
