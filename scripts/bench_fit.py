@@ -132,6 +132,7 @@ def run_worker(args: argparse.Namespace) -> None:
         "rss_before_mb": rss_before,
         "peak_rss_mb": peak_rss_mb(),
         "fit_peak_memory_mb": stats.get("peak_memory_mb"),
+        "stage_peaks": stats.get("peak_memory_mb_after"),
         "peak_gpu_mb": stats.get("peak_gpu_memory_mb"),
         "peak_gpu_reserved_mb": (
             torch.cuda.max_memory_reserved() / 2**20 if stats["device"].startswith("cuda") else None
@@ -245,8 +246,21 @@ def _refine_parts(r: dict) -> str:
     seconds = (r.get("refine") or {}).get("seconds")
     if not seconds:
         return "no refinement"
-    return (f"graph + trajectory targets {_s(seconds.get('graph', 0.0))}, layout "
-            f"{_s(seconds.get('layout', 0.0))}, decoder {_s(seconds.get('decoder', 0.0))}")
+    return (f"graph {_s(seconds.get('graph', 0.0))}, trajectory targets "
+            f"{_s(seconds.get('trajectories', 0.0))}, layout {_s(seconds.get('layout', 0.0))}, "
+            f"decoder {_s(seconds.get('decoder', 0.0))}")
+
+
+def _stage_peaks(r: dict) -> str:
+    """The process's high-water mark at the end of each stage, in stage order."""
+    peaks = dict(r.get("stage_peaks") or {})
+    refine = peaks.pop("refine", None)
+    parts = [f"{stage} {_mb(mb)}" for stage, mb in peaks.items()]
+    inner = (r.get("refine") or {}).get("peak_memory_mb_after") or {}
+    parts += [f"refinement's {stage} {_mb(mb)}" for stage, mb in inner.items()]
+    if refine is not None and not inner:
+        parts.append(f"refine {_mb(refine)}")
+    return ", ".join(parts) or "n/a"
 
 
 def cifar_verdict(r: dict) -> str:
@@ -310,6 +324,7 @@ def store_rows(results: list[dict], config_text: str) -> tuple[list[str], list[l
         row("edges after mixing", lambda r: _edges(r["complex"]["edges"])),
         row("RSS before fit (torch + store opened)", lambda r: _mb(r["rss_before_mb"])),
         row("peak RSS (process high-water mark)", lambda r: _mb(r["peak_rss_mb"])),
+        row("high-water mark at the end of each stage", _stage_peaks),
         row("peak RSS as fit.json reports it (ru_maxrss)", lambda r: _mb(r["fit_peak_memory_mb"])),
         row("the complex in memory (features, attention, edges pre/post mixing, draws)", lambda r: _mb(_complex_mb(r))),
         row("refinement: points / edges / trajectory pairs", lambda r: "no refinement" if not r["refine"]

@@ -36,6 +36,7 @@ __all__ = [
     "TorchExact",
     "PyNNDescent",
     "resolve_backend",
+    "dense_backend",
 ]
 
 logger = logging.getLogger(__name__)
@@ -353,6 +354,18 @@ def resolve_backend(name: str, device: str = "cpu") -> KNNBackend:
         return backend
     backend = _explicit_backend(key, device)
     logger.info("kNN backend: %r (requested)", backend)
+    return backend
+
+
+def dense_backend(backend: KNNBackend) -> KNNBackend:
+    """The backend for the fit's searches of every point of an epoch against every other (the
+    complex's spatial and boundary kNN, the refinement's graph, its anchors): FAISS's flat CPU
+    index is replaced by torch's exact search, which does them for a third of the CPU time
+    (measured, 2 threads: 12 000 points x 512 features, 3.0 s against 1.15 s; both exact, the
+    same neighbours up to ties). Other backends are returned as they are."""
+    if isinstance(backend, FaissCPU):
+        logger.info("kNN of the fit's epochs: torch's exact search instead of FAISS on the CPU (faster)")
+        return TorchExact("cpu")
     return backend
 
 

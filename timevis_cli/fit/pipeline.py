@@ -56,7 +56,7 @@ from timevis_cli.fit.losses import (
     find_ab_params,
     top2_classes,
 )
-from timevis_cli.fit.neighbors import KNNBackend, TorchExact, resolve_backend
+from timevis_cli.fit.neighbors import KNNBackend, TorchExact, dense_backend, resolve_backend
 from timevis_cli.fit.predictive import (
     EpochHeads,
     PredictionTerm,
@@ -432,6 +432,8 @@ def _timed(stats: dict[str, Any], stage: str) -> Iterator[None]:
     started = time.perf_counter()
     yield
     stats.setdefault("seconds", {})[stage] = round(time.perf_counter() - started, 3)
+    # the process's high-water mark when the stage ends: the stage that raises it holds the peak
+    stats.setdefault("peak_memory_mb_after", {})[stage] = round(_peak_memory_mb(), 1)
 
 
 def _non_finite_rows(features: np.ndarray) -> int:
@@ -712,11 +714,29 @@ def _prediction_term(
     )
 
 
+def _complex_features(run: Run, parts: list[_EpochPart]) -> torch.Tensor:
+    """The complex's vertex features float32 [V, D] as the projector was trained on them (each
+    epoch's selected train samples, then its boundary points: ``part.features`` holds the
+    boundary rows after training), read back from the store into one preallocated tensor. The
+    refinement's graph and layout run without them (at 10 000 x 200 epochs they are 0.9 GB)."""
+    train_mask = run.samples.mask("train")
+    total = sum(len(p.train_rows) + len(p.features) for p in parts)
+    out = torch.empty((total, run.feature_dim), dtype=torch.float32)
+    at = 0
+    for part in parts:
+        train = run.features(part.epoch)[train_mask][part.train_rows]
+        out[at : at + len(train)] = torch.from_numpy(np.asarray(train, np.float32))
+        at += len(train)
+        out[at : at + len(part.features)] = torch.from_numpy(np.asarray(part.features, np.float32))
+        at += len(part.features)
+        _return_freed_memory()
+    return out
+
+
 def _refine(
     graph: LayoutGraph,
     trajectory: Trajectories | None,
     parts: list[_EpochPart],
-    features: torch.Tensor,
     attention: SharedRows,
     model: FitModel,
     run: Run,
@@ -725,7 +745,8 @@ def _refine(
     reporter: Reporter,
     stats: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Refine the layout, fit the decoder to it; train [E, n_train, 2], test, boundary per epoch."""
+    """Refine the layout (then ``graph``'s edges and ``trajectory``'s targets are dropped), fit the
+    decoder to it; train [E, n_train, 2], test, boundary per epoch."""
     r, t = config.refine, config.training
     a, b = find_ab_params(t.spread, t.min_dist)
     started = time.perf_counter()
@@ -758,6 +779,21 @@ def _refine(
             big["translation"],
         )
     layout_seconds = time.perf_counter() - started
+    sizes = {
+        "points": int(graph.offsets[-1]),
+        "edges": graph.n_edges,
+        "trajectory_pairs": trajectory.n_pairs if trajectory is not None else 0,
+        # edges and trajectory targets: held in memory, or in a scratch file past refine.memory_mb
+        "blocks_bytes": graph.edges.nbytes + (trajectory.targets.nbytes if trajectory else 0),
+        "resident_bytes": graph.edges.resident_bytes + (trajectory.targets.resident_bytes if trajectory else 0),
+        "scratch_file": graph.edges.spilled or bool(trajectory and trajectory.targets.spilled),
+    }
+    layout_peak = round(_peak_memory_mb(), 1)
+    # the layout's edges and targets are done with: the decoder fit runs without them
+    graph.close()
+    if trajectory is not None:
+        trajectory.close()
+    _return_freed_memory()
     train_rows = np.flatnonzero(run.samples.mask("train"))
     test_rows = np.flatnonzero(run.samples.mask("test"))
     starts, n = graph.offsets[:-1], graph.n_tracked
@@ -769,6 +805,7 @@ def _refine(
     ]
     layout_row = np.concatenate(rows_of_part)
     epoch_index = np.repeat(np.arange(len(parts)), [len(rows) for rows in rows_of_part])
+    features = _complex_features(run, parts)
     reporter.start("decoder", r.decoder_steps)
     reported = [0]  # fit_decoder reports every 10 steps
 
@@ -792,13 +829,7 @@ def _refine(
     )
     reporter.finish()
     stats["refine"] = {
-        "points": int(graph.offsets[-1]),
-        "edges": graph.n_edges,
-        "trajectory_pairs": trajectory.n_pairs if trajectory is not None else 0,
-        # edges and trajectory targets: held in memory, or in a scratch file past refine.memory_mb
-        "blocks_bytes": graph.edges.nbytes + (trajectory.targets.nbytes if trajectory else 0),
-        "resident_bytes": graph.edges.resident_bytes + (trajectory.targets.resident_bytes if trajectory else 0),
-        "scratch_file": graph.edges.spilled or bool(trajectory and trajectory.targets.spilled),
+        **sizes,
         "decoder_loss": [round(losses[0], 6), round(losses[-1], 6)] if losses else [],
         # x_aligned = scale * R(rotation_degrees) x + translation, per fitted epoch (the first: identity)
         "align": {
@@ -809,6 +840,7 @@ def _refine(
             "layout": round(layout_seconds, 3),
             "decoder": round(time.perf_counter() - started - layout_seconds, 3),
         },
+        "peak_memory_mb_after": {"layout": layout_peak, "decoder": round(_peak_memory_mb(), 1)},
     }
     train = np.stack([positions[s + train_rows] for s in starts])
     test = np.stack([positions[s + test_rows] for s in starts])
@@ -829,7 +861,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
     stats: dict[str, Any] = {}
     epochs = select_fit_epochs(run, config.fit.epochs)
     device = resolve_device(config.fit.device)
-    backend = resolve_backend(config.knn.backend, str(device))
+    backend = dense_backend(resolve_backend(config.knn.backend, str(device)))
     stats.update(device=str(device), knn_backend=type(backend).__name__, epochs=epochs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -980,32 +1012,40 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
             progress=lambda info: reporter.advance(**{k: _short(v) for k, v in info.items()}),
         )
         reporter.finish()
+    # the complex's edges and features are done with: the refinement builds its own graph, and
+    # reads the features back for the decoder fit at its end (_complex_features)
+    del mixed, features
+    _return_freed_memory()
     model = FitModel(projector, device, list(epochs))
     test_mask = run.samples.mask("test")
     if config.refine.enabled:
         with _timed(stats, "refine"):
             prepared = time.perf_counter()
             graph = _layout_graph(run, epochs, parts, model, config, backend, reporter)
+            built = time.perf_counter() - prepared
+            peaks = {"graph": round(_peak_memory_mb(), 1)}
             trajectory = None
             try:
                 if config.refine.trajectory_weight > 0:
                     trajectory = _trajectories(run, epochs, graph, config, device, reporter)
+                peaks["trajectories"] = round(_peak_memory_mb(), 1)
                 prepared = time.perf_counter() - prepared
                 train_pos, test_pos, boundary_points = _refine(
-                    graph, trajectory, parts, features, attention, model, run, config, device, reporter, stats
+                    graph, trajectory, parts, attention, model, run, config, device, reporter, stats
                 )
             finally:
                 graph.close()
                 if trajectory is not None:
                     trajectory.close()
-            stats["refine"]["seconds"]["graph"] = round(prepared, 3)
-        del features, attention
+            stats["refine"]["seconds"].update(graph=round(built, 3), trajectories=round(prepared - built, 3))
+            stats["refine"]["peak_memory_mb_after"] = {**peaks, **stats["refine"]["peak_memory_mb_after"]}
+        del attention
         boundary_features = [p.features.astype(np.float16) for p in parts]
         model.tracked = TrackedSamples(
             run, list(epochs), functools.partial(_fit_positions, train_pos, test_pos)
         )
     else:
-        del features, attention
+        del attention
         with _timed(stats, "embedding"):
             reporter.start("embedding", len(epochs))
             train_pos = np.zeros((len(epochs), int(train_mask.sum()), 2), np.float32)

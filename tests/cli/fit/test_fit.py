@@ -53,7 +53,11 @@ def test_fit_writes_every_output(fitted):
     assert report["refine"]["points"] == 5 * 360 + sum(report["complex"]["boundary_per_epoch"].values())
     assert report["refine"]["edges"] > 0
     assert report["refine"]["trajectory_pairs"] == 360 * 10  # every sample, every epoch pair
-    assert set(report["refine"]["seconds"]) == {"graph", "layout", "decoder"}
+    assert set(report["refine"]["seconds"]) == {"graph", "trajectories", "layout", "decoder"}
+    peaks = report["refine"]["peak_memory_mb_after"]
+    assert list(peaks) == ["graph", "trajectories", "layout", "decoder"]
+    assert all(0 < mb <= report["peak_memory_mb"] for mb in peaks.values())
+    assert list(report["peak_memory_mb_after"]) == list(report["seconds"])  # one per stage
     assert saved["projector"]["config"]["epochs"] == 5  # the decoder's per-epoch biases
     assert report["complex"]["edges"]["temporal"] > 0
     assert report["complex"]["boundary_source"]["3"] == "feature"
@@ -503,3 +507,52 @@ def test_the_layout_graph_gets_every_tracked_samples_prediction_and_the_anchor_s
         np.testing.assert_array_equal(p.classes[:n][train], run.logits(epoch, "train").argmax(axis=1))
         np.testing.assert_array_equal(p.classes[:n][test], run.logits(epoch, "test").argmax(axis=1))
         assert (p.classes[n:] == -1).all()
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_the_decoder_learns_the_features_the_projector_was_trained_on(tmp_path, monkeypatch, stored):
+    # the refinement drops the complex's features and reads them back for the decoder fit: the
+    # same rows, in the same order, bit for bit (stored and feature-space boundary points alike)
+    from timevis_cli.fit import pipeline
+
+    store = drifting_clusters(tmp_path / "s", n_train=120, n_test=20, epochs=3, boundary=stored)
+    trained, decoded = [], []
+    fit_projector, fit_decoder = pipeline.fit_projector, pipeline.fit_decoder
+
+    def spy_projector(features, *args, **kwargs):
+        trained.append(features.clone())
+        return fit_projector(features, *args, **kwargs)
+
+    def spy_decoder(projector, positions, features, *args, **kwargs):
+        decoded.append(features.clone())
+        return fit_decoder(projector, positions, features, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit_projector", spy_projector)
+    monkeypatch.setattr(pipeline, "fit_decoder", spy_decoder)
+    result = fit(open_run(store), load_config(overrides=FAST + ["training.max_epochs=1"]))
+    assert set(result.boundary_source) == {"store" if stored else "feature"}
+    assert trained[0].shape[0] > 0 and torch.equal(trained[0], decoded[0])
+
+
+def test_the_fit_searches_every_epoch_with_torch_instead_of_faiss_on_the_cpu(tmp_path, monkeypatch):
+    # FAISS's flat CPU index takes about three times torch's exact search for an epoch's
+    # every-point kNN (the complex's and the refinement's): the fit uses torch for them
+    pytest.importorskip("faiss")
+    from timevis_cli.fit.neighbors import FaissCPU
+
+    searched = []
+    original = TorchExact.query
+
+    def spy(self, *args, **kwargs):
+        searched.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("FAISS's CPU index was searched")
+
+    monkeypatch.setattr(TorchExact, "query", spy)
+    monkeypatch.setattr(FaissCPU, "_search", refuse)
+    store = drifting_clusters(tmp_path / "s", n_train=120, n_test=20, epochs=3)
+    result = fit(open_run(store), load_config(overrides=FAST + ["training.max_epochs=1", "knn.backend=faiss-cpu"]))
+    assert result.stats["knn_backend"] == "TorchExact"
+    assert len(searched) >= 3 * 3  # each epoch: the complex's spatial and boundary kNN, the graph's

@@ -19,6 +19,7 @@ from timevis_cli.fit.neighbors import (
     KNNBackend,
     PyNNDescent,
     TorchExact,
+    dense_backend,
     resolve_backend,
 )
 
@@ -443,3 +444,22 @@ class TestResolveBackend:
     def test_bad_device(self) -> None:
         with pytest.raises(ConfigError, match="not a torch device"):
             resolve_backend("torch", "gpu0")
+
+
+class TestDenseBackend:
+    @needs_faiss
+    def test_faiss_cpu_becomes_torch_with_the_same_neighbours(self) -> None:
+        faiss_cpu = FaissCPU()
+        dense = dense_backend(faiss_cpu)
+        assert isinstance(dense, TorchExact) and dense.device.type == "cpu"
+        points = np.random.default_rng(3).normal(size=(400, 24)).astype(np.float32)
+        expected = faiss_cpu.query(points, k=8, include_self=True)
+        got = dense.query(points, k=8, include_self=True)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+
+    def test_other_backends_are_kept(self) -> None:
+        torch_backend = TorchExact()
+        assert dense_backend(torch_backend) is torch_backend
+        fake = types.SimpleNamespace()  # e.g. an approximate or GPU backend: not replaced
+        assert dense_backend(fake) is fake  # type: ignore[arg-type]

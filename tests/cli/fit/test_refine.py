@@ -289,6 +289,18 @@ def test_trajectory_pairs_cover_every_lag_or_a_geometric_set():
         trajectory_pairs(5, 0)
 
 
+def test_trajectory_distances_are_the_same_taken_a_few_samples_at_a_time(monkeypatch):
+    import timevis_cli.fit.refine as refine_module
+
+    features = np.random.default_rng(1).normal(size=(9, 31, 6)).astype(np.float32)
+    first, second = trajectory_pairs(9, 4)
+    whole = np.concatenate(list(trajectory_distances([features], first, second)))
+    for samples in (1, 4, 30):  # parts of 1, 4 and 30 samples (the last part shorter)
+        monkeypatch.setattr(refine_module, "_CACHED_ELEMENTS", samples * 9 * 6)
+        parts = np.concatenate(list(trajectory_distances([features], first, second)))
+        np.testing.assert_array_equal(parts, whole)
+
+
 def test_trajectory_distances_equal_brute_force_over_blocks():
     rng = np.random.default_rng(0)
     features = rng.normal(size=(7, 23, 5)).astype(np.float32)  # [E, N, D]
@@ -579,24 +591,14 @@ def test_layout_graph_draws_the_edges_of_large_epochs_at_umaps_lower_density(mon
     assert shares[1] == pytest.approx(0.4 * shares[0], rel=0.05)
 
 
-def test_layout_graph_searches_with_torch_instead_of_faiss_on_the_cpu(monkeypatch):
-    # FAISS's flat CPU index costs three times torch's exact search on an epoch's every-point
-    # kNN; the graph is the same (both exact)
+def test_layout_graph_is_the_same_from_faiss_and_from_torch():
+    # the fit searches with torch on the CPU (neighbors.dense_backend); both are exact
     pytest.importorskip("faiss")
     from timevis_cli.fit.neighbors import FaissCPU
 
-    searched = []
-    original = TorchExact.query
-
-    def spy(self, *args, **kwargs):
-        searched.append(type(self).__name__)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(TorchExact, "query", spy)
     rng = np.random.default_rng(1)
     points = _random_epochs(rng, 30, 3, n_boundary=2)
     with_faiss = layout_graph(points, FaissCPU(), 5, 5.0, 0.0)
-    assert searched == ["TorchExact"] * 3
     with_torch = layout_graph(points, TorchExact(), 5, 5.0, 0.0)
     for got, expected in zip(with_faiss.edges, with_torch.edges, strict=True):
         for name in refine.EDGE_FIELDS:
