@@ -358,13 +358,15 @@ def resolve_backend(name: str, device: str = "cpu") -> KNNBackend:
 
 
 def dense_backend(backend: KNNBackend) -> KNNBackend:
-    """The backend for the fit's searches of every point of an epoch against every other (the
-    complex's spatial and boundary kNN, the refinement's graph, its anchors): FAISS's flat CPU
-    index is replaced by torch's exact search, which does them for a third of the CPU time
-    (measured, 2 threads: 12 000 points x 512 features, 3.0 s against 1.15 s; both exact, the
-    same neighbours up to ties). Other backends are returned as they are."""
+    """The backend of the refinement's graph, the kNN of every tracked sample and boundary point
+    of each epoch among themselves (and its anchors): FAISS's flat CPU index is replaced by
+    torch's exact search, which does it in a third of the time (measured, 2 threads: 12 000
+    points x 512 features, 3.0 s against 1.15 s; both exact, the same neighbours up to exact
+    ties). Other backends are returned as they are. The complex keeps the configured backend:
+    its searches are small (an epoch's selected samples), and a tie broken otherwise would
+    change the fit."""
     if isinstance(backend, FaissCPU):
-        logger.info("kNN of the fit's epochs: torch's exact search instead of FAISS on the CPU (faster)")
+        logger.info("refinement graph: torch's exact search instead of FAISS on the CPU (faster)")
         return TorchExact("cpu")
     return backend
 

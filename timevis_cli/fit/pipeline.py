@@ -861,7 +861,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
     stats: dict[str, Any] = {}
     epochs = select_fit_epochs(run, config.fit.epochs)
     device = resolve_device(config.fit.device)
-    backend = dense_backend(resolve_backend(config.knn.backend, str(device)))
+    backend = resolve_backend(config.knn.backend, str(device))
     stats.update(device=str(device), knn_backend=type(backend).__name__, epochs=epochs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -1021,7 +1021,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
     if config.refine.enabled:
         with _timed(stats, "refine"):
             prepared = time.perf_counter()
-            graph = _layout_graph(run, epochs, parts, model, config, backend, reporter)
+            graph = _layout_graph(run, epochs, parts, model, config, dense_backend(backend), reporter)
             built = time.perf_counter() - prepared
             peaks = {"graph": round(_peak_memory_mb(), 1)}
             trajectory = None

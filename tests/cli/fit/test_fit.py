@@ -534,25 +534,22 @@ def test_the_decoder_learns_the_features_the_projector_was_trained_on(tmp_path, 
     assert trained[0].shape[0] > 0 and torch.equal(trained[0], decoded[0])
 
 
-def test_the_fit_searches_every_epoch_with_torch_instead_of_faiss_on_the_cpu(tmp_path, monkeypatch):
+def test_the_refinement_graph_searches_with_torch_instead_of_faiss_on_the_cpu(tmp_path, monkeypatch):
     # FAISS's flat CPU index takes about three times torch's exact search for an epoch's
-    # every-point kNN (the complex's and the refinement's): the fit uses torch for them
+    # every-point kNN; the complex keeps the configured backend
     pytest.importorskip("faiss")
+    from timevis_cli.fit import pipeline
     from timevis_cli.fit.neighbors import FaissCPU
 
-    searched = []
-    original = TorchExact.query
+    backends = []
+    original = pipeline.layout_graph
 
-    def spy(self, *args, **kwargs):
-        searched.append(type(self).__name__)
-        return original(self, *args, **kwargs)
+    def spy(epochs, backend, *args, **kwargs):
+        backends.append(backend)
+        return original(epochs, backend, *args, **kwargs)
 
-    def refuse(self, *args, **kwargs):
-        raise AssertionError("FAISS's CPU index was searched")
-
-    monkeypatch.setattr(TorchExact, "query", spy)
-    monkeypatch.setattr(FaissCPU, "_search", refuse)
+    monkeypatch.setattr(pipeline, "layout_graph", spy)
     store = drifting_clusters(tmp_path / "s", n_train=120, n_test=20, epochs=3)
     result = fit(open_run(store), load_config(overrides=FAST + ["training.max_epochs=1", "knn.backend=faiss-cpu"]))
-    assert result.stats["knn_backend"] == "TorchExact"
-    assert len(searched) >= 3 * 3  # each epoch: the complex's spatial and boundary kNN, the graph's
+    assert result.stats["knn_backend"] == FaissCPU.__name__
+    assert len(backends) == 1 and isinstance(backends[0], TorchExact)
