@@ -57,6 +57,9 @@ _MAX_UNION_VERTICES = 3_037_000_499
 """Largest vertex count whose (row, col) pairs fit one int64 key, ``floor(sqrt(2**63 - 1))``."""
 
 
+_MIX_CHUNK = 1 << 20  # edges per chunk of mix_edges' float64 arithmetic
+
+
 class EdgeKind(IntEnum):
     """Which part of the complex an edge comes from (stored as uint8 in :class:`EdgeSet`)."""
 
@@ -139,6 +142,24 @@ class EdgeSet:
             np.concatenate([e.weight for e in edge_sets]),
             np.concatenate([e.kind for e in edge_sets]),
         )
+
+    @staticmethod
+    def drain(edge_sets: list[EdgeSet]) -> EdgeSet:
+        """:meth:`concat` that empties ``edge_sets`` as it goes: each part is dropped from the
+        list once copied, so the parts and the result are not all held at once (the result is
+        written into preallocated arrays)."""
+        if not edge_sets:
+            return EdgeSet.empty()
+        total = sum(len(e) for e in edge_sets)
+        out = {name: np.empty(total, getattr(edge_sets[0], name).dtype) for name in ("head", "tail", "weight", "kind")}
+        at = 0
+        while edge_sets:
+            part = edge_sets.pop(0)
+            for name, array in out.items():
+                array[at : at + len(part)] = getattr(part, name)
+            at += len(part)
+            del part
+        return EdgeSet(out["head"], out["tail"], out["weight"], out["kind"])
 
     def select(self, mask: np.ndarray) -> EdgeSet:
         """The edges where the boolean ``mask`` [m] is true, in order."""
@@ -612,7 +633,6 @@ def mix_edges(
         raise InputError(f"unknown edge kinds in rates: {sorted(unknown)}; known: {sorted(known)}")
     rate_of_kind = np.zeros(len(EdgeKind), dtype=np.float64)
     threshold_of_kind = np.zeros(len(EdgeKind), dtype=np.float64)
-    weight = edge_set.weight.astype(np.float64)
     for kind in EdgeKind:
         mask = edge_set.kind == int(kind)
         if not mask.any():
@@ -624,13 +644,17 @@ def mix_edges(
         if not rate > 0:
             raise InputError(f"rate {name}={rates[name]!r} must be > 0")
         rate_of_kind[kind] = rate
-        threshold_of_kind[kind] = weight[mask].max() / rate + prune_offset
-    keep = weight >= threshold_of_kind[edge_set.kind]
-    mixed = EdgeSet(
-        edge_set.head[keep],
-        edge_set.tail[keep],
-        (weight[keep] * rate_of_kind[edge_set.kind[keep]]).astype(np.float32),
-        edge_set.kind[keep],
-    )
+        threshold_of_kind[kind] = float(edge_set.weight[mask].max()) / rate + prune_offset
+    # in chunks, so the float64 temporaries stay small (a 10 000 x 200-epoch complex has 20 M edges)
+    keep = np.empty(len(edge_set), dtype=bool)
+    for at in range(0, len(edge_set), _MIX_CHUNK):
+        chunk = slice(at, at + _MIX_CHUNK)
+        keep[chunk] = edge_set.weight[chunk].astype(np.float64) >= threshold_of_kind[edge_set.kind[chunk]]
+    kind = edge_set.kind[keep]
+    weight = edge_set.weight[keep]
+    for at in range(0, len(weight), _MIX_CHUNK):
+        chunk = slice(at, at + _MIX_CHUNK)
+        weight[chunk] = (weight[chunk].astype(np.float64) * rate_of_kind[kind[chunk]]).astype(np.float32)
+    mixed = EdgeSet(edge_set.head[keep], edge_set.tail[keep], weight, kind)
     logger.debug("mixing kept %d of %d edges", len(mixed), len(edge_set))
     return mixed

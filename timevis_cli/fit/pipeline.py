@@ -595,7 +595,7 @@ def _epoch_part(
     epoch_vertices = EpochVertices(
         sample_ids=ids,
         vertex_ids=offset + np.arange(len(feats)),
-        features=feats,
+        features=vertices[: len(feats)],  # a view: the train rows are held once
         sigma=spatial.sigma,
         rho=spatial.rho,
     )
@@ -928,7 +928,7 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
         window = config.complex.temporal_window or None
         edge_sets.append(temporal_edges(vertices, config.complex.temporal_neighbors, window))
     with _timed(stats, "mixing"):
-        joined = EdgeSet.concat(edge_sets)
+        joined = EdgeSet.drain(edge_sets)  # each part freed once copied
         del edge_sets
         rates = {
             "spatial": config.complex.rate_spatial,
@@ -961,7 +961,13 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
     )
     del vertices, joined
 
-    features = torch.from_numpy(np.concatenate([p.features for p in parts]))
+    # the complex's features live once, in `features`, filled epoch by epoch while each part
+    # keeps only its boundary rows (a concatenation would hold every row twice at its peak)
+    features = torch.empty((offset, run.feature_dim), dtype=torch.float32)
+    for part in parts:
+        features[part.offset : part.offset + len(part.features)] = torch.from_numpy(part.features)
+        part.features = part.features[part.n_train :].copy()
+        _return_freed_memory()
     row_offsets = np.cumsum([0] + [len(p.attention) for p in parts[:-1]])
     attention = SharedRows(
         torch.from_numpy(np.concatenate([p.attention for p in parts])),
@@ -969,8 +975,9 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
             np.concatenate([p.attention_index + o for p, o in zip(parts, row_offsets, strict=True)])
         ),
     )
-    for part in parts:  # the complex's features live once, in `features`; keep the boundary's
-        part.features = part.features[part.n_train :].copy()
+    for part in parts:  # the attention lives once, in `attention`
+        part.attention = np.zeros((0, run.feature_dim), np.float32)
+        part.attention_index = np.zeros(0, np.int64)
     _return_freed_memory()
     stats["complex"]["bytes"] = {
         "features": features.nbytes,

@@ -362,6 +362,42 @@ def test_epoch_vertices_validation():
 # ---------------------------------------------------------------- edge sets and mixing
 
 
+def test_edge_set_drain_is_concat_and_empties_the_list():
+    rng = np.random.default_rng(0)
+    parts = [
+        EdgeSet.from_coo(rng.integers(0, 50, n), rng.integers(0, 50, n), rng.random(n), kind)
+        for n, kind in ((7, EdgeKind.SPATIAL), (0, EdgeKind.BOUNDARY), (5, EdgeKind.TEMPORAL))
+    ]
+    expected = EdgeSet.concat(parts)
+    pending = list(parts)
+    drained = EdgeSet.drain(pending)
+    assert pending == []
+    for name in ("head", "tail", "weight", "kind"):
+        np.testing.assert_array_equal(getattr(drained, name), getattr(expected, name))
+        assert getattr(drained, name).dtype == getattr(expected, name).dtype
+    assert len(EdgeSet.drain([])) == 0
+
+
+def test_mix_edges_in_chunks_is_the_whole_array_arithmetic(monkeypatch):
+    import timevis_cli.fit.complex as complex_module
+
+    rng = np.random.default_rng(1)
+    m = 1000
+    edges = EdgeSet(rng.integers(0, 99, m), rng.integers(0, 99, m), rng.random(m).astype(np.float32),
+                    rng.integers(0, 3, m).astype(np.uint8))  # fmt: skip
+    rates = {"spatial": 5.0, "boundary": 3.0, "temporal": 100.0}
+    whole = mix_edges(edges, rates=rates, prune_offset=0.001)
+    monkeypatch.setattr(complex_module, "_MIX_CHUNK", 7)
+    chunked = mix_edges(edges, rates=rates, prune_offset=0.001)
+    for name in ("head", "tail", "weight", "kind"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    # the arithmetic itself: w = mu * rate where mu >= max(mu of the kind) / rate + offset
+    for kind, name in enumerate(("spatial", "boundary", "temporal")):
+        mu = edges.weight[edges.kind == kind].astype(np.float64)
+        kept = mu[mu >= mu.max() / rates[name] + 0.001]
+        np.testing.assert_array_equal(whole.weight[whole.kind == kind], (kept * rates[name]).astype(np.float32))
+
+
 def test_edge_set_concat_and_len():
     spatial = EdgeSet.from_coo([0, 1], [1, 0], [0.5, 0.5], EdgeKind.SPATIAL)
     temporal = EdgeSet.from_coo([2], [3], [0.9], EdgeKind.TEMPORAL)
