@@ -133,21 +133,14 @@ class EdgeSet:
 
     @staticmethod
     def concat(edge_sets: Sequence[EdgeSet]) -> EdgeSet:
-        """Join many edge sets, in order, with one concatenation per array."""
-        if len(edge_sets) == 0:
-            return EdgeSet.empty()
-        return EdgeSet(
-            np.concatenate([e.head for e in edge_sets]),
-            np.concatenate([e.tail for e in edge_sets]),
-            np.concatenate([e.weight for e in edge_sets]),
-            np.concatenate([e.kind for e in edge_sets]),
-        )
+        """Join many edge sets, in order (the parts are left as they are)."""
+        return EdgeSet.drain(list(edge_sets))
 
     @staticmethod
     def drain(edge_sets: list[EdgeSet]) -> EdgeSet:
-        """:meth:`concat` that empties ``edge_sets`` as it goes: each part is dropped from the
-        list once copied, so the parts and the result are not all held at once (the result is
-        written into preallocated arrays)."""
+        """Join many edge sets, in order, emptying ``edge_sets`` as it goes: each part is dropped
+        from the list once copied into the preallocated result, so a part nobody else holds is
+        freed before the next is copied."""
         if not edge_sets:
             return EdgeSet.empty()
         total = sum(len(e) for e in edge_sets)

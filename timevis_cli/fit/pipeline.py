@@ -714,23 +714,39 @@ def _prediction_term(
     )
 
 
-def _complex_features(run: Run, parts: list[_EpochPart]) -> torch.Tensor:
-    """The complex's vertex features float32 [V, D] as the projector was trained on them (each
-    epoch's selected train samples, then its boundary points: ``part.features`` holds the
-    boundary rows after training), read back from the store into one preallocated tensor. The
-    refinement's graph and layout run without them (at 10 000 x 200 epochs they are 0.9 GB)."""
-    train_mask = run.samples.mask("train")
-    total = sum(len(p.train_rows) + len(p.features) for p in parts)
-    out = torch.empty((total, run.feature_dim), dtype=torch.float32)
-    at = 0
+def _complex_features(
+    parts: list[_EpochPart], total: int, dim: int, train_features: Callable[[_EpochPart], np.ndarray]
+) -> torch.Tensor:
+    """The complex's vertex features float32 [total, dim] in one preallocated tensor: each
+    epoch's selected train samples (``train_features(part)``), then its boundary points, which
+    ``part.features`` holds alone once ``train_features`` has returned. Filled part by part, so
+    the rows are never held twice: before training they are shed from the parts as they are
+    copied (:func:`_shed_train_rows`); for the decoder fit they are read back from the store
+    (:func:`_stored_train_rows`), the refinement's graph and layout having run without them (at
+    10 000 x 200 epochs they are 0.9 GB)."""
+    out = torch.empty((total, dim), dtype=torch.float32)
     for part in parts:
-        train = run.features(part.epoch)[train_mask][part.train_rows]
-        out[at : at + len(train)] = torch.from_numpy(np.asarray(train, np.float32))
-        at += len(train)
-        out[at : at + len(part.features)] = torch.from_numpy(np.asarray(part.features, np.float32))
-        at += len(part.features)
+        train = train_features(part)
+        boundary = part.features
+        out[part.offset : part.offset + part.n_train] = torch.from_numpy(np.asarray(train, np.float32))
+        end = part.offset + part.n_train + len(boundary)
+        out[part.offset + part.n_train : end] = torch.from_numpy(np.asarray(boundary, np.float32))
+        del train
         _return_freed_memory()
     return out
+
+
+def _shed_train_rows(part: _EpochPart) -> np.ndarray:
+    """The part's train rows; the part keeps its boundary rows only."""
+    train = part.features[: part.n_train]
+    part.features = part.features[part.n_train :].copy()
+    return train
+
+
+def _stored_train_rows(run: Run) -> Callable[[_EpochPart], np.ndarray]:
+    """The part's train rows, read from the store."""
+    train_mask = run.samples.mask("train")
+    return lambda part: run.features(part.epoch)[train_mask][part.train_rows]
 
 
 def _refine(
@@ -744,9 +760,11 @@ def _refine(
     device: torch.device,
     reporter: Reporter,
     stats: dict[str, Any],
+    peaks: dict[str, float],
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Refine the layout (then ``graph``'s edges and ``trajectory``'s targets are dropped), fit the
-    decoder to it; train [E, n_train, 2], test, boundary per epoch."""
+    decoder to it; train [E, n_train, 2], test, boundary per epoch. ``peaks``: the high-water
+    marks so far of the refinement's parts, to which the layout's and the decoder's are added."""
     r, t = config.refine, config.training
     a, b = find_ab_params(t.spread, t.min_dist)
     started = time.perf_counter()
@@ -805,7 +823,8 @@ def _refine(
     ]
     layout_row = np.concatenate(rows_of_part)
     epoch_index = np.repeat(np.arange(len(parts)), [len(rows) for rows in rows_of_part])
-    features = _complex_features(run, parts)
+    total = sum(part.n_train + len(part.features) for part in parts)
+    features = _complex_features(parts, total, run.feature_dim, _stored_train_rows(run))
     reporter.start("decoder", r.decoder_steps)
     reported = [0]  # fit_decoder reports every 10 steps
 
@@ -840,7 +859,7 @@ def _refine(
             "layout": round(layout_seconds, 3),
             "decoder": round(time.perf_counter() - started - layout_seconds, 3),
         },
-        "peak_memory_mb_after": {"layout": layout_peak, "decoder": round(_peak_memory_mb(), 1)},
+        "peak_memory_mb_after": {**peaks, "layout": layout_peak, "decoder": round(_peak_memory_mb(), 1)},
     }
     train = np.stack([positions[s + train_rows] for s in starts])
     test = np.stack([positions[s + test_rows] for s in starts])
@@ -961,13 +980,9 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
     )
     del vertices, joined
 
-    # the complex's features live once, in `features`, filled epoch by epoch while each part
-    # keeps only its boundary rows (a concatenation would hold every row twice at its peak)
-    features = torch.empty((offset, run.feature_dim), dtype=torch.float32)
-    for part in parts:
-        features[part.offset : part.offset + len(part.features)] = torch.from_numpy(part.features)
-        part.features = part.features[part.n_train :].copy()
-        _return_freed_memory()
+    # the complex's features live once, in `features` (a concatenation would hold every row
+    # twice at its peak); each part keeps its boundary rows
+    features = _complex_features(parts, offset, run.feature_dim, _shed_train_rows)
     row_offsets = np.cumsum([0] + [len(p.attention) for p in parts[:-1]])
     attention = SharedRows(
         torch.from_numpy(np.concatenate([p.attention for p in parts])),
@@ -1038,14 +1053,13 @@ def fit(run: Run, config: Config, reporter: Reporter | None = None) -> FitResult
                 peaks["trajectories"] = round(_peak_memory_mb(), 1)
                 prepared = time.perf_counter() - prepared
                 train_pos, test_pos, boundary_points = _refine(
-                    graph, trajectory, parts, attention, model, run, config, device, reporter, stats
+                    graph, trajectory, parts, attention, model, run, config, device, reporter, stats, peaks
                 )
             finally:
                 graph.close()
                 if trajectory is not None:
                     trajectory.close()
             stats["refine"]["seconds"].update(graph=round(built, 3), trajectories=round(prepared - built, 3))
-            stats["refine"]["peak_memory_mb_after"] = {**peaks, **stats["refine"]["peak_memory_mb_after"]}
         del attention
         boundary_features = [p.features.astype(np.float16) for p in parts]
         model.tracked = TrackedSamples(
