@@ -158,7 +158,9 @@ def test_t_is_at_the_knee_of_the_entropy_of_a_constructed_operator(decay):
     for power in range(1, 61):
         p = spectrum**power / (spectrum**power).sum() + np.finfo(float).eps
         expected.append(-(p * np.log(p)).sum())
-    np.testing.assert_allclose(entropy, expected, rtol=1e-9)
+    # relative to each value, and absolutely for the last powers' entropies of ~1e-7 nats, where
+    # the eigen-solver's last bits (BLAS-dependent) are a relative 1e-9
+    np.testing.assert_allclose(entropy, expected, rtol=1e-9, atol=1e-13)
     assert t == _reference_knee(np.array(expected), np.arange(1, 61))
     assert 1 < t < 60
 
