@@ -353,7 +353,7 @@ class RefineConfig(_Section):
         _one_of("similarity", "rigid", "none"),
     )
     cross_prediction_weight: float = _setting(
-        0.1,
+        0.03,
         "the layout graph's edges joining two tracked samples (train or test) that the model "
         "predicts differently at that epoch keep this fraction of their weight, so the refined "
         "map separates what the model tells apart and the landscape under each sample can be its "
