@@ -477,8 +477,9 @@ class RenderConfig(_Section):
     sample_lift: bool = _setting(
         True,
         "lift the landscape's logits around the train samples the decoder shows in another "
-        "class, just enough that every train sample's own point has the model's prediction "
-        "(a continuous correction, zero where the decoder already agrees); off with --exact",
+        "class or less surely than the model, just enough that every train sample's own point "
+        "has the model's prediction by the model's own margin there (a continuous correction, "
+        "zero where the decoder is already as sure); off with --exact",
     )
     split: str = _setting(
         "train", "samples drawn: train, test or both", _one_of("train", "test", "both")

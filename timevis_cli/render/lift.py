@@ -4,21 +4,27 @@ sample in the class the model predicts for it.
 The landscape at a 2-D point ``p`` of epoch ``t`` is ``h_t(ψ_t(p))``: the epoch's classifier head
 on the decoder's features there. Where the decoder's features at a train sample's own position
 ``y_v`` fall on the other side of the head's boundary, the picture shows the sample in a region
-of another class. The lift removes exactly those disagreements and nothing more:
+of another class, or in its class but far less sure of it than the model (drawn in the white of
+the decision boundary where the model is confident). The lift removes exactly those shortfalls
+and nothing more:
 
-    s_v  = max(0, max_{c != c_v} ℓ_v[c] + δ_t - ℓ_v[c_v])        ℓ_v = h_t(ψ_t(y_v))
+    s_v  = max(0, max_{c != c_v} ℓ_v[c] + μ_v - ℓ_v[c_v])        ℓ_v = h_t(ψ_t(y_v))
+    μ_v  = max(m_v, δ_t)
     L(p) = h_t(ψ_t(p)) + Σ_{v in N(p)} w_v(p) s_v e_{c_v}
 
-``c_v`` is the model's prediction for the sample (its recorded logits), ``δ_t`` a quarter of the
-epoch's median margin (:func:`timevis_cli.fit.predictive.margin_floor`), ``N(p)`` the
-:data:`NEIGHBORS` train samples nearest to ``p`` on the map, and ``w_v(p)`` the Franke-Little
-(localised Shepard) weights ``((R - d_v)_+ / (R d_v))²``, normalised to sum to 1, with ``d_v`` the
-2-D distance from ``p`` to ``y_v`` and ``R`` the distance to the next nearest sample. These
-weights interpolate (``w_v(y_v) = 1``), so at every train sample the lifted logits of its
-predicted class beat every other class by at least ``δ_t``: its own point has its prediction by
-construction. They change continuously with ``p`` (a sample enters or leaves ``N(p)`` at weight
-0), so the landscape stays a continuous function of position; the lift is 0 wherever the
-nearest samples all agree with the decoder already, so there the picture is the decoder's own.
+``c_v`` is the model's prediction for the sample (its recorded logits) and ``m_v`` the model's
+own top-1 minus top-2 margin there, so the picture shows each train sample's class at least as
+surely as the model holds it; ``δ_t``, a quarter of the epoch's median margin
+(:func:`timevis_cli.fit.predictive.margin_floor`), keeps a win for the samples the model itself
+barely separates. ``N(p)`` the :data:`NEIGHBORS` train samples nearest to ``p`` on the map,
+and ``w_v(p)`` the Franke-Little (localised Shepard) weights ``((R - d_v)_+ / (R d_v))²``,
+normalised to sum to 1, with ``d_v`` the 2-D distance from ``p`` to ``y_v`` and ``R`` the
+distance to the next nearest sample. These weights interpolate (``w_v(y_v) = 1``), so at every
+train sample the lifted logits of its predicted class beat every other class by at least
+``μ_v >= δ_t``: its own point has its prediction by construction. They change continuously with
+``p`` (a sample enters or leaves ``N(p)`` at weight 0), so the landscape stays a continuous
+function of position; the lift is 0 wherever the decoder already shows the nearest samples in
+their class as surely as the model, so there the picture is the decoder's own.
 Test samples are never used: their agreement with the lifted landscape measures how well the
 picture predicts the model away from the samples it was made to honour.
 """
@@ -35,10 +41,12 @@ __all__ = ["NEIGHBORS", "SampleLift", "logit_lift"]
 NEIGHBORS = 8
 
 
-def logit_lift(decoded_logits: np.ndarray, predictions: np.ndarray, floor: float) -> np.ndarray:
+def logit_lift(
+    decoded_logits: np.ndarray, predictions: np.ndarray, floor: float | np.ndarray
+) -> np.ndarray:
     """Per sample (float32 [n]): how far the logit of its predicted class (``predictions``,
-    int [n]) must rise in ``decoded_logits`` [n, C] to beat every other class by ``floor``;
-    0 where it already does."""
+    int [n]) must rise in ``decoded_logits`` [n, C] to beat every other class by ``floor`` (one
+    number, or one per sample [n]); 0 where it already does."""
     decoded_logits = np.asarray(decoded_logits, np.float64)
     predictions = np.asarray(predictions)
     if decoded_logits.ndim != 2 or decoded_logits.shape[1] < 2 or predictions.shape != (len(decoded_logits),):
@@ -48,8 +56,9 @@ def logit_lift(decoded_logits: np.ndarray, predictions: np.ndarray, floor: float
         )
     if len(predictions) and (predictions.min() < 0 or predictions.max() >= decoded_logits.shape[1]):
         raise InputError(f"predictions must be classes in [0, {decoded_logits.shape[1] - 1}]")
-    if not floor >= 0:
-        raise InputError(f"floor={floor!r} must be >= 0")
+    floor = np.asarray(floor, np.float64)
+    if floor.shape not in ((), predictions.shape) or not (floor >= 0).all():
+        raise InputError(f"floor must be >= 0, one number or one per sample; got shape {floor.shape}")
     rows = np.arange(len(predictions))
     own = decoded_logits[rows, predictions]
     others = decoded_logits.copy()
@@ -107,8 +116,9 @@ class SampleLift:
         fraction: float | None = None,
     ) -> SampleLift:
         """The lift of one epoch from its train samples' positions [n, 2], the landscape's
-        logits there [n, C] (decoded, then the head) and the model's own logits [n, C];
-        ``fraction`` of the median margin is ``δ_t`` (None: the decoder's prediction term's,
+        logits there [n, C] (decoded, then the head) and the model's own logits [n, C]: each
+        sample's class must win by its own margin in ``model_logits``, and by at least ``δ_t``,
+        ``fraction`` of the epoch's median margin (None: the decoder's prediction term's,
         :data:`timevis_cli.fit.predictive.MARGIN_FRACTION`)."""
         from timevis_cli.fit.predictive import MARGIN_FRACTION, margin_floor  # imports torch
 
@@ -121,7 +131,9 @@ class SampleLift:
             )
         classes = model_logits.argmax(axis=1)
         floor = margin_floor(model_logits, fraction) if len(model_logits) else 0.0
-        return cls(positions, classes, logit_lift(decoded_logits, classes, floor), model_logits.shape[1], neighbors)
+        top2 = np.sort(model_logits, axis=1)[:, -2:] if len(model_logits) else np.zeros((0, 2))
+        wanted = np.maximum(top2[:, 1] - top2[:, 0], floor)  # μ_v: the model's margin, >= δ_t
+        return cls(positions, classes, logit_lift(decoded_logits, classes, wanted), model_logits.shape[1], neighbors)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         points = np.asarray(points, np.float64).reshape(-1, 2)

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from timevis_callback.boundary import margin
 from timevis_cli.errors import InputError
 from timevis_cli.fit.predictive import margin_floor
+from timevis_cli.render.landscape import landscape_alpha
 from timevis_cli.render.lift import SampleLift, logit_lift
 
 
@@ -40,6 +42,14 @@ def test_logit_lift_is_the_rise_that_makes_the_predicted_class_win_by_the_floor(
         logit_lift(decoded, predictions + 5, 0.3)
     with pytest.raises(InputError, match="floor"):
         logit_lift(decoded, predictions, -1.0)
+    # one floor per sample
+    floors = rng.uniform(0, 1, 200)
+    each = logit_lift(decoded, predictions, floors)
+    for v in range(200):
+        best_other = max(decoded[v, c] for c in range(5) if c != predictions[v])
+        assert each[v] == pytest.approx(max(0.0, best_other + floors[v] - decoded[v, predictions[v]]), abs=1e-6)
+    with pytest.raises(InputError, match="floor"):
+        logit_lift(decoded, predictions, floors[:10])
 
 
 def test_every_train_sample_shows_its_prediction_and_the_lift_matches_the_formula():
@@ -55,14 +65,45 @@ def test_every_train_sample_shows_its_prediction_and_the_lift_matches_the_formul
     margins = shown[np.arange(300), predictions] - np.where(
         np.eye(4, dtype=bool)[predictions], -np.inf, shown
     ).max(axis=1)
-    assert margins.min() >= margin_floor(model) * (1 - 1e-4)
+    # each wins by the model's own margin there, and by at least a quarter of the median margin
+    top2 = np.sort(model, axis=1)[:, -2:]
+    wanted = np.maximum(top2[:, 1] - top2[:, 0], margin_floor(model))
+    assert (margins >= wanted * (1 - 1e-4) - 1e-7).all()
     # anywhere on the map: the formula, computed independently
-    floor = margin_floor(model)
-    lifts = logit_lift(decoded, predictions, floor)
+    lifts = logit_lift(decoded, predictions, wanted)
     points = np.concatenate([rng.uniform(-3, 3, size=(40, 2)), positions[:5]])
     got = lift(points)
     for p, row in zip(points, got, strict=True):
         np.testing.assert_allclose(row, _reference_lift(positions, predictions, lifts, 4, 6, p), atol=1e-5)
+
+
+def test_a_sample_is_drawn_as_surely_as_the_model_holds_it_not_in_the_boundary_white():
+    """Samples the model predicts with a clear top-2 gap (relative margin 0.25: coloured when its
+    own logits are drawn). Where the decoder shows them in the runner-up's class, or in their
+    class by a hair, the lifted picture draws them in colour; a lift to a bare win (a quarter of
+    the median margin) would leave them white. Where the decoder is as sure as the model: no lift."""
+    rng = np.random.default_rng(3)
+    n = 400
+    rows = np.arange(n)
+    positions = rng.uniform(0, 10, size=(n, 2))
+    predictions = rng.integers(0, 4, n)
+    runner = (predictions + rng.integers(1, 4, n)) % 4
+    model = np.zeros((n, 4))
+    rest = np.ones((n, 4), bool)
+    rest[rows, predictions] = rest[rows, runner] = False
+    model[rest] = np.tile([1.0, 0.0], n)  # the two other classes: 1 and 0
+    model[rows, predictions], model[rows, runner] = 4.0, 3.0
+    assert (landscape_alpha(margin(model)) > 0).all()
+    decoded = model.copy()
+    swapped, hair = positions[:, 0] < 3, (positions[:, 0] >= 3) & (positions[:, 0] < 6)
+    decoded[rows[swapped], predictions[swapped]], decoded[rows[swapped], runner[swapped]] = 3.0, 4.0
+    decoded[rows[hair], runner[hair]] = 3.99  # its class, by a hundredth
+    lift = SampleLift.from_logits(positions, decoded, model)
+    shown = decoded + lift(positions)
+    assert lift.n_lifted == (swapped | hair).sum() and (shown.argmax(axis=1) == predictions).all()
+    assert (landscape_alpha(margin(shown)) > 0).all()
+    bare = SampleLift(positions, predictions, logit_lift(decoded, predictions, margin_floor(model)), 4)
+    assert (landscape_alpha(margin(decoded + bare(positions)))[swapped | hair] == 0).all()
 
 
 def test_the_lift_is_continuous_and_zero_where_the_decoder_already_agrees():
