@@ -54,6 +54,7 @@ __all__ = [
     "margin_gradient_norm",
     "prediction_hinge",
     "prediction_targets",
+    "top_margins",
 ]
 
 MARGIN_FRACTION = 0.25
@@ -135,7 +136,7 @@ def _input_width(head: Head) -> int:
     return int(first.get("in_features", first.get("num_features")))
 
 
-def _margins(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def top_margins(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(argmax class, top-1 minus top-2) of logits [n, C]."""
     order = np.argsort(logits, axis=1)
     top = np.take_along_axis(logits, order[:, -1:], axis=1)[:, 0]
@@ -148,7 +149,7 @@ def margin_floor(sample_logits: np.ndarray, fraction: float = MARGIN_FRACTION) -
     logits [n, C] (a small positive number when every margin is 0, so the hinge stays defined)."""
     if sample_logits.ndim != 2 or len(sample_logits) == 0:
         raise InputError(f"sample logits of shape {sample_logits.shape} must be [n >= 1, C]")
-    _, margins = _margins(np.asarray(sample_logits, np.float64))
+    _, margins = top_margins(np.asarray(sample_logits, np.float64))
     scale = float(np.median(margins)) * fraction
     spread = float(np.abs(sample_logits).max())
     return max(scale, 1e-6 * max(spread, 1.0))
@@ -167,7 +168,7 @@ def prediction_targets(
         logits = np.asarray(logits, np.float64)
         if len(logits) == 0:
             continue
-        targets.append(_margins(logits)[0].astype(np.int64))
+        targets.append(top_margins(logits)[0].astype(np.int64))
         floors.append(np.full(len(logits), margin_floor(logits, fraction), np.float32))
     if not targets:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)

@@ -58,7 +58,8 @@ def logit_lift(
         raise InputError(f"predictions must be classes in [0, {decoded_logits.shape[1] - 1}]")
     floor = np.asarray(floor, np.float64)
     if floor.shape not in ((), predictions.shape) or not (floor >= 0).all():
-        raise InputError(f"floor must be >= 0, one number or one per sample; got shape {floor.shape}")
+        got = f"{float(floor)!r}" if floor.ndim == 0 else f"an array of shape {floor.shape}"
+        raise InputError(f"floor must be >= 0, one number or one per sample [n]; got {got}")
     rows = np.arange(len(predictions))
     own = decoded_logits[rows, predictions]
     others = decoded_logits.copy()
@@ -120,7 +121,11 @@ class SampleLift:
         sample's class must win by its own margin in ``model_logits``, and by at least ``δ_t``,
         ``fraction`` of the epoch's median margin (None: the decoder's prediction term's,
         :data:`timevis_cli.fit.predictive.MARGIN_FRACTION`)."""
-        from timevis_cli.fit.predictive import MARGIN_FRACTION, margin_floor  # imports torch
+        from timevis_cli.fit.predictive import (  # imports torch
+            MARGIN_FRACTION,
+            margin_floor,
+            top_margins,
+        )
 
         fraction = MARGIN_FRACTION if fraction is None else fraction
         model_logits = np.asarray(model_logits, np.float64)
@@ -129,10 +134,10 @@ class SampleLift:
                 f"model logits {model_logits.shape} and decoded logits {np.shape(decoded_logits)} "
                 "must have the same shape"
             )
-        classes = model_logits.argmax(axis=1)
+        classes = model_logits.argmax(axis=1)  # as eval and the frames take the model's prediction
+        _, margins = top_margins(model_logits)
         floor = margin_floor(model_logits, fraction) if len(model_logits) else 0.0
-        top2 = np.sort(model_logits, axis=1)[:, -2:] if len(model_logits) else np.zeros((0, 2))
-        wanted = np.maximum(top2[:, 1] - top2[:, 0], floor)  # μ_v: the model's margin, >= δ_t
+        wanted = np.maximum(margins, floor)  # μ_v: the model's own margin, at least δ_t
         return cls(positions, classes, logit_lift(decoded_logits, classes, wanted), model_logits.shape[1], neighbors)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
