@@ -261,8 +261,9 @@ def render(
     render stays untouched until the new one is complete.
 
     The landscape is lifted, just enough and continuously, around the train samples the decoder
-    would show in another class, so every train sample's own point has the model's prediction;
-    the frames' agreement is then the test samples' (--no-sample-lift: the decoder's own).
+    would show in another class or less surely than the model, so every train sample's own point
+    has the model's prediction by at least the model's own top-2 logit gap; the frames' agreement
+    is then the test samples' (--no-sample-lift: the decoder's own).
 
     --exact draws the exact decision regions instead of the sampled landscape: per epoch
     render/epoch_XXXX.svg, the regions in the PNG frames and as sharp paths in the page, and

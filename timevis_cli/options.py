@@ -108,8 +108,9 @@ sample_lift_option = click.option(
     "--sample-lift/--no-sample-lift",
     default=None,
     help="Lift the landscape just enough around the train samples the decoder shows in another "
-    "class that every train sample's own point has the model's prediction (default: on; "
-    "--exact draws the decoder's own regions).",
+    "class, or less surely than the model, that every train sample's own point has the model's "
+    "prediction by at least the model's own top-2 logit gap (default: on; --exact draws the "
+    "decoder's own regions).",
 )
 gif_option = click.option("--gif/--no-gif", default=None, help="Write render/training.gif.")
 mp4_option = click.option(

@@ -137,11 +137,12 @@ def _input_width(head: Head) -> int:
 
 
 def top_margins(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(argmax class, top-1 minus top-2) of logits [n, C]."""
+    """(argmax class, top-1 minus top-2) of logits [n, C]; the class is ``argmax``'s (the first
+    of tied top logits), as everywhere the model's prediction is taken."""
     order = np.argsort(logits, axis=1)
     top = np.take_along_axis(logits, order[:, -1:], axis=1)[:, 0]
     second = np.take_along_axis(logits, order[:, -2:-1], axis=1)[:, 0] if logits.shape[1] > 1 else top
-    return order[:, -1], top - second
+    return logits.argmax(axis=1), top - second
 
 
 def margin_floor(sample_logits: np.ndarray, fraction: float = MARGIN_FRACTION) -> float:

@@ -13,8 +13,9 @@ and nothing more:
     L(p) = h_t(ψ_t(p)) + Σ_{v in N(p)} w_v(p) s_v e_{c_v}
 
 ``c_v`` is the model's prediction for the sample (its recorded logits) and ``m_v`` the model's
-own top-1 minus top-2 margin there, so the picture shows each train sample's class at least as
-surely as the model holds it; ``δ_t``, a quarter of the epoch's median margin
+own top-1 minus top-2 logit gap there, so the picture shows each train sample's class by at
+least the gap the model gives it (the shading, the gap relative to the logits' spread, may still
+differ); ``δ_t``, a quarter of the epoch's median margin
 (:func:`timevis_cli.fit.predictive.margin_floor`), keeps a win for the samples the model itself
 barely separates. ``N(p)`` the :data:`NEIGHBORS` train samples nearest to ``p`` on the map,
 and ``w_v(p)`` the Franke-Little (localised Shepard) weights ``((R - d_v)_+ / (R d_v))²``,
@@ -134,8 +135,12 @@ class SampleLift:
                 f"model logits {model_logits.shape} and decoded logits {np.shape(decoded_logits)} "
                 "must have the same shape"
             )
-        classes = model_logits.argmax(axis=1)  # as eval and the frames take the model's prediction
-        _, margins = top_margins(model_logits)
+        if not np.isfinite(model_logits).all():
+            raise InputError(
+                f"the model's logits hold {int((~np.isfinite(model_logits)).sum())} non-finite "
+                "values; the lift needs finite logits (check the store's features and head)"
+            )
+        classes, margins = top_margins(model_logits)
         floor = margin_floor(model_logits, fraction) if len(model_logits) else 0.0
         wanted = np.maximum(margins, floor)  # μ_v: the model's own margin, at least δ_t
         return cls(positions, classes, logit_lift(decoded_logits, classes, wanted), model_logits.shape[1], neighbors)

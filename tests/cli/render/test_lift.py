@@ -77,7 +77,7 @@ def test_every_train_sample_shows_its_prediction_and_the_lift_matches_the_formul
         np.testing.assert_allclose(row, _reference_lift(positions, predictions, lifts, 4, 6, p), atol=1e-5)
 
 
-def test_a_sample_is_drawn_as_surely_as_the_model_holds_it_not_in_the_boundary_white():
+def test_a_lifted_sample_is_drawn_in_its_colour_not_in_the_boundary_white():
     """Samples the model predicts with a clear top-2 gap (relative margin 0.25: coloured when its
     own logits are drawn). Where the decoder shows them in the runner-up's class, or in their
     class by a hair, the lifted picture draws them in colour; a lift to a bare win (a quarter of
@@ -106,7 +106,7 @@ def test_a_sample_is_drawn_as_surely_as_the_model_holds_it_not_in_the_boundary_w
     assert (landscape_alpha(margin(decoded + bare(positions)))[swapped | hair] == 0).all()
 
 
-def test_the_lift_is_continuous_and_zero_where_the_decoder_already_agrees():
+def test_the_lift_is_continuous_and_zero_where_the_decoder_is_as_sure_as_the_model():
     rng = np.random.default_rng(2)
     positions = rng.uniform(0, 10, size=(200, 2))
     model = rng.normal(size=(200, 3))
@@ -135,5 +135,7 @@ def test_sample_lift_rejects_bad_input():
         SampleLift(np.zeros((4, 2)), np.full(4, 2), np.zeros(4), 2)
     with pytest.raises(InputError, match="same shape"):
         SampleLift.from_logits(np.zeros((4, 2)), np.zeros((4, 3)), np.zeros((4, 2)))
+    with pytest.raises(InputError, match="1 non-finite"):
+        SampleLift.from_logits(np.zeros((4, 2)), np.zeros((4, 3)), np.array([[0, 1, np.nan]] + [[0, 1, 2]] * 3))
     nothing = SampleLift(np.random.default_rng(0).normal(size=(5, 2)), np.zeros(5, int), np.zeros(5), 3)
     assert not nothing(np.zeros((7, 2))).any() and nothing(np.zeros((7, 2))).shape == (7, 3)
