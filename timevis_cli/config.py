@@ -362,7 +362,7 @@ class RefineConfig(_Section):
         _within(0, 1),
     )
     prediction_anchors: int = _setting(
-        5,
+        8,
         "every tracked sample also gets edges in the layout graph to this many nearest samples "
         "(in feature space) that the model predicts alike at that epoch, at the largest weight, "
         "so a sample whose feature neighbours are all predicted otherwise is held by its own "
