@@ -745,8 +745,8 @@ def _shed_train_rows(part: _EpochPart) -> np.ndarray:
 
 def _stored_train_rows(run: Run) -> Callable[[_EpochPart], np.ndarray]:
     """The part's train rows, read from the store."""
-    train_mask = run.samples.mask("train")
-    return lambda part: run.features(part.epoch)[train_mask][part.train_rows]
+    train_index = np.flatnonzero(run.samples.mask("train"))  # one gather per epoch, no masked copy
+    return lambda part: run.features(part.epoch)[train_index[part.train_rows]]
 
 
 def _refine(

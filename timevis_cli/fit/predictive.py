@@ -139,10 +139,10 @@ def _input_width(head: Head) -> int:
 def top_margins(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(argmax class, top-1 minus top-2) of logits [n, C]; the class is ``argmax``'s (the first
     of tied top logits), as everywhere the model's prediction is taken."""
-    order = np.argsort(logits, axis=1)
-    top = np.take_along_axis(logits, order[:, -1:], axis=1)[:, 0]
-    second = np.take_along_axis(logits, order[:, -2:-1], axis=1)[:, 0] if logits.shape[1] > 1 else top
-    return logits.argmax(axis=1), top - second
+    if logits.shape[1] < 2:
+        return logits.argmax(axis=1), np.zeros(len(logits), logits.dtype)
+    top2 = np.partition(logits, -2, axis=1)[:, -2:]  # the two largest, the largest last
+    return logits.argmax(axis=1), top2[:, 1] - top2[:, 0]
 
 
 def margin_floor(sample_logits: np.ndarray, fraction: float = MARGIN_FRACTION) -> float:
