@@ -14,6 +14,7 @@ from timevis_cli.fit.losses import find_ab_params
 from timevis_cli.fit.neighbors import TorchExact
 from timevis_cli.fit.projector import Projector
 from timevis_cli.fit.refine import (
+    _REPULSION_EPS,
     EdgeBlock,
     EpochPoints,
     PairBlock,
@@ -80,6 +81,32 @@ def test_negatives_push_apart_within_the_segment_only(segment, one_block):
     assert y[row, 0] < before[row, 0]
     others = [i for i in range(4) if i != row]
     torch.testing.assert_close(y[others], before[others])
+
+
+@pytest.mark.parametrize("multi_segment", [True, False])
+def test_negatives_are_drawn_uniformly_over_the_heads_segment(multi_segment):
+    # the head sits at the centre of a ring of 40 rows of its segment (another segment's rows
+    # lie far to the right): drawn uniformly over the segment, the pushes of 4 000 negatives
+    # cancel to a small fraction of their sum; a draw biased to any part of the ring, or
+    # reaching the other segment, moves the head far
+    ring = 40
+    angles = 2 * np.pi * np.arange(ring) / ring
+    own = np.concatenate([[[0.0, 0.0]], np.stack([np.cos(angles), np.sin(angles)], axis=1)])
+    far = np.array([[30.0, 0.0], [31.0, 0.0]])
+    y = torch.tensor(np.concatenate([own, far]), dtype=torch.float32)
+    if multi_segment:  # two segments in one block: each head's segment is looked up
+        block = EdgeBlock(torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0]), torch.tensor([0, ring + 1, ring + 3]), 1.0)
+    else:  # a block of the head's segment alone
+        block = EdgeBlock(torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0]), torch.tensor([0, ring + 1]), 1.0)
+    optimize_layout(
+        y, [block], n_epochs=1, a=A, b=B, negative_rate=4000, learning_rate=0.001,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    one_push = 2.0 * B * 0.001 / ((1.0 + _REPULSION_EPS) * (1.0 + A))  # each ring row, at distance 1
+    drawn_from_ring = 4000 * ring / (ring + 1)  # the head itself is drawn too and does not push
+    net = float(torch.linalg.norm(y[0]))
+    assert net < 0.05 * one_push * drawn_from_ring
+    assert net > 0  # drawn at random, not exactly balanced
 
 
 def _blobs(n=200, dim=10, seed=0):
@@ -652,16 +679,21 @@ def test_weakened_cross_class_edges_separate_the_predicted_classes_in_the_layout
     classes[flip] = 1 - classes[flip]
     start = (x[:, :2] * 0.1).astype(np.float32)
     a, b = find_ab_params(1.0, 0.1)
-    consistency = {}
-    for weight in (1.0, 0.01):
-        graph = layout_graph([EpochPoints(x, start, 300, classes)], TorchExact(), 15, 1.0, 0.0, cross_class_weight=weight)
-        layout = refine_layout(
-            graph, n_epochs=200, learning_rate=1.0, negative_rate=5, a=a, b=b,
-            device=torch.device("cpu"), seed=0,
-        )  # fmt: skip
-        consistency[weight] = _prediction_consistency(layout, classes)
-    # measured 0.63 -> 0.71: the flipped samples lose their attraction to the other class
-    assert consistency[0.01] > consistency[1.0] + 0.05
+    gains = []
+    for seed in range(4):  # one layout's gain varies with its random draws (0.04-0.11 measured)
+        consistency = {}
+        for weight in (1.0, 0.01):
+            graph = layout_graph([EpochPoints(x, start, 300, classes)], TorchExact(), 15, 1.0, 0.0, cross_class_weight=weight)
+            layout = refine_layout(
+                graph, n_epochs=200, learning_rate=1.0, negative_rate=5, a=a, b=b,
+                device=torch.device("cpu"), seed=seed,
+            )  # fmt: skip
+            consistency[weight] = _prediction_consistency(layout, classes)
+        gains.append(consistency[0.01] - consistency[1.0])
+    # measured 0.64 -> 0.71 on average over the seeds: the flipped samples lose their
+    # attraction to the other class
+    assert min(gains) > 0
+    assert np.mean(gains) > 0.04
 
 
 def _brute_force_anchors(x, classes, k):
