@@ -302,13 +302,23 @@ class RefineConfig(_Section):
         "trajectory shaped like its feature-space path, then fit the decoder to the moved "
         "positions (false: the projector's positions as they are)",
     )
-    epochs: int = _setting(100, "optimisation epochs of the layout", _within(0, _MAX_STEPS))
+    epochs: int = _setting(
+        200,
+        "optimisation epochs of the layout (its time grows in proportion; more epochs keep more "
+        "neighbours and more of time: docs/faithfulness.md)",
+        _within(0, _MAX_STEPS),
+    )
     learning_rate: float = _setting(
         0.1, "initial step of the layout optimisation (decays linearly to 0)", _above(0)
     )
-    negative_rate: int = _setting(5, "negative samples per sampled edge", _within(0, 100))
+    negative_rate: int = _setting(
+        10,
+        "negative samples per sampled edge (umap-learn's 5 keeps fewer neighbours: the stronger "
+        "repulsion spreads each epoch's clusters, as t-SNE does; docs/faithfulness.md)",
+        _within(0, 100),
+    )
     trajectory_weight: float = _setting(
-        0.5,
+        0.75,
         "the one knob between space and time: strength of the trajectory stress that keeps each "
         "sample's 2-D path shaped like its feature-space path (0: per-epoch layouts only, best "
         "neighbours, worst time; 1: smoother in time, fewer neighbours kept)",

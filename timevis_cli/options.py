@@ -65,7 +65,7 @@ temporal_weight_option = click.option(
     type=float,
     help="refine.trajectory_weight, the one knob between space and time: higher keeps each "
     "sample's path on the canvas shaped like its path in the network, lower keeps more "
-    "neighbours per epoch (default 0.5; 0: per-epoch layouts only).",
+    "neighbours per epoch (default 0.75; 0: per-epoch layouts only).",
 )
 method_option = click.option(
     "--method",

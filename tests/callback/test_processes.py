@@ -32,6 +32,15 @@ def train(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedPr
     return result
 
 
+def _gloo_teardown_abort(stderr: str) -> bool:
+    """Whether a DDP run failed only in torch's teardown, after Lightning finished training."""
+    return (
+        "`Trainer.fit` stopped: `max_epochs=" in stderr
+        and "terminate called without an active exception" in stderr
+        and "terminated with signal SIGABRT" in stderr
+    )
+
+
 def assert_every_epoch_readable(store: Path) -> list[int]:
     run = open_run(store)
     assert run.bad_epochs == {}
@@ -94,7 +103,18 @@ def test_ddp_spawn_writes_the_same_store_as_one_process(tmp_path):
     # lr=0 and no BatchNorm: every rank layout trains to the same weights, so stores must match
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     train(single, "--epochs", "2", "--lr", "0", "--no-bn")
-    train(ddp, "--epochs", "2", "--lr", "0", "--no-bn", "--devices", "2", timeout=600)
+    ddp_args = ("--epochs", "2", "--lr", "0", "--no-bn", "--devices", "2")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(ddp), *ddp_args], capture_output=True, text=True, timeout=600
+    )
+    if result.returncode != 0 and _gloo_teardown_abort(result.stderr):
+        # torch's gloo teardown can abort a spawned rank after training has finished ("terminate
+        # called without an active exception", SIGABRT; seen once on the 2-core machine under
+        # load): not the callback's doing, so the run is repeated once in a fresh folder
+        ddp = tmp_path / "ddp_again"
+        train(ddp, *ddp_args, timeout=600)
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
     a, b = open_run(single / "store"), open_run(ddp / "store")
     assert a.epochs == b.epochs == [0, 1, 2]
     np.testing.assert_array_equal(a.samples.id, b.samples.id)
