@@ -324,6 +324,14 @@ class RefineConfig(_Section):
         "neighbours, worst time; 1: smoother in time, fewer neighbours kept)",
         _at_least(0),
     )
+    trajectory_consecutive_weight: float = _setting(
+        2.0,
+        "the trajectory stress's pairs of consecutive fitted epochs weigh this many times the "
+        "other pairs: a sample's step from one epoch to the next follows its step in feature "
+        "space more closely, so samples whose neighbourhood changes move and the others stay "
+        "(temppv; 1: every pair alike; docs/faithfulness.md)",
+        _at_least(0),
+    )
     trajectory_scale: float = _setting(
         2.0,
         "size of a sample's 2-D trajectory relative to the projector's (its distances between "

@@ -780,6 +780,7 @@ def _refine(
         seed=config.fit.seed,
         trajectory=trajectory,
         trajectory_weight=r.trajectory_weight,
+        consecutive_weight=r.trajectory_consecutive_weight,
         progress=lambda epoch: reporter.advance(epoch=epoch),
     )
     reporter.finish()

@@ -184,6 +184,7 @@ def optimize_layout(
     progress: Callable[[int], None] | None = None,
     trajectory: Iterable[PairBlock] | None = None,
     trajectory_weight: float = 0.0,
+    consecutive_weight: float = 1.0,
 ) -> Tensor:
     """UMAP's SGD on 2-D positions [V, 2] (float32; written back in place at the end, and returned).
 
@@ -193,7 +194,7 @@ def optimize_layout(
     rows drawn uniformly from the head's segment (a row drawn as its own negative is not pushed). The
     step is ``learning_rate · (1 - epoch / n_epochs)``; every update is clipped to ±4 per
     coordinate. ``trajectory`` adds its stress, times ``trajectory_weight``, to every epoch's
-    update. ``edges`` and ``trajectory`` are iterated once per epoch: a list, or a re-iterable
+    update, its pairs of consecutive epochs (lag 1) times ``consecutive_weight`` more. ``edges`` and ``trajectory`` are iterated once per epoch: a list, or a re-iterable
     that reads its blocks back (:class:`BlockStore`). ``progress`` is called with the epoch
     number after each.
     """
@@ -203,6 +204,8 @@ def optimize_layout(
         raise InputError(f"n_epochs={n_epochs} and negative_rate={negative_rate} must be >= 0")
     if trajectory_weight < 0:
         raise InputError(f"trajectory_weight={trajectory_weight} must be >= 0")
+    if not consecutive_weight >= 0:
+        raise InputError(f"consecutive_weight={consecutive_weight} must be >= 0")
     if trajectory_weight == 0:
         trajectory = None
     for name, blocks in (("edges", edges), ("trajectory", trajectory)):
@@ -221,7 +224,7 @@ def optimize_layout(
         for block in edges:
             _edge_step(x, y, move_x, move_y, block, a, b, negative_rate, alpha, clip, generator)
         for pairs in trajectory if trajectory is not None else ():
-            _trajectory_step(x, y, move_x, move_y, pairs, trajectory_weight * alpha, clip)
+            _trajectory_step(x, y, move_x, move_y, pairs, trajectory_weight * alpha, clip, consecutive_weight)
         x += move_x
         y += move_y
         if progress is not None:
@@ -300,9 +303,17 @@ def _edge_step(
 
 
 def _trajectory_step(
-    x: Tensor, y: Tensor, move_x: Tensor, move_y: Tensor, block: PairBlock, step: float, clip: float
+    x: Tensor,
+    y: Tensor,
+    move_x: Tensor,
+    move_y: Tensor,
+    block: PairBlock,
+    step: float,
+    clip: float,
+    consecutive_weight: float = 1.0,
 ) -> None:
-    """Add one block's trajectory stress (``step``: weight x learning rate) to ``move_x``, ``move_y``.
+    """Add one block's trajectory stress (``step``: weight x learning rate; pairs of lag 1 times
+    ``consecutive_weight`` more) to ``move_x``, ``move_y``.
 
     The block's samples at every epoch are gathered once as [E, B]; each run of pairs of one lag
     is then two slices of it, so a pair costs no index arithmetic, gather or scatter of its own
@@ -312,6 +323,7 @@ def _trajectory_step(
     bx, by = x[rows].view(len(block.epoch_rows), -1), y[rows].view(len(block.epoch_rows), -1)
     sum_x, sum_y = torch.zeros_like(bx), torch.zeros_like(by)
     per_unit = step / block.unit[None, :]  # [1, B]
+    per_unit_consecutive = per_unit * consecutive_weight
     for lag, column, epoch, count in block.runs:
         at, to = slice(epoch, epoch + count), slice(epoch + lag, epoch + lag + count)
         pairs = slice(column, column + count)
@@ -319,7 +331,7 @@ def _trajectory_step(
         dy = by[at] - by[to]
         d = torch.hypot(dx, dy)
         # gain · (target - d) / d along (dx, dy): apart when too close, together when too far
-        coeff = torch.minimum(per_unit, block.limit[pairs, None])
+        coeff = torch.minimum(per_unit_consecutive if lag == 1 else per_unit, block.limit[pairs, None])
         coeff *= block.target[pairs] - d
         coeff.div_(d).nan_to_num_(0.0, 0.0, 0.0)
         step_x, step_y = dx.mul_(coeff).clamp_(-clip, clip), dy.mul_(coeff).clamp_(-clip, clip)
@@ -807,9 +819,11 @@ def refine_layout(
     trajectory: Trajectories | None = None,
     trajectory_weight: float = 0.0,
     progress: Callable[[int], None] | None = None,
+    consecutive_weight: float = 1.0,
 ) -> np.ndarray:
     """Refined positions float32 [V, 2] of ``graph``'s points (:func:`optimize_layout`), with
-    ``trajectory``'s stress applied with ``trajectory_weight``."""
+    ``trajectory``'s stress applied with ``trajectory_weight`` (its consecutive pairs times
+    ``consecutive_weight`` more)."""
     generator = torch.Generator(device=device)
     generator.manual_seed(int(np.random.SeedSequence([int(seed), 7]).generate_state(1)[0]))
     positions = torch.from_numpy(graph.positions).to(device, copy=True)  # the graph's start is kept
@@ -825,5 +839,6 @@ def refine_layout(
         progress=progress,
         trajectory=trajectory.pair_blocks(graph.offsets, device) if trajectory is not None else None,
         trajectory_weight=trajectory_weight,
+        consecutive_weight=consecutive_weight,
     )
     return positions.cpu().numpy()

@@ -423,23 +423,48 @@ def test_trajectory_term_in_blocks_equals_one_block_and_floors_still_samples():
     blocked.close()
 
 
-def _stress_only(graph, trajectories, weight, n_epochs, learning_rate):
+def _stress_only(graph, trajectories, weight, n_epochs, learning_rate, consecutive_weight=1.0):
     """The graph's positions after ``n_epochs`` of the trajectory stress alone (no edges)."""
     positions = torch.from_numpy(graph.positions.copy())
     optimize_layout(
         positions, [], n_epochs=n_epochs, a=A, b=B, negative_rate=0, learning_rate=learning_rate,
         trajectory=trajectories.pair_blocks(graph.offsets, torch.device("cpu")), trajectory_weight=weight,
+        consecutive_weight=consecutive_weight,
     )  # fmt: skip
     return positions.numpy()
 
 
-def test_trajectory_stress_reshapes_a_path_to_its_targets():
-    start = np.array([[0.0, 0.0], [1.0, 0.2], [4.0, -0.2], [5.0, 0.1]], np.float32)
-    graph = _one_sample_graph(start)
+_PATH_START = np.array([[0.0, 0.0], [1.0, 0.2], [4.0, -0.2], [5.0, 0.1]], np.float32)
+
+
+def _one_sample_path(steps):
+    """One sample over 4 epochs drawn at ``_PATH_START``, its feature path at 1-D ``steps``: the
+    graph, its pairs of epochs and its trajectory term."""
+    graph = _one_sample_graph(_PATH_START)
     first, second = trajectory_pairs(4, 8)
-    steps = np.array([0.0, 1.0, 2.0, 4.0])
-    high = np.abs(steps[first] - steps[second])[None, :].astype(np.float32)
-    trajectories = trajectory_term(graph, first, second, [high], 1.0)
+    high = np.abs(np.asarray(steps)[first] - np.asarray(steps)[second])[None, :].astype(np.float32)
+    return graph, first, second, trajectory_term(graph, first, second, [high], 1.0)
+
+
+def test_consecutive_pairs_of_the_stress_weigh_consecutive_weight_times_the_others():
+    # one step of the stress alone, small enough that no pair reaches its cap: the move is linear
+    # in the consecutive pairs' weight c, move(c) = move(0) + c (move(1) - move(0)), and with
+    # c = 0 only the pairs of lag >= 2 act
+    graph, _, _, trajectories = _one_sample_path([0.0, 2.0, 3.0, 7.0])
+    moves = {
+        c: _stress_only(graph, trajectories, weight=1.0, n_epochs=1, learning_rate=1e-3, consecutive_weight=c)
+        - graph.positions
+        for c in (0.0, 1.0, 3.0)
+    }
+    assert np.abs(moves[1.0] - moves[0.0]).max() > 1e-6  # the consecutive pairs do move the sample
+    np.testing.assert_allclose(moves[3.0], moves[0.0] + 3.0 * (moves[1.0] - moves[0.0]), rtol=1e-3, atol=2e-6)  # float32 positions
+    with pytest.raises(InputError, match="consecutive_weight"):
+        _stress_only(graph, trajectories, weight=1.0, n_epochs=1, learning_rate=1e-3, consecutive_weight=-1.0)
+
+
+def test_trajectory_stress_reshapes_a_path_to_its_targets():
+    start = _PATH_START
+    graph, first, second, trajectories = _one_sample_path([0.0, 1.0, 2.0, 4.0])
     f, s, target, unit = _flat(graph, trajectories)
     moved = _stress_only(graph, trajectories, weight=1.0, n_epochs=300, learning_rate=0.2)
     drawn = np.linalg.norm(moved[f] - moved[s], axis=1)
