@@ -21,13 +21,18 @@ SCRIPT = Path(__file__).resolve().parents[1] / "digits_model.py"
 pytestmark = pytest.mark.slow
 
 
-def train(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(
+def _run(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The training script on ``out`` in a fresh process, its output captured."""
+    return subprocess.run(
         [sys.executable, str(SCRIPT), str(out), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def train(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = _run(out, *args, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -104,9 +109,7 @@ def test_ddp_spawn_writes_the_same_store_as_one_process(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     train(single, "--epochs", "2", "--lr", "0", "--no-bn")
     ddp_args = ("--epochs", "2", "--lr", "0", "--no-bn", "--devices", "2")
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(ddp), *ddp_args], capture_output=True, text=True, timeout=600
-    )
+    result = _run(ddp, *ddp_args, timeout=600)
     if result.returncode != 0 and _gloo_teardown_abort(result.stderr):
         # torch's gloo teardown can abort a spawned rank after training has finished ("terminate
         # called without an active exception", SIGABRT; seen once on the 2-core machine under

@@ -145,12 +145,18 @@ def top_margins(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return logits.argmax(axis=1), top2[:, 1] - top2[:, 0]
 
 
-def margin_floor(sample_logits: np.ndarray, fraction: float = MARGIN_FRACTION) -> float:
+def margin_floor(
+    sample_logits: np.ndarray, fraction: float = MARGIN_FRACTION, *, margins: np.ndarray | None = None
+) -> float:
     """``δ_t``: ``fraction`` of the median top-1 minus top-2 margin of one epoch's samples'
-    logits [n, C] (a small positive number when every margin is 0, so the hinge stays defined)."""
+    logits [n, C] (a small positive number when every margin is 0, so the hinge stays defined).
+    ``margins``: those logits' :func:`top_margins`, where the caller has them already."""
     if sample_logits.ndim != 2 or len(sample_logits) == 0:
         raise InputError(f"sample logits of shape {sample_logits.shape} must be [n >= 1, C]")
-    _, margins = top_margins(np.asarray(sample_logits, np.float64))
+    if margins is None:
+        _, margins = top_margins(np.asarray(sample_logits, np.float64))
+    elif np.shape(margins) != (len(sample_logits),):
+        raise InputError(f"margins of shape {np.shape(margins)} given for {len(sample_logits)} samples")
     scale = float(np.median(margins)) * fraction
     spread = float(np.abs(sample_logits).max())
     return max(scale, 1e-6 * max(spread, 1.0))
@@ -169,8 +175,9 @@ def prediction_targets(
         logits = np.asarray(logits, np.float64)
         if len(logits) == 0:
             continue
-        targets.append(top_margins(logits)[0].astype(np.int64))
-        floors.append(np.full(len(logits), margin_floor(logits, fraction), np.float32))
+        classes, margins = top_margins(logits)
+        targets.append(classes.astype(np.int64))
+        floors.append(np.full(len(logits), margin_floor(logits, fraction, margins=margins), np.float32))
     if not targets:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(targets), np.concatenate(floors)

@@ -194,8 +194,9 @@ def optimize_layout(
     rows drawn uniformly from the head's segment (a row drawn as its own negative is not pushed). The
     step is ``learning_rate · (1 - epoch / n_epochs)``; every update is clipped to ±4 per
     coordinate. ``trajectory`` adds its stress, times ``trajectory_weight``, to every epoch's
-    update, its pairs of consecutive epochs (lag 1) times ``consecutive_weight`` more. ``edges`` and ``trajectory`` are iterated once per epoch: a list, or a re-iterable
-    that reads its blocks back (:class:`BlockStore`). ``progress`` is called with the epoch
+    update, its pairs of consecutive epochs (lag 1) times ``consecutive_weight`` more. ``edges``
+    and ``trajectory`` are iterated once per epoch: a list, or a re-iterable that reads its
+    blocks back (:class:`BlockStore`). ``progress`` is called with the epoch
     number after each.
     """
     if positions.ndim != 2 or positions.shape[1] != 2:

@@ -141,7 +141,7 @@ class SampleLift:
                 "values; the lift needs finite logits (check the store's features and head)"
             )
         classes, margins = top_margins(model_logits)
-        floor = margin_floor(model_logits, fraction) if len(model_logits) else 0.0
+        floor = margin_floor(model_logits, fraction, margins=margins) if len(model_logits) else 0.0
         wanted = np.maximum(margins, floor)  # μ_v: the model's own margin, at least δ_t
         return cls(positions, classes, logit_lift(decoded_logits, classes, wanted), model_logits.shape[1], neighbors)
 
